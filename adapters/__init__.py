@@ -1,0 +1,1 @@
+"""Framework adapters, each importing its framework lazily: ``from tracediff.adapters import torch``."""

@@ -1,0 +1,318 @@
+"""The trace writer every adapter uses: ``td.Recorder``."""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import math
+import os
+import platform
+import socket
+import sys
+from collections import defaultdict
+
+import h5py
+import numpy as np
+
+from . import format as fmt
+from ._version import __version__
+from .dtypes import logical_name, to_array
+from .errors import TraceDiffError
+from .stats import summarize
+
+
+SMALL_BLOCK = 1 << 16  # tensors below this many bytes are batched with their index rows
+
+
+class Recorder:
+    """Write one trace: records are appended in execution order and flushed as they arrive.
+
+    ``values=False`` keeps statistics, a seeded sample of elements and a hash instead of the
+    whole tensor. A writer that is killed leaves a file readable up to its last complete record.
+    """
+
+    def __init__(self, path, framework="numpy", dims=None, *, model="", seed=None,
+                 framework_version="", overwrite=False, values=True, meta=None,
+                 flush_every=1):
+        self.path = os.fspath(path)
+        self.values = values
+        self._calls = defaultdict(int)
+        self._step = -1
+        self._count = 0
+        self._data_end = 0
+        self._file = None
+        self._lock = None
+        self._pending = []
+        self._pending_data = []
+        self._data_written = 0
+        self._flush_every = max(1, int(flush_every))
+        if os.path.exists(self.path) and not overwrite:
+            raise TraceDiffError(
+                f"{self.path} already exists: choose another path or pass overwrite=True")
+        folder = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(folder):
+            raise TraceDiffError(f"cannot write trace {self.path}: folder {folder} does not exist")
+        self._lock = _lock_for_writing(self.path)
+        try:
+            # HDF5's own lock is dropped by SWMR writers; ours (held on a separate descriptor
+            # until close) is what keeps a second writer from truncating a live trace.
+            self._file = h5py.File(self.path, "w", libver="latest", locking=False)
+            self._init_file(framework, framework_version, dims, model, seed, meta)
+        except BaseException as exc:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+            _unlock(self._lock)
+            if isinstance(exc, OSError):
+                raise TraceDiffError(_write_error(self.path, exc)) from None
+            raise
+
+    def _init_file(self, framework, framework_version, dims, model, seed, meta):
+        f = self._file
+        dims = {str(k): int(v) for k, v in (dims or {}).items()}
+        attrs = {
+            "format": fmt.FORMAT_NAME, "format_version": fmt.FORMAT_VERSION,
+            "tracediff_version": __version__, "framework": str(framework),
+            "framework_version": str(framework_version), "python": platform.python_version(),
+            "host": socket.gethostname(), "platform": sys.platform,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "model": str(model), "seed": -1 if seed is None else int(seed),
+            "dims": json.dumps(dims), "values": bool(self.values), "complete": False,
+            "meta": json.dumps(meta or {}, default=str),
+        }
+        for key, value in attrs.items():
+            f.attrs[key] = value
+        f.create_dataset(fmt.RECORDS, shape=(0,), maxshape=(None,), dtype=fmt.record_dtype(),
+                         chunks=(fmt.RECORDS_CHUNK,))
+        f.create_dataset(fmt.DATA, shape=(0,), maxshape=(None,), dtype="u1",
+                         chunks=(fmt.DATA_CHUNK,))
+        f.create_dataset(fmt.STATE, data=np.zeros(2, dtype="<i8"))
+        f.swmr_mode = True
+        f.flush()
+        self._records = f[fmt.RECORDS]
+        self._data = f[fmt.DATA]
+        self._state = f[fmt.STATE]
+        self._row_dtype = self._records.dtype
+
+    # -- the contract's verbs -------------------------------------------------------------
+    def input(self, name, value, **meta):
+        return self.record("input", name, value, **meta)
+
+    def forward(self, name, value, *, call=None, **meta):
+        return self.record("forward", name, value, call=call, **meta)
+
+    def backward(self, name, value, *, call=None, **meta):
+        """dL/d(output of ``name``); ``call`` pairs it with that call of the forward record."""
+        return self.record("backward", name, value, call=call, **meta)
+
+    def param(self, name, value, grad=None, **meta):
+        index = self.record("param", name, value, **meta)
+        if grad is not None:
+            self.record("param_grad", name, grad, **meta)
+        return index
+
+    def param_grad(self, name, value, **meta):
+        return self.record("param_grad", name, value, **meta)
+
+    def loss(self, value, name="loss", **meta):
+        return self.record("loss", name, value, **meta)
+
+    def step(self, step: int):
+        """Records after this call belong to training step ``step``; call indices restart."""
+        self._step = int(step)
+        self._calls.clear()
+
+    # -- the one writer ---------------------------------------------------------------------
+    def record(self, kind, name, value, *, call=None, values=None, **meta) -> int:
+        """Append one record and flush it; returns its index in execution order."""
+        if self._file is None:
+            raise TraceDiffError(f"recorder for {self.path} is closed: records cannot be added")
+        if kind not in fmt.KINDS:
+            raise TraceDiffError(f"unknown record kind {kind!r}: use one of {', '.join(fmt.KINDS)}")
+        if not isinstance(name, str) or not name:
+            raise TraceDiffError(f"record name must be a non-empty string, got {name!r}")
+        array = to_array(value)
+        dtype_name = logical_name(array.dtype)
+        key = (kind, name)
+        if call is None:
+            call = self._calls[key]
+        self._calls[key] = max(self._calls[key], call + 1)
+        keep_values = self.values if values is None else values
+        stats = summarize(array)
+        contiguous = np.ascontiguousarray(array)
+        raw = contiguous.reshape(-1).view(np.uint8) if contiguous.size else np.zeros(0, np.uint8)
+        digest = ""
+        offset = self._data_end
+        sample_offset = sample_count = 0
+        if keep_values:
+            self._append_data(raw)
+            nbytes = raw.size
+        else:
+            nbytes = raw.size
+            digest = hashlib.blake2b(raw.data, digest_size=16).hexdigest()
+            indices = fmt.sample_indices(contiguous.size)
+            sample = contiguous.reshape(-1)[indices]
+            sample_raw = sample.view(np.uint8) if sample.size else np.zeros(0, np.uint8)
+            sample_offset = self._data_end
+            sample_count = int(sample.size)
+            self._append_data(sample_raw)
+            offset = -1
+        row = np.zeros(1, dtype=self._row_dtype)
+        row["name"] = name
+        row["kind"] = kind
+        row["call"] = call
+        row["step"] = self._step
+        row["dtype"] = dtype_name
+        row["shape"] = json.dumps(list(array.shape))
+        row["stored"] = 1 if keep_values else 0
+        row["offset"] = offset
+        row["nbytes"] = nbytes
+        row["sample_offset"] = sample_offset
+        row["sample_count"] = sample_count
+        row["hash"] = digest
+        for field in ("numel", "min", "max", "mean", "std", "l2", "nan", "inf", "zero_frac"):
+            row[field] = stats[field]
+        row["meta"] = json.dumps({k: v for k, v in meta.items() if v is not None}, default=str)
+        index = self._count + len(self._pending)
+        self._pending.append(row)
+        if len(self._pending) >= self._flush_every:
+            self.flush()
+        return index
+
+    def flush(self):
+        """Write the pending index rows and make every record so far durable."""
+        if self._file is None:
+            return
+        self._write_pending_data()
+        if not self._pending:
+            return
+        rows = np.concatenate(self._pending)
+        start, end = self._count, self._count + rows.size
+        try:
+            _write_at(self._records, start, rows, grow=True)
+            _write_at(self._state, 0, np.array([end], dtype="<i8"))
+            self._file.flush()
+        except OSError as exc:
+            raise TraceDiffError(_write_error(self.path, exc)) from None
+        self._pending.clear()
+        self._count = end
+
+    def _append_data(self, raw: np.ndarray):
+        """Reserve ``raw``'s place at the end of the data blob; small blocks wait for ``flush``."""
+        if raw.size == 0:
+            return
+        start = self._data_end
+        self._data_end += raw.size
+        if self._flush_every > 1 and raw.size < SMALL_BLOCK:
+            self._pending_data.append(raw.copy())
+            return
+        self._write_pending_data()
+        try:
+            _write_at(self._data, start, raw, grow=True)
+        except OSError as exc:
+            raise TraceDiffError(_write_error(self.path, exc)) from None
+        self._data_written = self._data_end
+
+    def _write_pending_data(self):
+        if not self._pending_data:
+            return
+        block = np.concatenate(self._pending_data)
+        self._pending_data.clear()
+        try:
+            _write_at(self._data, self._data_written, block, grow=True)
+        except OSError as exc:
+            raise TraceDiffError(_write_error(self.path, exc)) from None
+        self._data_written += block.size
+
+    # -- closing --------------------------------------------------------------------------
+    def close(self, complete: bool = True):
+        """Close the file; ``complete`` marks a clean end of the run."""
+        if self._file is None:
+            return
+        try:
+            self.flush()
+        finally:
+            f, self._file = self._file, None
+        try:
+            try:
+                f[fmt.STATE][1] = 1 if complete else 0
+                f.flush()
+            finally:
+                f.close()
+            if complete:
+                with h5py.File(self.path, "r+", locking=False) as f:
+                    f.attrs["complete"] = True
+                    f.attrs["n_records"] = self._count
+        finally:
+            _unlock(self._lock)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.close(complete=exc_type is None)
+        return False
+
+    def __del__(self):
+        if getattr(self, "_file", None) is not None:
+            try:
+                self.close(complete=False)
+            except Exception:
+                pass
+
+    @property
+    def count(self) -> int:
+        return self._count + len(self._pending)
+
+
+def _lock_for_writing(path):
+    """An exclusive advisory lock on ``path`` (created if missing), or one clear refusal."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise TraceDiffError(_write_error(path, exc)) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise TraceDiffError(
+            f"cannot write trace {path}: another recorder is writing it (two writers on one "
+            "path); wait for it to finish or write elsewhere") from None
+    return fd
+
+
+def _unlock(fd):
+    if fd is None:
+        return
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _write_at(dataset, start: int, values: np.ndarray, grow: bool = False):
+    """Write a 1-D block at ``start`` through h5py's low-level API (the high-level slicing costs
+    ~100 us a call, which dominates small records)."""
+    if grow:
+        dataset.id.set_extent((start + values.size,))
+    file_space = dataset.id.get_space()
+    file_space.select_hyperslab((start,), (values.size,))
+    dataset.id.write(h5py.h5s.create_simple((values.size,)), file_space, values)
+
+
+def _write_error(path, exc) -> str:
+    text = str(exc)
+    if "lock" in text.lower():
+        return (f"cannot write trace {path}: another process has it open "
+                "(two writers on one path); wait for it or write elsewhere")
+    if "No space" in text or "errno = 28" in text:
+        return f"cannot write trace {path}: the disk is full; free space and record again"
+    if "Permission denied" in text or "errno = 13" in text or "Read-only" in text:
+        return f"cannot write trace {path}: permission denied; choose a writable folder"
+    return f"cannot write trace {path}: {text.splitlines()[0] if text else type(exc).__name__}"
+
+

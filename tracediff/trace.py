@@ -1,0 +1,302 @@
+"""The lazy trace reader: ``td.open(path)``."""
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+
+import h5py
+import numpy as np
+
+from . import format as fmt
+from .dtypes import numpy_dtype
+from .errors import IncompleteTraceWarning, TraceDiffError, TraceFormatError
+
+MAX_NDIM = 64
+STAT_KEYS = ("numel", "min", "max", "mean", "std", "l2", "nan", "inf", "zero_frac")
+
+
+@dataclass
+class Record:
+    """One record's metadata; ``read()`` loads its tensor and nothing else."""
+
+    index: int
+    name: str
+    kind: str
+    call: int
+    step: int
+    dtype: str
+    shape: tuple
+    stored: bool
+    stats: dict
+    meta: dict
+    hash: str = ""
+    nbytes: int = 0
+    _offset: int = field(default=-1, repr=False)
+    _sample: tuple = field(default=(0, 0), repr=False)
+    _trace: "Trace" = field(default=None, repr=False, compare=False)
+
+    @property
+    def key(self) -> tuple:
+        """(kind, name, call): unique within a step."""
+        return (self.kind, self.name, self.call)
+
+    @property
+    def numel(self) -> int:
+        return int(self.stats["numel"])
+
+    def read(self) -> np.ndarray:
+        """The tensor, bit-exact, with its logical dtype (bfloat16 via ml_dtypes)."""
+        if not self.stored:
+            raise TraceDiffError(
+                f"record {self.name!r} ({self.kind}) in {self._trace.path} holds statistics only "
+                "(recorded with values=False); record again with values=True to read it")
+        dtype = numpy_dtype(self.dtype)
+        raw = self._trace._read_bytes(self._offset, self.nbytes, self)
+        return raw.view(dtype).reshape(self.shape)
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        """(flat indices, values) of the seeded sample a record keeps; the whole tensor when stored."""
+        indices = fmt.sample_indices(self.numel)
+        if self.stored:
+            return indices, self.read().reshape(-1)[indices]
+        offset, count = self._sample
+        dtype = numpy_dtype(self.dtype)
+        raw = self._trace._read_bytes(offset, count * dtype.itemsize, self)
+        return indices[:count], raw.view(dtype)
+
+    def __str__(self):
+        call = f"#{self.call}" if self.call else ""
+        return f"{self.kind} {self.name}{call}"
+
+
+class Trace:
+    """A trace opened for reading. The index is read at open; tensors only when asked for."""
+
+    def __init__(self, path, *, warn_incomplete=True):
+        self.path = os.fspath(path)
+        self._file = _open_h5(self.path)
+        try:
+            self._load(warn_incomplete)
+        except TraceDiffError:
+            self._file.close()
+            raise
+        except Exception as exc:  # damaged metadata: one line, never a traceback
+            self._file.close()
+            raise TraceFormatError(
+                f"{self.path} is a damaged tracediff trace ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else 'unreadable index'}); record it again") from None
+
+    def _load(self, warn_incomplete):
+        f = self._file
+        attrs = {}
+        for key in f.attrs:
+            try:
+                attrs[key] = _plain(f.attrs[key])
+            except Exception:
+                attrs[key] = None
+        if attrs.get("format") != fmt.FORMAT_NAME:
+            raise TraceFormatError(
+                f"{self.path} is an HDF5 file but not a tracediff trace (no format attribute "
+                f"{fmt.FORMAT_NAME!r}); record it with tracediff")
+        version = attrs.get("format_version")
+        if not isinstance(version, int) or version < 1:
+            raise TraceFormatError(f"{self.path} has an invalid format_version {version!r}; record it again")
+        if version > fmt.FORMAT_VERSION:
+            raise TraceFormatError(
+                f"{self.path} uses trace format v{version}, newer than this tracediff reads "
+                f"(v{fmt.FORMAT_VERSION}); upgrade tracediff")
+        self.attrs = attrs
+        for name in (fmt.RECORDS, fmt.DATA):
+            if name not in f or not isinstance(f[name], h5py.Dataset):
+                raise TraceFormatError(f"{self.path} is a damaged tracediff trace: dataset {name!r} is missing")
+        records = f[fmt.RECORDS]
+        data = f[fmt.DATA]
+        if records.ndim != 1 or data.ndim != 1 or records.dtype.names is None:
+            raise TraceFormatError(f"{self.path} is a damaged tracediff trace: index has the wrong layout")
+        missing = [n for n in fmt.record_dtype().names if n not in records.dtype.names]
+        if missing:
+            raise TraceFormatError(
+                f"{self.path} is a damaged tracediff trace: index lacks field(s) {', '.join(missing)}")
+        self._data = data
+        self._data_size = int(data.shape[0])
+        n = int(records.shape[0])
+        committed = n
+        if fmt.STATE in f:
+            try:
+                state = np.asarray(f[fmt.STATE][()]).reshape(-1)
+                committed = int(state[0])
+            except Exception:
+                committed = n
+        self.complete = bool(attrs.get("complete", False))
+        if not self.complete:
+            n = max(0, min(n, committed))
+            if warn_incomplete:
+                warnings.warn(
+                    f"{self.path} is incomplete (its writer did not close it): "
+                    f"{n} record(s) readable up to the last complete one", IncompleteTraceWarning,
+                    stacklevel=3)
+        rows = records[:n] if n else records[:0]
+        self._records = [self._make_record(i, row) for i, row in enumerate(rows)]
+
+    def _make_record(self, index, row) -> Record:
+        def text(field_name):
+            value = row[field_name]
+            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+        kind = text("kind")
+        if kind not in fmt.KINDS:
+            raise TraceFormatError(f"{self.path} is damaged: record {index} has unknown kind {kind!r}")
+        try:
+            shape = tuple(int(d) for d in json.loads(text("shape")))
+        except (ValueError, TypeError):
+            raise TraceFormatError(f"{self.path} is damaged: record {index} has an unreadable shape") from None
+        if len(shape) > MAX_NDIM or any(d < 0 for d in shape):
+            raise TraceFormatError(f"{self.path} is damaged: record {index} declares shape {list(shape)}")
+        try:
+            meta = json.loads(text("meta") or "{}")
+            if not isinstance(meta, dict):
+                meta = {}
+        except ValueError:
+            meta = {}
+        stats = {key: _number(row[key]) for key in STAT_KEYS}
+        return Record(
+            index=index, name=text("name"), kind=kind, call=int(row["call"]), step=int(row["step"]),
+            dtype=text("dtype"), shape=shape, stored=bool(row["stored"]), stats=stats, meta=meta,
+            hash=text("hash"), nbytes=int(row["nbytes"]), _offset=int(row["offset"]),
+            _sample=(int(row["sample_offset"]), int(row["sample_count"])), _trace=self)
+
+    def _read_bytes(self, offset, nbytes, record) -> np.ndarray:
+        dtype = numpy_dtype(record.dtype)
+        expected = math.prod(record.shape) * dtype.itemsize if record.stored else None
+        if (offset < 0 or nbytes < 0 or offset + nbytes > self._data_size
+                or (expected is not None and nbytes != expected)):
+            raise TraceFormatError(
+                f"{self.path} is damaged: record {record.index} ({record.name!r}) points outside "
+                "the stored data; record it again")
+        if nbytes == 0:
+            return np.zeros(0, np.uint8)
+        out = np.empty(nbytes, np.uint8)
+        file_space = self._data.id.get_space()
+        file_space.select_hyperslab((offset,), (nbytes,))
+        self._data.id.read(h5py.h5s.create_simple((nbytes,)), file_space, out)
+        return out
+
+    # -- metadata -----------------------------------------------------------------------------
+    @property
+    def framework(self) -> str:
+        return str(self.attrs.get("framework", ""))
+
+    @property
+    def dims(self) -> dict:
+        try:
+            dims = json.loads(self.attrs.get("dims") or "{}")
+            return {str(k): int(v) for k, v in dims.items()} if isinstance(dims, dict) else {}
+        except (ValueError, TypeError, AttributeError):
+            return {}
+
+    @property
+    def steps(self) -> list:
+        return sorted({r.step for r in self._records})
+
+    # -- records ------------------------------------------------------------------------------
+    def __len__(self):
+        return len(self._records)
+
+    def __iter__(self):
+        return iter(self._records)
+
+    def __getitem__(self, index) -> Record:
+        return self._records[index]
+
+    def records(self, kind=None, name=None, step=None) -> list:
+        """Records in execution order, filtered by kind (one or several), name glob and step."""
+        kinds = (kind,) if isinstance(kind, str) else kind
+        out = []
+        for r in self._records:
+            if kinds is not None and r.kind not in kinds:
+                continue
+            if name is not None and not fnmatch.fnmatchcase(r.name, name):
+                continue
+            if step is not None and r.step != step:
+                continue
+            out.append(r)
+        return out
+
+    def get(self, name, kind="forward", call=0, step=None) -> Record:
+        for r in self._records:
+            if r.name == name and r.kind == kind and r.call == call and (step is None or r.step == step):
+                return r
+        raise KeyError(f"no {kind} record named {name!r} (call {call}) in {self.path}")
+
+    def close(self):
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __repr__(self):
+        return f"<tracediff.Trace {self.path!r}: {len(self)} records, framework={self.framework!r}>"
+
+
+def open_trace(path, *, warn_incomplete=True) -> Trace:
+    """Open a trace lazily: the index is read, tensors only on ``Record.read()``."""
+    return Trace(path, warn_incomplete=warn_incomplete)
+
+
+def _open_h5(path) -> h5py.File:
+    if not os.path.exists(path):
+        raise TraceFormatError(f"cannot open trace {path}: no such file")
+    if os.path.isdir(path):
+        raise TraceFormatError(f"cannot open trace {path}: it is a folder, not a trace file")
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError as exc:
+        raise TraceFormatError(f"cannot open trace {path}: {exc.strerror}") from None
+    if not _is_hdf5(path, head):
+        raise TraceFormatError(
+            f"{path} is not a tracediff trace: not an HDF5 file; traces are written by "
+            "tracediff record / td.Recorder")
+    try:
+        try:
+            return h5py.File(path, "r", libver="latest", swmr=True)
+        except OSError as exc:
+            if "lock" not in str(exc):
+                raise
+            # a writer elsewhere holds the lock (SWMR writers do): read without taking it
+            return h5py.File(path, "r", libver="latest", swmr=True, locking=False)
+    except Exception as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TraceFormatError(f"cannot open trace {path}: damaged HDF5 file ({text})") from None
+
+
+def _is_hdf5(path, head: bytes) -> bool:
+    if head == b"\x89HDF\r\n\x1a\n":
+        return True
+    try:
+        return bool(h5py.is_hdf5(path))
+    except Exception:
+        return False
+
+
+def _plain(value):
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def _number(value):
+    value = value.item() if isinstance(value, np.generic) else value
+    return value
