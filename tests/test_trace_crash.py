@@ -85,3 +85,15 @@ def test_trace_being_written_can_be_read(tmp_path):
         live.close()
         rec.forward("fc2", np.ones(3))
     assert [r.name for r in td.open(path)] == ["fc1", "fc2"]
+
+
+def test_overwriting_a_trace_open_for_reading_leaves_the_reader_on_the_old_one(tmp_path):
+    path = tmp_path / "t.h5"
+    with td.Recorder(path) as rec:
+        rec.forward("old", np.ones(2))
+    reader = td.open(path)
+    with td.Recorder(path, overwrite=True) as rec:
+        rec.forward("new", np.zeros(2))
+    assert [r.name for r in reader] == ["old"] and reader[0].read().tolist() == [1.0, 1.0]
+    reader.close()
+    assert [r.name for r in td.open(path)] == ["new"]

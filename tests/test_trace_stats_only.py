@@ -7,7 +7,7 @@ import tracediff as td
 
 
 def test_stats_only_keeps_stats_sample_and_hash(tmp_path):
-    big = np.random.default_rng(0).standard_normal((509, 521)).astype(np.float32)
+    big = np.random.default_rng(0).standard_normal((1021, 1031)).astype(np.float32)
     with td.Recorder(tmp_path / "full.h5") as rec:
         rec.forward("x", big)
     with td.Recorder(tmp_path / "stats.h5", values=False) as rec:

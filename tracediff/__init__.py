@@ -1,14 +1,12 @@
 """tracediff: record per-layer tensors of a model run, diff two runs, check a run's health.
 
-``import tracediff`` imports NumPy and h5py only; each framework adapter imports its framework
-when it is used (``from tracediff.adapters import torch``).
+``import tracediff`` imports no framework, and NumPy and h5py only when a name that needs them
+is first used; each framework adapter imports its framework when it is used
+(``from tracediff.adapters import torch``).
 """
 from . import primes
 from ._version import __version__
 from .errors import IncompleteTraceWarning, TraceDiffError, TraceFormatError
-from .recorder import Recorder
-from .trace import Record, Trace
-from .trace import open_trace as open
 
 __all__ = [
     "Recorder", "Trace", "Record", "open", "diff", "check", "gradcheck", "primes",
@@ -17,7 +15,17 @@ __all__ = [
 
 
 def __getattr__(name):
-    # The diff engine and health checks are imported on first use, keeping ``import tracediff`` light.
+    # Everything that needs NumPy/h5py loads on first use: pytest imports tracediff's plugin
+    # (tracediff.pytest_plugin) in every session, which must not pay for them.
+    if name == "Recorder":
+        from .recorder import Recorder
+        return Recorder
+    if name in ("Record", "Trace"):
+        from . import trace
+        return getattr(trace, name)
+    if name == "open":
+        from .trace import open_trace
+        return open_trace
     if name == "diff":
         from .compare import diff
         return diff

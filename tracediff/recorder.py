@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import math
 import os
@@ -52,7 +51,7 @@ class Recorder:
         folder = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(folder):
             raise TraceDiffError(f"cannot write trace {self.path}: folder {folder} does not exist")
-        self._lock = _lock_for_writing(self.path)
+        self._lock = _replace_and_lock(self.path)
         try:
             # HDF5's own lock is dropped by SWMR writers; ours (held on a separate descriptor
             # until close) is what keeps a second writer from truncating a live trace.
@@ -149,7 +148,7 @@ class Recorder:
             nbytes = raw.size
         else:
             nbytes = raw.size
-            digest = hashlib.blake2b(raw.data, digest_size=16).hexdigest()
+            digest = fmt.tensor_hash(contiguous)
             indices = fmt.sample_indices(contiguous.size)
             sample = contiguous.reshape(-1)[indices]
             sample_raw = sample.view(np.uint8) if sample.size else np.zeros(0, np.uint8)
@@ -236,13 +235,16 @@ class Recorder:
         try:
             try:
                 f[fmt.STATE][1] = 1 if complete else 0
+                if complete:
+                    # Written through the SWMR handle: reopening the file "r+" to write them
+                    # would leave it unreadable if the process were killed while it is open.
+                    f.attrs["n_records"] = self._count
+                    f.attrs["complete"] = True
                 f.flush()
             finally:
                 f.close()
-            if complete:
-                with h5py.File(self.path, "r+", locking=False) as f:
-                    f.attrs["complete"] = True
-                    f.attrs["n_records"] = self._count
+        except OSError as exc:
+            raise TraceDiffError(_write_error(self.path, exc)) from None
         finally:
             _unlock(self._lock)
 
@@ -263,6 +265,20 @@ class Recorder:
     @property
     def count(self) -> int:
         return self._count + len(self._pending)
+
+
+def _replace_and_lock(path):
+    """Lock ``path`` for writing. An existing file is unlinked rather than truncated, so that
+    readers which still have it open keep reading the old trace."""
+    if os.path.exists(path):
+        old = _lock_for_writing(path)  # refuses while another writer is live
+        try:
+            os.unlink(path)
+        except OSError as exc:
+            raise TraceDiffError(_write_error(path, exc)) from None
+        finally:
+            _unlock(old)
+    return _lock_for_writing(path)
 
 
 def _lock_for_writing(path):

@@ -81,7 +81,7 @@ class Trace:
         self._file = _open_h5(self.path)
         try:
             self._load(warn_incomplete)
-        except TraceDiffError:
+        except (TraceDiffError, Warning):  # a warning raised under simplefilter("error")
             self._file.close()
             raise
         except Exception as exc:  # damaged metadata: one line, never a traceback
@@ -163,6 +163,13 @@ class Trace:
         except ValueError:
             meta = {}
         stats = {key: _number(row[key]) for key in STAT_KEYS}
+        # later arithmetic trusts these (sample indices, finite counts): check them once here
+        numel = math.prod(shape)
+        if stats["numel"] != numel or not all(0 <= stats[k] <= numel for k in ("nan", "inf")):
+            raise TraceFormatError(
+                f"{self.path} is damaged: record {index} declares shape {list(shape)} but "
+                f"statistics for {stats['numel']} element(s) ({stats['nan']} NaN, "
+                f"{stats['inf']} Inf); record it again")
         return Record(
             index=index, name=text("name"), kind=kind, call=int(row["call"]), step=int(row["step"]),
             dtype=text("dtype"), shape=shape, stored=bool(row["stored"]), stats=stats, meta=meta,
@@ -180,9 +187,15 @@ class Trace:
         if nbytes == 0:
             return np.zeros(0, np.uint8)
         out = np.empty(nbytes, np.uint8)
-        file_space = self._data.id.get_space()
-        file_space.select_hyperslab((offset,), (nbytes,))
-        self._data.id.read(h5py.h5s.create_simple((nbytes,)), file_space, out)
+        try:
+            file_space = self._data.id.get_space()
+            file_space.select_hyperslab((offset,), (nbytes,))
+            self._data.id.read(h5py.h5s.create_simple((nbytes,)), file_space, out)
+        except (OSError, ValueError) as exc:  # HDF5 found a bad checksum, chunk or filter
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise TraceFormatError(
+                f"{self.path} is damaged: the data of record {record.index} ({record.name!r}) "
+                f"cannot be read ({text}); record it again") from None
         return out
 
     # -- metadata -----------------------------------------------------------------------------
@@ -266,13 +279,16 @@ def _open_h5(path) -> h5py.File:
             f"{path} is not a tracediff trace: not an HDF5 file; traces are written by "
             "tracediff record / td.Recorder")
     try:
+        # No HDF5 lock: a reader must never block a writer (writers lock among themselves, see
+        # recorder._lock_for_writing), and SWMR keeps what a reader sees consistent.
         try:
-            return h5py.File(path, "r", libver="latest", swmr=True)
+            # A closed trace opens without SWMR: SWMR readers retry each metadata checksum
+            # failure ~100 times with back-off, so a damaged file would take minutes to refuse.
+            return h5py.File(path, "r", libver="latest", locking=False)
         except OSError as exc:
-            if "lock" not in str(exc):
+            if "already open for write" not in str(exc):
                 raise
-            # a writer elsewhere holds the lock (SWMR writers do): read without taking it
-            return h5py.File(path, "r", libver="latest", swmr=True, locking=False)
+        return h5py.File(path, "r", libver="latest", swmr=True, locking=False)
     except Exception as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise TraceFormatError(f"cannot open trace {path}: damaged HDF5 file ({text})") from None

@@ -1,0 +1,149 @@
+"""ONNX adapter: every node output of an ONNX model, computed by onnxruntime, in bounded memory.
+
+``record("model.onnx", {"input": x}, "onnx.h5")`` writes ``input`` records for the graph inputs,
+``param`` records for the float initializers and one ``forward`` record per node output (not
+Constant nodes) in topological order, each with its op type, ONNX tensor name and the torch
+module path the exporter encoded (see ``onnx_names``). Outputs are exposed in groups sized to
+``max_memory`` (see ``onnx_plan``): the capture never holds more than one group's outputs plus
+the tensors later groups still read.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import numpy_helper
+
+from ..errors import TraceDiffError
+from ..recorder import Recorder
+from .onnx_inputs import check_feeds, random_feeds
+from .onnx_load import load_model
+from .onnx_memory import parse_memory
+from .onnx_modules import folded_initializers, is_legacy_export, node_origins
+from .onnx_names import output_layout, param_meta, record_names
+from .onnx_plan import estimate_sizes, inferred_types, plan_groups, topological_order
+from .onnx_run import resolve_providers, run_groups
+
+DEFAULT_MAX_MEMORY = 256 * 2**20
+FLUSH_EVERY = 64   # index rows per flush: flushing each of hundreds of records costs ~20%
+LOSSES = ("cross_entropy", "mse", "sum")
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+                onnx.TensorProto.BFLOAT16}
+
+
+def record(model, inputs, path, *, loss=None, target=None, max_memory=None, providers=None,
+           overwrite=False, dims=None, seed=None, values=True, save_grad_model=None) -> None:
+    """Record every node output of ``model`` (a path or ``onnx.ModelProto``) on ``inputs``
+    (a dict input name -> array; None generates seeded inputs with ``dims`` for dynamic axes).
+
+    ``loss`` (``"cross_entropy"``, ``"mse"`` or ``"sum"``, with ``target``) adds gradients.
+    ``max_memory`` (bytes or ``"512MB"``) bounds the outputs held at once (default 256 MiB).
+    """
+    if loss is not None and loss not in LOSSES:
+        raise TraceDiffError(f"unknown loss {loss!r}: use one of {', '.join(LOSSES)}")
+    if loss in ("cross_entropy", "mse") and target is None:
+        raise TraceDiffError(f"loss {loss!r} needs a target: pass target= (--target FILE.npy)")
+    budget = parse_memory(DEFAULT_MAX_MEMORY if max_memory is None else max_memory)
+    resolved_providers = resolve_providers(providers)
+    proto, source = load_model(model)
+    if inputs is None:
+        feeds, dims = random_feeds(proto, dims, 0 if seed is None else seed)
+    else:
+        feeds = check_feeds(proto, inputs, source)
+
+    graph = proto.graph
+    order = topological_order(graph)
+    nodes = [graph.node[i] for i in order]
+    initializers = {t.name: t for t in graph.initializer}
+    known = {name: array.nbytes for name, array in feeds.items()}
+    sizes = estimate_sizes(nodes, inferred_types(proto, feeds), known)
+    groups = plan_groups(nodes, sizes, budget, feeds, set(initializers))
+    legacy = is_legacy_export(proto)
+    folded = sorted(folded_initializers(nodes, set(initializers), legacy))
+    run_meta = {"groups": len(groups), "max_memory": budget, "providers": resolved_providers,
+                "exporter": _exporter(proto, legacy), "opset": _opset(proto),
+                "folded_initializers": folded}
+
+    with Recorder(path, framework="onnx", framework_version=f"onnxruntime {ort.__version__}",
+                  dims=dims, model=source, seed=seed, overwrite=overwrite, values=values,
+                  meta=run_meta, flush_every=FLUSH_EVERY) as rec:
+        for name, array in feeds.items():
+            rec.input(name, array, onnx_output=name)
+        _record_params(rec, graph, nodes, skip=set(folded))
+        names = _record_forward(rec, proto, nodes, order, groups, feeds, initializers,
+                                resolved_providers, legacy)
+        record_backward = _gradient_recorder() if loss is not None else None
+        if record_backward is not None:
+            record_backward(proto, feeds, rec, loss=loss, target=target, names=names,
+                            save_grad_model=save_grad_model, providers=resolved_providers)
+    if loss is not None and record_backward is None:
+        # the forward records are written and the trace closed cleanly before saying so
+        raise TraceDiffError("ONNX gradients are not available in this build")
+
+
+def _record_params(rec, graph, nodes, skip):
+    """A ``param`` record per float initializer, except those an exporter's folding rewrote
+    (they are not the torch model's parameters; the run's meta lists them)."""
+    consumers = {}
+    for node in nodes:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute
+                 if a.type == onnx.AttributeProto.INT}
+        for position, tensor in enumerate(node.input):
+            consumers.setdefault(tensor, []).append((node.op_type, position, attrs))
+    for tensor in graph.initializer:
+        if tensor.data_type not in _FLOAT_TYPES or tensor.name in skip:
+            continue
+        array = numpy_helper.to_array(tensor)
+        rec.param(tensor.name, array, onnx_output=tensor.name,
+                  **param_meta(tensor.name, array.shape, consumers.get(tensor.name, [])))
+        del array
+
+
+def _record_forward(rec, proto, nodes, order, groups, feeds, initializers, providers, legacy):
+    """Write each group's node outputs as they arrive; return the tensor -> record map that the
+    gradient recorder pairs its records with."""
+    graph_outputs = {o.name for o in proto.graph.output}
+    origins = node_origins(nodes, graph_outputs, set(initializers), legacy)
+    by_node = {}
+    for node_index, position, tensor, name in record_names(nodes, order):
+        by_node.setdefault(node_index, []).append((tensor, name))
+    names = {}
+    for group, results in run_groups(proto, nodes, groups, feeds, initializers, providers):
+        for node_index in group.nodes:
+            node = nodes[node_index]
+            for tensor, name in by_node.get(node_index, []):
+                value = results.get(tensor)
+                if not isinstance(value, np.ndarray):
+                    continue  # sequences, maps and absent optionals are not tensors to trace
+                meta = {"op_type": node.op_type, "onnx_output": tensor,
+                        "layout": output_layout(node.op_type, value.shape),
+                        **origins[node_index]}
+                if tensor in graph_outputs:
+                    meta["graph_output"] = True
+                meta = {k: v for k, v in meta.items() if v is not None}
+                rec.forward(name, value, **meta)
+                names[tensor] = (name, meta)
+    return names
+
+
+def _gradient_recorder():
+    """The gradient module's entry point, or None where this build lacks it."""
+    try:
+        from .onnx_grad import record_backward
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.endswith("onnx_grad"):
+            return None
+        raise
+    return record_backward
+
+
+def _exporter(proto, legacy):
+    if legacy:
+        return "torch.onnx (TorchScript)"
+    if any(p.key.startswith("pkg.torch.onnx") for n in proto.graph.node for p in n.metadata_props):
+        return "torch.onnx (dynamo)"
+    return f"{proto.producer_name} {proto.producer_version}".strip()
+
+
+def _opset(proto):
+    return next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)

@@ -1,0 +1,796 @@
+"""ONNX backward: the vector-Jacobian-product graph of a forward ONNX graph, run by onnxruntime.
+
+``gradient_model(model, loss)`` appends, to the forward graph, the loss and the gradient of every
+node output and float initializer on the way to it, using one rule per op type from
+``onnx_vjp.RULES``. ``record_backward`` runs that model and writes ``loss``, ``backward`` and
+``param_grad`` records, so the numerics stay onnxruntime's.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from ..errors import TraceDiffError
+from .onnx_vjp import RULES
+
+LOSSES = ("cross_entropy", "mse", "sum")
+MIN_OPSET = 18
+FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+META_KEY = "tracediff.gradients"
+# Ops whose outputs carry no gradient whatever their inputs (indices, masks, shapes).
+NO_GRADIENT = {"Shape", "Size", "ArgMax", "ArgMin", "Equal", "Greater", "GreaterOrEqual", "Less",
+               "LessOrEqual", "Not", "And", "Or", "Xor", "IsNaN", "IsInf", "NonZero",
+               "ConstantOfShape", "EyeLike", "RandomUniformLike", "RandomNormalLike",
+               "Bernoulli", "Multinomial", "TopK", "Unique", "OneHot", "Sign"}
+
+
+# -- the emitter rules write through --------------------------------------------------------------
+class Emitter:
+    """Appends gradient nodes and constants, and answers what rules ask about tensors."""
+
+    def __init__(self, info, consts, taken, wanted):
+        self.info = info            # tensor name -> (elem type, shape tuple or None)
+        self.consts = consts        # tensor name -> numpy value (initializers, Constant nodes)
+        self.wanted = wanted        # tensors whose gradient is asked for
+        self.nodes, self.initializers, self.emitted = [], [], set()
+        self.scope = "loss"
+        self._taken = set(taken)
+        self._suffix = defaultdict(int)   # hint -> last number used, so naming stays linear
+        self._shapes = {}
+
+    # naming and emitting
+    def fresh(self, hint):
+        name, i = hint, self._suffix[hint]
+        while name in self._taken:
+            i += 1
+            name = f"{hint}_{i}"
+        self._suffix[hint] = i
+        self._taken.add(name)
+        return name
+
+    def op(self, op_type, inputs, *, outputs=None, like=None, **attrs):
+        """Emit one node; its output name, or a list of ``outputs`` names when given."""
+        names = [self.fresh(f"grad/{self.scope}/{op_type}") for _ in range(outputs or 1)]
+        self.nodes.append(helper.make_node(op_type, list(inputs), names, name=names[0], **attrs))
+        self.emitted.update(names)
+        if like is not None:
+            self.same_type(names[0], like)
+        return names[0] if outputs is None else names
+
+    def const(self, array, hint="const"):
+        name = self.fresh(f"grad/{self.scope}/{hint}")
+        self.initializers.append(numpy_helper.from_array(np.asarray(array), name))
+        self.consts[name] = np.asarray(array)
+        return name
+
+    def int64s(self, values):
+        return self.const(np.asarray(values, dtype=np.int64), "ints")
+
+    def scalar(self, value, like):
+        """A 0-d constant of ``like``'s element type."""
+        elem = self.elem(like)
+        if elem in (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16):
+            return self.const(np.asarray(value, dtype=helper.tensor_dtype_to_np_dtype(elem)),
+                              "scalar")
+        return self.op("Cast", [self.const(np.asarray(value, np.float32), "scalar")], to=elem)
+
+    # what rules ask
+    def wants(self, name):
+        return bool(name) and name in self.wanted
+
+    def value(self, name):
+        return self.consts.get(name)
+
+    def elem(self, name):
+        return self.info[name][0]
+
+    def np_dtype(self, name):
+        return helper.tensor_dtype_to_np_dtype(self.elem(name))
+
+    def shape(self, name):
+        return self.info.get(name, (None, None))[1]
+
+    def known_shape(self, name):
+        shape = self.shape(name)
+        if shape is None:
+            raise TraceDiffError(
+                f"cannot build the gradient at node {self.scope}: the rank of tensor {name!r} "
+                "is unknown; give the model's input shapes")
+        return shape
+
+    def rank(self, name):
+        return len(self.known_shape(name))
+
+    def static_shape(self, name, node):
+        shape = self.known_shape(name)
+        if not all(isinstance(d, int) for d in shape):
+            raise TraceDiffError(
+                f"cannot build the gradient of {node.op_type} node {node.name}: the shape of "
+                f"{name!r} is {shape}, not static; give the model's input shapes")
+        return list(shape)
+
+    def same_type(self, name, like):
+        if like in self.info:
+            self.info[name] = self.info[like]
+        return name
+
+    def shape_of(self, name):
+        if name not in self._shapes:
+            shape = self.shape(name)
+            if shape is not None and all(isinstance(d, int) for d in shape):
+                self._shapes[name] = self.int64s(list(shape))
+            else:
+                self._shapes[name] = self.op("Shape", [name])
+        return self._shapes[name]
+
+    # building blocks
+    def reduce(self, op_type, x, axes, keepdims):
+        return self.op(op_type, [x, self.int64s(axes)], keepdims=keepdims)
+
+    def count_ratio(self, x, y):
+        """numel(x) / numel(y) in x's element type: the divisor of a mean reduction."""
+        xs, ys = self.shape(x), self.shape(y)
+        if xs is not None and ys is not None and all(isinstance(d, int) for d in xs + ys):
+            return self.scalar(float(np.prod(xs, dtype=np.int64) / np.prod(ys, dtype=np.int64)), x)
+        ratio = self.op("Div", [self.op("Size", [x]), self.op("Size", [y])])
+        return self.op("Cast", [ratio], to=self.elem(x))
+
+    def zeros_like(self, name):
+        return self.op("Expand", [self.scalar(0.0, name), self.shape_of(name)], like=name)
+
+    def unbroadcast(self, grad, grad_like, x, to_shape=None):
+        """Sum ``grad`` (shaped like tensor/shape ``grad_like``) back to the shape of ``x``."""
+        if grad is None or (to_shape is None and not self.wants(x)):
+            return None
+        g_shape = grad_like if isinstance(grad_like, tuple) else self.known_shape(grad_like)
+        x_shape = to_shape if to_shape is not None else self.known_shape(x)
+        g_shape, x_shape = tuple(g_shape), tuple(x_shape)
+        if g_shape == x_shape:
+            return self.same_type(grad, x)
+        static = all(isinstance(d, int) for d in g_shape + x_shape)
+        if static:
+            padded = (1,) * (len(g_shape) - len(x_shape)) + x_shape
+            axes = [i for i, (p, d) in enumerate(zip(padded, g_shape)) if p == 1 and d != 1]
+            if axes:
+                grad = self.op("ReduceSum", [grad, self.int64s(axes)], keepdims=1)
+            if len(g_shape) != len(x_shape):
+                grad = self.op("Reshape", [grad, self.int64s(list(x_shape))])
+            return self.same_type(grad, x)
+        target = self.op("Shape", [x])
+        padded = target
+        if len(g_shape) > len(x_shape):
+            ones = self.int64s([1] * (len(g_shape) - len(x_shape)))
+            padded = self.op("Concat", [ones, target], axis=0)
+        size_one = self.op("Equal", [padded, self.int64s(1)])
+        axes = self.op("Reshape", [self.op("NonZero", [size_one]), self.int64s([-1])])
+        grad = self.op("ReduceSum", [grad, axes], keepdims=1, noop_with_empty_axes=1)
+        return self.same_type(self.op("Reshape", [grad, target]), x)
+
+    def scatter_back(self, x, dy, select):
+        """Gradient of an indexing op: ``select`` applied to the flat positions of ``x``
+        says where each element of ``dy`` came from; repeated positions add up."""
+        count = self.op("Size", [x])
+        positions = self.op("Range", [self.int64s(0), count, self.int64s(1)])
+        positions = self.op("Reshape", [positions, self.shape_of(x)])
+        return self.scatter_flat(x, select(positions), dy, count)
+
+    def scatter_flat(self, x, flat_index, dy, count=None):
+        count = count if count is not None else self.op("Size", [x])
+        length = self.op("Reshape", [count, self.int64s([1])])
+        zeros = self.op("Expand", [self.scalar(0.0, x), length])
+        flat = self.op("ScatterElements", [
+            zeros, self.op("Reshape", [flat_index, self.int64s([-1])]),
+            self.op("Reshape", [dy, self.int64s([-1])])], axis=0, reduction="add")
+        return self.op("Reshape", [flat, self.shape_of(x)], like=x)
+
+    def accumulate(self, tensor, parts):
+        if len(parts) == 1:
+            return parts[0]
+        return self.op("Sum", parts, like=tensor)
+
+
+# -- losses: (emitter, loss input) -> (target ValueInfo or None, loss tensor, dL/d loss input) ----
+def _sum_loss(g, y, target_name):
+    loss = g.op("ReduceSum", [y], keepdims=0)
+    return None, loss, g.op("Expand", [g.scalar(1.0, y), g.shape_of(y)], like=y)
+
+
+def _mse_loss(g, y, target_name):
+    elem, shape = g.info[y]
+    target = helper.make_tensor_value_info(target_name, elem, _dims(shape))
+    diff = g.op("Sub", [y, target_name])
+    loss = g.op("ReduceMean", [g.op("Mul", [diff, diff])], keepdims=0)
+    seed = g.op("Div", [g.op("Mul", [diff, g.scalar(2.0, y)]), g.count_ratio(y, loss)], like=y)
+    return target, loss, seed
+
+
+def _cross_entropy_loss(g, y, target_name):
+    elem, shape = g.info[y]
+    if shape is not None and len(shape) < 1:
+        raise TraceDiffError(f"loss 'cross_entropy' needs logits with a class axis, but graph "
+                             f"output {y!r} is a scalar; use loss='sum' or 'mse'")
+    target = helper.make_tensor_value_info(target_name, TensorProto.INT64,
+                                           None if shape is None else _dims(shape[:-1]))
+    picked_at = g.op("Unsqueeze", [target_name, g.int64s([-1])])
+    log_p = g.op("LogSoftmax", [y], axis=-1)
+    picked = g.op("GatherElements", [log_p, picked_at], axis=-1)
+    loss = g.op("Neg", [g.op("ReduceMean", [picked], keepdims=0)])
+    classes = g.op("Range", [g.int64s(0), g.op("Squeeze", [g.op("Shape", [y], start=-1)]),
+                             g.int64s(1)])
+    one_hot = g.op("Cast", [g.op("Equal", [picked_at, classes])], to=elem)
+    count = g.op("Cast", [g.op("Size", [target_name])], to=elem)
+    seed = g.op("Div", [g.op("Sub", [g.op("Softmax", [y], axis=-1), one_hot]), count], like=y)
+    return target, loss, seed
+
+
+_LOSS_BUILDERS = {"cross_entropy": _cross_entropy_loss, "mse": _mse_loss, "sum": _sum_loss}
+
+
+def _dims(shape):
+    return None if shape is None else [d if isinstance(d, (int, str)) else None for d in shape]
+
+
+# -- building the gradient model ------------------------------------------------------------------
+class GradientPlan:
+    """The built model and which of its outputs holds which gradient."""
+
+    def __init__(self, model, loss_output, target_input, grads, param_grads, forward_order,
+                 classes=None):
+        self.model = model
+        self.classes = classes                # size of the logits' last axis, when static
+        self.loss_output = loss_output
+        self.target_input = target_input      # name of the target input, or None
+        self.grads = grads                    # [(forward tensor, output name)], loss -> input
+        self.param_grads = param_grads        # [(initializer name, output name)]
+        self.forward_order = forward_order    # node output tensors in topological order
+
+
+def gradient_model(model, loss, *, feeds=None, providers=None) -> onnx.ModelProto:
+    """The forward graph plus the loss and its gradients, as one checkable ONNX model.
+
+    Inputs: the forward inputs, plus the target (``cross_entropy``: int64 class indices shaped
+    like the logits without their last axis; ``mse``: shaped like the output). Outputs: the loss,
+    then dL/d each node output on the loss's path (loss to input), then dL/d each float
+    initializer; ``metadata_props['tracediff.gradients']`` maps them to forward tensor names.
+    ``feeds`` ({input name: array}) pins the model to their shapes, which Conv and pooling
+    need, and lets a probe run find the shapes that shape inference cannot.
+    """
+    return build(model, loss, feeds=feeds, providers=providers).model
+
+
+def build(model, loss, *, feeds=None, providers=None) -> GradientPlan:
+    if loss not in _LOSS_BUILDERS:
+        raise TraceDiffError(f"unknown loss {loss!r}: use one of {', '.join(LOSSES)}")
+    if not isinstance(model, onnx.ModelProto):
+        raise TraceDiffError(f"gradient_model needs an onnx.ModelProto, got {type(model).__name__}")
+    model = _prepared(model, feeds or {}, providers)
+    graph = model.graph
+    if not graph.output:
+        raise TraceDiffError("the ONNX graph has no outputs: output 0 must feed the loss")
+    info = _tensor_info(model)
+    consts = _constant_values(graph)
+    initializers = {t.name for t in graph.initializer}
+    aliases = _parameter_aliases(graph)
+    buffers = _running_statistics(graph)
+    parameters = [t.name for t in graph.initializer if t.data_type in FLOAT_TYPES]
+    parameters = [p for p in parameters + list(aliases) if p not in buffers]
+    requires = set(parameters)
+    requires |= {i.name for i in graph.input
+                 if i.name not in initializers and i.type.tensor_type.elem_type in FLOAT_TYPES}
+    # an alias is a parameter of its own: its Identity node is not differentiated through
+    nodes = [n for n in graph.node if not (n.op_type == "Identity" and n.output[0] in aliases)]
+    for node in nodes:  # sorted by _prepared
+        if any(i in requires for i in node.input if i) and node.op_type not in NO_GRADIENT:
+            # an output of unknown type might be float: better a missing rule named than a
+            # gradient silently cut
+            requires |= {o for o in node.output
+                         if o and info.get(o, (0,))[0] in FLOAT_TYPES | {TensorProto.UNDEFINED}}
+    loss_input = graph.output[0].name
+    if loss_input not in requires:
+        raise TraceDiffError(f"graph output 0 ({loss_input!r}) depends on no float input or "
+                             "initializer: put the logits/prediction first among the outputs")
+    path, reaches = _loss_path(nodes, loss_input, requires)
+    node_names = _node_names(graph)
+    for node in path:
+        if node.op_type not in RULES or node.domain not in ("", "ai.onnx"):
+            where = node_names[tuple(node.output)]
+            raise TraceDiffError(
+                f"no gradient rule for op {node.op_type} (node {where}): add one to "
+                "tracediff.adapters.onnx_vjp.RULES or export the model without it; the forward "
+                "trace is written")
+
+    taken = _all_names(graph)
+    # a graph input's own gradient is never recorded: rules skip it (the first Conv's
+    # ConvTranspose, for one), while every node output still gets its gradient
+    g = Emitter(info, consts, taken, wanted=reaches - {i.name for i in graph.input
+                                                       if i.name not in initializers})
+    target_name = g.fresh("target")
+    target, loss_name, seed = _LOSS_BUILDERS[loss](g, loss_input, target_name)
+    pending = defaultdict(list)
+    pending[loss_input].append(seed)
+    grads = []
+    for node in path:
+        g.scope = node_names[tuple(node.output)]
+        dys = []
+        for out in node.output:
+            parts = pending.pop(out, None) if out else None
+            dys.append(g.accumulate(out, parts) if parts else None)
+            if parts:
+                grads.append((out, dys[-1]))
+        dxs = RULES[node.op_type](g, node, dys)
+        for x, dx in zip(node.input, dxs):
+            if dx is not None and x in reaches:
+                pending[x].append(dx)
+    g.scope = "params"
+    param_grads = [(p, g.accumulate(p, pending[p])) for p in parameters if pending.get(p)]
+    forward_order = [o for node in graph.node for o in node.output if o]
+    return _assemble(model, list(graph.node), g, target, loss_name, loss_input, grads, param_grads,
+                     forward_order)
+
+
+def _assemble(model, forward_nodes, g, target, loss_name, loss_input, grads, param_grads,
+              forward_order):
+    graph = model.graph
+    # Give every gradient output a readable name: <forward tensor>_grad.
+    rename = {}
+    for tensor, grad in grads + param_grads:
+        if grad in g.emitted and grad not in rename:
+            rename[grad] = g.fresh(f"{tensor}_grad")
+    loss_out = g.fresh("loss")
+    rename[loss_name] = loss_out
+    for node in g.nodes:
+        node.input[:] = [rename.get(i, i) for i in node.input]
+        node.output[:] = [rename.get(o, o) for o in node.output]
+    grads = [(t, rename.get(n, n)) for t, n in grads]
+    param_grads = [(t, rename.get(n, n)) for t, n in param_grads]
+    for old, new in rename.items():
+        if old in g.info:
+            g.info[new] = g.info[old]
+
+    outputs, seen, extra_nodes = [], set(), []
+    sources = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+
+    def declare(name, like, shape=None):
+        if name in seen:
+            return name
+        if name in sources:  # a graph output must be produced by a node
+            copy = g.fresh(f"{name}_grad")
+            extra_nodes.append(helper.make_node("Identity", [name], [copy], name=copy))
+            name = copy
+        seen.add(name)
+        elem, like_shape = g.info.get(like, (TensorProto.UNDEFINED, None))
+        outputs.append(helper.make_tensor_value_info(
+            name, elem, _dims(like_shape) if shape is None else shape))
+        return name
+
+    declare(loss_out, loss_input, shape=[])
+    grads = [(t, declare(n, t)) for t, n in grads]
+    param_grads = [(t, declare(n, t)) for t, n in param_grads]
+    nodes = forward_nodes + g.nodes + extra_nodes
+    inputs = list(graph.input) + ([target] if target is not None else [])
+    new_graph = helper.make_graph(
+        _live(nodes, [o.name for o in outputs]), f"{graph.name or 'model'}_gradients", inputs,
+        outputs, initializer=list(graph.initializer) + g.initializers)
+    kept = {n for node in new_graph.node for n in node.input}
+    live_inits = [t for t in new_graph.initializer if t.name in kept]
+    del new_graph.initializer[:]
+    new_graph.initializer.extend(live_inits)
+    grad_model = helper.make_model(new_graph, opset_imports=list(model.opset_import),
+                                   producer_name="tracediff")
+    grad_model.ir_version = model.ir_version
+    grad_model.functions.extend(model.functions)
+    mapping = {"loss": loss_out, "target": target.name if target is not None else None,
+               "grads": grads, "param_grads": param_grads}
+    helper.set_model_props(grad_model, {META_KEY: json.dumps(mapping)})
+    out_shape = g.info.get(loss_input, (None, None))[1]
+    classes = out_shape[-1] if out_shape and isinstance(out_shape[-1], int) else None
+    return GradientPlan(grad_model, loss_out, mapping["target"], grads, param_grads,
+                        forward_order, classes)
+
+
+def _live(nodes, outputs):
+    """Nodes needed for ``outputs``, in their original (topological) order."""
+    needed, keep = set(outputs), []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output if o):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+    return keep[::-1]
+
+
+def _parameter_aliases(graph):
+    """Identity outputs of float initializers -> the initializer. The legacy torch exporter
+    merges parameters with equal values (a fresh LayerNorm's ones, a BatchNorm's zeros) into
+    one initializer and names the others through Identity nodes; each keeps its own gradient,
+    as in torch, rather than one sum over all of them. An alias is an Identity output that is
+    named like a parameter path (``layer.norm2.weight``, not ``/x/Identity_output_0``)."""
+    floats = {t.name for t in graph.initializer if t.data_type in FLOAT_TYPES}
+    return {node.output[0]: node.input[0] for node in graph.node
+            if node.op_type == "Identity" and node.input and node.input[0] in floats
+            and _parameter_like(node.output[0])}
+
+
+def _parameter_like(name):
+    return "." in name and not name.startswith(("/", "onnx::")) and " " not in name
+
+
+def _running_statistics(graph):
+    """Initializers used only as a BatchNormalization's mean and variance: buffers, not
+    parameters (torch has no gradient for them either), so they get no param_grad."""
+    stats_uses, other_uses = set(), set()
+    for node in graph.node:
+        for position, name in enumerate(node.input):
+            is_stat = node.op_type == "BatchNormalization" and position in (3, 4)
+            (stats_uses if is_stat else other_uses).add(name)
+    return stats_uses - other_uses
+
+
+def _sorted_nodes(graph):
+    """The graph's nodes in topological order (ONNX asks for it; not every producer obeys)."""
+    nodes = list(graph.node)
+    producer = {o: i for i, node in enumerate(nodes) for o in node.output if o}
+    waiting = [{producer[x] for x in node.input if x in producer} for node in nodes]
+    if all(all(j < i for j in deps) for i, deps in enumerate(waiting)):
+        return nodes
+    consumers = defaultdict(list)
+    for i, deps in enumerate(waiting):
+        for j in deps:
+            consumers[j].append(i)
+    ready = [i for i, deps in enumerate(waiting) if not deps]
+    order = []
+    while ready:
+        i = ready.pop(0)
+        order.append(i)
+        for k in consumers[i]:
+            waiting[k].discard(i)
+            if not waiting[k]:
+                ready.append(k)
+    if len(order) != len(nodes):
+        raise TraceDiffError("the ONNX graph has a cycle: it cannot be differentiated")
+    return [nodes[i] for i in order]
+
+
+def _loss_path(nodes, loss_input, requires):
+    """Nodes between the float sources and the loss input, last first; and the tensors on it."""
+    reaches, path = {loss_input}, []
+    for node in reversed(nodes):
+        if any(o in reaches for o in node.output if o):
+            path.append(node)
+            reaches.update(i for i in node.input if i in requires)
+    return path, reaches
+
+
+def _prepared(model, feeds, providers):
+    model_copy = onnx.ModelProto()
+    model_copy.CopyFrom(model)
+    opset = next((o.version for o in model_copy.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_OPSET:
+        try:
+            model_copy = onnx.version_converter.convert_version(model_copy, MIN_OPSET)
+        except Exception as exc:
+            raise TraceDiffError(
+                f"cannot convert the model from opset {opset} to {MIN_OPSET} for its gradient "
+                f"graph ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                f"re-export it with opset_version={MIN_OPSET}") from None
+    ordered = _sorted_nodes(model_copy.graph)
+    del model_copy.graph.node[:]
+    model_copy.graph.node.extend(ordered)
+    for graph_input in model_copy.graph.input:
+        if graph_input.name not in feeds:
+            continue
+        shape = np.shape(feeds[graph_input.name])
+        dims = graph_input.type.tensor_type.shape
+        del dims.dim[:]
+        for d in shape:
+            dims.dim.add().dim_value = int(d)
+    try:
+        model_copy = onnx.shape_inference.infer_shapes(model_copy, data_prop=True)
+    except Exception:  # inference is an aid: rules that need a shape say so themselves
+        pass
+    if feeds:
+        _probe_shapes(model_copy, feeds, providers)
+    _split_sequences(model_copy)
+    return model_copy
+
+
+def _split_sequences(model):
+    """Rewrite ``SplitToSequence`` read back by ``SequenceAt`` at constant positions (the dynamo
+    exporter's ``torch.split`` before its optimizer runs) as one ``Split``: the same tensors
+    under the same names, through ops that have gradient rules."""
+    graph = model.graph
+    info, consts = _tensor_info(model), _constant_values(graph)
+    readers = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            readers[name].append(node)
+    graph_outputs = {o.name for o in graph.output}
+    replaced = {}
+    for node in graph.node:
+        if node.op_type != "SplitToSequence" or node.output[0] in graph_outputs:
+            continue
+        users = readers[node.output[0]]
+        positions = [consts.get(u.input[1]) if len(u.input) > 1 else None for u in users]
+        sizes = _sequence_sizes(node, info, consts)
+        if sizes is None or not users or any(
+                u.op_type != "SequenceAt" or p is None for u, p in zip(users, positions)):
+            continue
+        axis = _attr_int(node, "axis", 0)
+        pieces = [f"{node.output[0]}/split_{i}" for i in range(len(sizes))]
+        new_nodes = [helper.make_node("Split", [node.input[0], _int64_initializer(
+            graph, f"{node.output[0]}/sizes", sizes)], pieces, axis=axis, name=node.name)]
+        squeeze = len(node.input) < 2 or not node.input[1]
+        squeeze = squeeze and not _attr_int(node, "keepdims", 1)
+        for user, position in zip(users, positions):
+            piece = pieces[int(position) % len(sizes)]
+            inputs = [piece, _int64_initializer(graph, f"{piece}/axes", [axis])] if squeeze \
+                else [piece]
+            new_nodes.append(helper.make_node("Squeeze" if squeeze else "Identity", inputs,
+                                              list(user.output), name=user.name))
+        replaced[tuple(node.output)] = new_nodes
+        for user in users:
+            replaced[tuple(user.output)] = []
+    if not replaced:
+        return
+    rebuilt = []
+    for node in graph.node:
+        rebuilt.extend(replaced.get(tuple(node.output), [node]))
+    del graph.node[:]
+    graph.node.extend(_sorted_nodes(helper.make_graph(rebuilt, "g", [], [])))
+
+
+def _sequence_sizes(node, info, consts):
+    """Piece sizes of a SplitToSequence along its axis, when static; else None."""
+    shape = info.get(node.input[0], (0, None))[1]
+    axis = _attr_int(node, "axis", 0)
+    if shape is None or not -len(shape) <= axis < len(shape) or not isinstance(shape[axis], int):
+        return None
+    length = shape[axis]
+    split = consts.get(node.input[1]) if len(node.input) > 1 and node.input[1] else None
+    if len(node.input) > 1 and node.input[1] and split is None:
+        return None
+    if split is None:
+        return [1] * length
+    if split.ndim == 0:
+        chunk = int(split)
+        return [chunk] * (length // chunk) + ([length % chunk] if length % chunk else [])
+    return [int(v) for v in split]
+
+
+def _attr_int(node, name, default):
+    for a in node.attribute:
+        if a.name == name:
+            return a.i
+    return default
+
+
+def _int64_initializer(graph, name, values):
+    graph.initializer.append(numpy_helper.from_array(np.asarray(values, np.int64), name))
+    return name
+
+
+def _probe_shapes(model, feeds, providers):
+    """Fill in, from one forward run, the node output shapes shape inference left open."""
+    import onnxruntime as ort
+
+    info = _tensor_info(model)
+    open_shapes = [o for node in model.graph.node for o in node.output
+                   if o and info.get(o, (TensorProto.UNDEFINED, None))[0] in FLOAT_TYPES | {0}
+                   and not _static(info[o][1] if o in info else None)]
+    if not open_shapes:
+        return
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.ValueInfoProto(name=o) for o in open_shapes)
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(),
+                                       providers=providers or ["CPUExecutionProvider"])
+        values = session.run(open_shapes, dict(feeds))
+    except Exception:  # the gradient run itself will name what is wrong
+        return
+    known = {v.name: v for v in model.graph.value_info}
+    for name, value in zip(open_shapes, values):
+        if not isinstance(value, np.ndarray):
+            continue
+        elem = helper.np_dtype_to_tensor_dtype(value.dtype)
+        entry = helper.make_tensor_value_info(name, elem, list(value.shape))
+        if name in known:
+            known[name].CopyFrom(entry)
+        else:
+            model.graph.value_info.append(entry)
+        del value
+
+
+def _static(shape):
+    return shape is not None and all(isinstance(d, int) for d in shape)
+
+
+def _tensor_info(model):
+    info = {}
+
+    def add(value_info):
+        t = value_info.type.tensor_type
+        shape = None
+        if t.HasField("shape"):
+            shape = tuple(d.dim_value if d.HasField("dim_value") else
+                          (d.dim_param or None) for d in t.shape.dim)
+        info[value_info.name] = (t.elem_type, shape)
+
+    for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+        add(vi)
+    for t in model.graph.initializer:
+        info[t.name] = (t.data_type, tuple(t.dims))
+    return info
+
+
+def _constant_values(graph):
+    values = {t.name: numpy_helper.to_array(t) for t in graph.initializer
+              if t.data_location != TensorProto.EXTERNAL and np.prod(t.dims) <= 64}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            values[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return values
+
+
+def _all_names(graph):
+    names = {i.name for i in graph.input} | {t.name for t in graph.initializer}
+    names |= {o.name for o in graph.output}
+    for node in graph.node:
+        names.update(node.input)
+        names.update(node.output)
+    return names
+
+
+def _node_names(graph):
+    """A node's outputs -> its name; an unnamed node is ``<op_type>_<index>``, as the forward
+    adapter names it. (Keyed by outputs, which SSA makes unique, not by protobuf wrappers.)"""
+    return {tuple(node.output): node.name or f"{node.op_type}_{i}"
+            for i, node in enumerate(graph.node)}
+
+
+# -- recording ------------------------------------------------------------------------------------
+def record_backward(model, feeds, rec, *, loss, target=None, names=None, save_grad_model=None,
+                    providers=None) -> None:
+    """Run the gradient model on ``feeds`` and write ``loss``, ``backward`` (loss to input) and
+    ``param_grad`` records to the open recorder ``rec``.
+
+    ``names`` maps an ONNX tensor name to the (record name, meta) of its forward record; backward
+    records reuse both (tensors missing from it are not written). Without it the tensor name is
+    the record name.
+    """
+    import onnxruntime as ort
+
+    plan = build(model, loss, feeds=feeds, providers=providers)
+    run_feeds = dict(feeds)
+    if plan.target_input is not None:
+        run_feeds[plan.target_input] = _checked_target(plan, loss, target)
+    elif target is not None:
+        raise TraceDiffError(f"loss {loss!r} takes no target: drop target= / --target")
+    if save_grad_model:
+        _save(plan.model, save_grad_model)
+    try:
+        session = ort.InferenceSession(plan.model.SerializeToString(),
+                                       providers=providers or ["CPUExecutionProvider"])
+    except Exception as exc:
+        raise TraceDiffError(f"onnxruntime cannot load the gradient model ({_first_line(exc)}); "
+                             "save it with save_grad_model= and report the node named") from None
+    output_names = [o.name for o in plan.model.graph.output]
+    try:
+        values = session.run(output_names, run_feeds)
+    except Exception as exc:
+        raise TraceDiffError(f"onnxruntime failed running the gradient model "
+                             f"({_first_line(exc)}); check the target and input shapes") from None
+    by_name = dict(zip(output_names, values))
+    del values
+    rec.loss(by_name.pop(plan.loss_output), loss=loss)
+    remaining = defaultdict(int)
+    for _, out in plan.grads + plan.param_grads:
+        remaining[out] += 1
+
+    def take(out):  # free each array once its last record is written
+        remaining[out] -= 1
+        return by_name.pop(out) if remaining[out] == 0 else by_name[out]
+
+    calls = _call_indices(plan.forward_order, names)
+    for tensor, out in plan.grads:
+        value = take(out)
+        if names is None:
+            rec.backward(tensor, value, onnx_output=tensor)
+        elif tensor in names:
+            name, meta = names[tensor]
+            rec.backward(name, value, call=calls[tensor], **dict(meta or {}))
+    metas = _param_metas(model, [init for init, _ in plan.param_grads])
+    for init, out in plan.param_grads:
+        rec.param_grad(init, take(out), **metas[init])
+
+
+def _param_metas(model, initializers):
+    """The meta the forward adapter gives each initializer's ``param`` record (role, module,
+    layout), so a ``param_grad`` carries the same."""
+    try:
+        from .onnx_names import param_meta
+    except ImportError:  # a build without the forward adapter: the role from the name suffix
+        return {name: {"role": parameter_role(name)} for name in initializers}
+    wanted, consumers = set(initializers), defaultdict(list)
+    for node in model.graph.node:
+        ints = {a.name: helper.get_attribute_value(a) for a in node.attribute
+                if a.type == onnx.AttributeProto.INT}
+        for position, tensor in enumerate(node.input):
+            if tensor in wanted:
+                consumers[tensor].append((node.op_type, position, ints))
+    shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    shapes.update({alias: shapes[source]
+                   for alias, source in _parameter_aliases(model.graph).items()})
+    return {name: {**param_meta(name, shapes.get(name, ()), consumers[name]),
+                   "onnx_output": name} for name in initializers}
+
+
+def parameter_role(name):
+    """The canonical role of an initializer from its torch-style suffix (None if unknown)."""
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf in ("running_mean", "running_var", "bias"):
+        return leaf
+    return "weight" if leaf.endswith("weight") else None
+
+
+def _call_indices(forward_order, names):
+    calls, seen = {}, defaultdict(int)
+    for tensor in forward_order:
+        if names is not None and tensor in names:
+            record = names[tensor][0]
+            calls[tensor] = seen[record]
+            seen[record] += 1
+    return calls
+
+
+def _checked_target(plan, loss, target):
+    if target is None:
+        raise TraceDiffError(f"loss {loss!r} needs a target: pass target= (--target FILE.npy)")
+    target = np.asarray(target)
+    spec = next(i for i in plan.model.graph.input if i.name == plan.target_input)
+    expected = [d.dim_value if d.HasField("dim_value") else None
+                for d in spec.type.tensor_type.shape.dim]
+    if spec.type.tensor_type.HasField("shape") and (
+            len(expected) != target.ndim
+            or any(e is not None and e != s for e, s in zip(expected, target.shape))):
+        raise TraceDiffError(
+            f"target has shape {list(target.shape)} but loss {loss!r} needs "
+            f"{[e if e is not None else '?' for e in expected]}: "
+            + ("class indices for every position of the logits but the last axis"
+               if loss == "cross_entropy" else "the shape of the model's output 0"))
+    if loss == "cross_entropy":
+        if not np.issubdtype(target.dtype, np.integer):
+            raise TraceDiffError(f"cross_entropy target must hold integer class indices, got "
+                                 f"{target.dtype}: pass labels as an int64 array")
+        classes = plan.classes
+        bad = target[(target < 0) | (target >= classes)] if classes else target[target < 0]
+        if bad.size:
+            raise TraceDiffError(
+                f"cross_entropy target holds class {int(bad.flat[0])} outside 0..{classes - 1}: "
+                "labels must index the last axis of the logits")
+        return target.astype(np.int64)
+    elem = spec.type.tensor_type.elem_type
+    return target.astype(helper.tensor_dtype_to_np_dtype(elem))
+
+
+def _save(model, path):
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise TraceDiffError(f"cannot save the gradient model to {path}: folder {folder} "
+                             "does not exist")
+    try:
+        onnx.save(model, path)
+    except ValueError:  # over protobuf's 2 GB: weights go next to it
+        onnx.save(model, path, save_as_external_data=True,
+                  location=os.path.basename(path) + ".data")
+
+
+def _first_line(exc):
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__

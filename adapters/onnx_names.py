@@ -1,0 +1,54 @@
+"""Record names and per-record metadata of an ONNX trace: node output names, activation
+layouts, parameter roles and layouts (the module paths are in ``onnx_modules``)."""
+from __future__ import annotations
+
+SPATIAL_OPS = {"Conv", "ConvTranspose", "BatchNormalization", "MaxPool", "AveragePool",
+               "GlobalAveragePool", "GlobalMaxPool", "InstanceNormalization", "LpPool"}
+_RANK_LAYOUT = {3: "NCL", 4: "NCHW"}
+
+
+def record_names(nodes, file_positions):
+    """The record name of every node output: ``[(node_index, output_index, tensor, name)]``.
+
+    A node without a name is called ``<op_type>_<its index in the file>``; a node with several
+    outputs adds ``:<output index>``. Empty (omitted optional) outputs are left out.
+    """
+    out = []
+    for index, node in enumerate(nodes):
+        base = node.name or f"{node.op_type}_{file_positions[index]}"
+        several = len(node.output) > 1
+        for position, tensor in enumerate(node.output):
+            if tensor:
+                out.append((index, position, tensor, f"{base}:{position}" if several else base))
+    return out
+
+
+def output_layout(op_type, shape):
+    if op_type in SPATIAL_OPS:
+        return _RANK_LAYOUT.get(len(shape))
+    return None
+
+
+def param_meta(name, shape, consumers):
+    """``role``, ``layout`` and ``module`` of an initializer from its name and its consumers
+    (``[(op_type, input position, node attributes dict)]``)."""
+    meta = {}
+    leaf = name.rsplit(".", 1)[-1]
+    if "." in name and not name.startswith("onnx::"):
+        meta["module"] = name.rsplit(".", 1)[0]
+    if leaf in ("running_mean", "running_var", "bias"):
+        meta["role"] = leaf
+    elif leaf.startswith("weight_hh"):
+        meta["role"] = "recurrent_weight"
+    elif leaf.endswith("weight"):
+        meta["role"] = "weight"
+    for op_type, position, attrs in consumers:
+        if op_type == "Gather" and position == 0:
+            meta["role"] = "embedding"
+        elif op_type in ("Conv", "ConvTranspose") and position == 1 and len(shape) == 4:
+            meta["layout"] = "OIHW"
+        elif op_type == "Gemm" and position == 1 and len(shape) == 2:
+            meta["layout"] = "OI" if attrs.get("transB", 0) else "IO"
+        elif op_type == "MatMul" and position == 1 and len(shape) == 2:
+            meta["layout"] = "IO"
+    return meta

@@ -1,0 +1,117 @@
+"""PyTorch adapter: record a model's per-module (or per-op) outputs, their gradients, the loss,
+parameters, parameter gradients and buffers into a tracediff trace.
+
+    from tracediff.adapters import torch as tdt
+    out = tdt.record(model, x, "ref.h5", loss_fn=lambda out: F.cross_entropy(out, y))
+    with tdt.recording(model, "train.h5", every=10) as session:   # a user's own loop
+        ...
+
+Nothing is patched globally: hooks and the op mode live only for the call (or the ``with``
+block) and are removed afterwards, also when the model raises. See docs/torch.md.
+"""
+from __future__ import annotations
+
+import torch
+
+from tracediff.errors import TraceDiffError
+
+from .torch_capture import Capture
+from .torch_checks import check_batch_independence, overfit_check
+from .torch_meta import tensor_meta
+from .torch_recording import Recording, recording
+from .torch_select import Selection
+from .torch_session import FLUSH_EVERY, check_level, open_recorder, original_module
+from .torch_structure import split_inputs
+
+__all__ = ["record", "recording", "Recording", "check_batch_independence", "overfit_check"]
+
+
+def record(model, inputs, path, loss_fn=None, *, level="module", include=None, exclude=None,
+           kinds=None, values=True, overwrite=False, dims=None, seed=None, model_name=None,
+           params=True, flush_every=FLUSH_EVERY):
+    """Run ``model`` once on ``inputs`` and write its trace to ``path``; returns the output.
+
+    ``inputs``: a tensor, a tuple/list of positional arguments or a dict of keyword arguments.
+    With ``loss_fn(output) -> scalar`` (and autograd enabled) the loss is backpropagated and
+    gradients are recorded; without it, or under ``torch.no_grad()``, forward only.
+    ``flush_every``: records between index flushes; a Python exception still closes the trace
+    with every record, but a hard crash (killed process) loses up to that many. 1 = each record
+    durable as it is written (slower, see docs/benchmarks.md).
+    """
+    module, compiled = original_module(model)
+    check_level(level)
+    selection = Selection(include, exclude, kinds)
+    args, kwargs = split_inputs(inputs)
+    grads = loss_fn is not None and torch.is_grad_enabled()
+    recorder, writer = open_recorder(
+        module, path, values=values, level=level, compiled=compiled, overwrite=overwrite,
+        dims=dims, seed=seed, model_name=model_name, flush_every=flush_every)
+    capture = Capture(module, writer, selection, level=level, grads=grads)
+    complete = False
+    earlier = {}
+    try:
+        capture.start()
+        capture.inputs(args, kwargs)
+        capture.attach()
+        try:
+            if capture.mode is not None:
+                with capture.mode:
+                    output = module(*args, **kwargs)
+            else:
+                output = module(*args, **kwargs)
+        finally:
+            capture.detach_modules()
+        if loss_fn is not None:
+            loss = _scalar_loss(loss_fn(output))
+            if selection.wants("loss", "loss"):
+                writer.write("loss", "loss", loss, loss_fn=_loss_name(loss_fn), **tensor_meta(loss))
+            if grads and loss.requires_grad:
+                earlier = _set_aside_grads(module)
+                loss.backward()
+        if params:
+            capture.parameters(grads=grads)
+        writer.close()
+        complete = True
+    finally:
+        capture.detach()
+        _accumulate(earlier)
+        try:
+            if not complete:  # keep what was written before the failure; never mask it
+                writer.close(raise_errors=False)
+        finally:
+            recorder.close(complete=complete)
+    return output
+
+
+def _scalar_loss(loss):
+    if not isinstance(loss, torch.Tensor):
+        raise TraceDiffError(
+            f"loss_fn returned {type(loss).__name__}, not a tensor: return the scalar loss tensor "
+            "(e.g. F.cross_entropy(out, y))")
+    if loss.numel() != 1:
+        raise TraceDiffError(
+            f"loss_fn returned a tensor of shape {list(loss.shape)}: it must be a scalar; "
+            "reduce it (.mean() or .sum())")
+    return loss
+
+
+def _set_aside_grads(module) -> dict:
+    """Clear the ``.grad`` left by earlier backward passes, so that ``param_grad`` records this
+    loss's gradient alone; ``_accumulate`` adds them back as a plain run would have."""
+    earlier = {}
+    for p in module.parameters():
+        if p.grad is not None:
+            earlier[p] = p.grad
+            p.grad = None
+    return earlier
+
+
+def _accumulate(earlier: dict):
+    for p, grad in earlier.items():
+        if p.grad is not None:
+            grad.add_(p.grad)  # what autograd's AccumulateGrad does into an existing .grad
+        p.grad = grad
+
+
+def _loss_name(loss_fn) -> str:
+    return getattr(loss_fn, "__name__", type(loss_fn).__name__)

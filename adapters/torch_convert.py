@@ -1,0 +1,190 @@
+"""Torch tensors to NumPy arrays, bit-exact, and the ordered writer that copies them to host.
+
+bfloat16 and the float8 types have no NumPy dtype: their bits are viewed as an integer tensor of
+the same width, handed to NumPy, and reinterpreted with ml_dtypes, so no value is ever rounded.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import warnings
+
+import numpy as np
+import torch
+
+from tracediff.errors import TraceDiffError
+
+# torch dtype -> (same-width integer dtype, ml_dtypes name)
+_VIA_INTEGER = {
+    torch.bfloat16: (torch.int16, "bfloat16"),
+}
+for _name in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu"):
+    if hasattr(torch, _name):
+        _VIA_INTEGER[getattr(torch, _name)] = (torch.uint8, _name)
+
+# Host-side bytes a writer may hold before it synchronises and writes (GPU tensors only).
+PENDING_BUDGET = 256 << 20
+
+
+def to_numpy(tensor: torch.Tensor) -> np.ndarray:
+    """The tensor's values as a NumPy array with the same logical dtype and the same bits.
+
+    CPU tensors are viewed, not copied: write the array before the tensor changes.
+    """
+    t = tensor.detach()
+    if t.layout != torch.strided:
+        t = t.to_dense()
+    if t.is_conj():
+        t = t.resolve_conj()
+    if t.is_neg():
+        t = t.resolve_neg()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if t.is_quantized:
+        raise TraceDiffError(f"quantized tensor ({t.dtype}) cannot be recorded: dequantize it first")
+    special = _VIA_INTEGER.get(t.dtype)
+    if special is not None:
+        import ml_dtypes
+
+        integer, name = special
+        return t.view(integer).numpy().view(getattr(ml_dtypes, name))
+    try:
+        return t.numpy()
+    except TypeError:
+        raise TraceDiffError(
+            f"tensor of dtype {t.dtype} cannot be recorded: NumPy has no such type; "
+            "cast it in the model or exclude this layer") from None
+
+
+class HostWriter:
+    """Writes tensors to a Recorder in the order they arrive.
+
+    CPU tensors are written at once, in the hook: nothing is copied, and a later in-place op
+    cannot change what was recorded. CUDA tensors are copied into pooled pinned host buffers
+    with non-blocking copies on the current stream, so the model is not stalled; a background
+    thread waits for each copy (a CUDA event) and writes it while the model runs on. While GPU
+    copies are queued, CPU tensors are cloned into the same queue to keep the execution order.
+    ``drain()`` waits until everything queued is written; at most ``budget`` bytes wait in the
+    queue (the model thread waits beyond that). ``background=True`` sends CPU tensors through
+    the thread too (a clone each): measured slower on a busy 2-core VM, see docs/benchmarks.md.
+    """
+
+    def __init__(self, recorder, budget: int = PENDING_BUDGET, background: bool = False):
+        self.recorder = recorder
+        self.budget = budget
+        self.background = background
+        self._queue = collections.deque()   # (kind, name, host tensor, event, call, meta, buffer)
+        self._queued_bytes = 0
+        self._cv = threading.Condition()
+        self._thread = None
+        self._closing = False
+        self._error = None
+        self._pool = {}                     # nbytes -> free pinned uint8 buffers
+        self._warned = set()
+
+    def write(self, kind, name, tensor, call=None, **meta):
+        t = tensor.detach()
+        if t.device.type == "cuda":
+            host, event, buffer = self._copy_from_cuda(t)
+        elif t.device.type == "cpu" and not self.background and not self._queue:
+            self._raise_error()
+            self._write_now(kind, name, t, call, meta)
+            return
+        else:
+            host, event, buffer = t.to("cpu", copy=True), None, None
+        self._put((kind, name, host, event, call, meta, buffer))
+
+    def drain(self):
+        """Wait until every queued tensor is written; re-raise a writer error here."""
+        with self._cv:
+            while self._queue and self._error is None:
+                self._cv.wait()
+        self._raise_error()
+
+    def close(self, raise_errors: bool = True):
+        """Write what is queued (unless a write failed), stop the thread, free the buffers."""
+        try:
+            if raise_errors:
+                self.drain()
+        finally:
+            with self._cv:
+                self._closing = True
+                self._cv.notify_all()
+            if self._thread is not None:
+                self._thread.join()
+                self._thread = None
+            self._pool.clear()
+
+    # -- model thread ------------------------------------------------------------------------
+    def _put(self, item):
+        nbytes = _nbytes(item[2])
+        with self._cv:
+            while self._queue and self._queued_bytes + nbytes > self.budget and self._error is None:
+                self._cv.wait()
+            self._raise_error()
+            self._queue.append(item)
+            self._queued_bytes += nbytes
+            self._cv.notify_all()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="tracediff-writer", daemon=True)
+                self._thread.start()
+
+    def _raise_error(self):
+        if self._error is not None:
+            raise self._error
+
+    def _copy_from_cuda(self, t):
+        nbytes = t.numel() * t.element_size()
+        with self._cv:
+            free = self._pool.get(nbytes)
+            buffer = free.pop() if free else None
+        if buffer is None:
+            buffer = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        host = buffer.view(t.dtype).view(t.shape) if nbytes else torch.empty(t.shape, dtype=t.dtype)
+        if t.is_conj():
+            t = t.resolve_conj()
+        if t.is_neg():
+            t = t.resolve_neg()
+        host.copy_(t, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(t.device))
+        return host, event, buffer
+
+    # -- writer thread -----------------------------------------------------------------------
+    def _run(self):
+        while True:
+            with self._cv:
+                while not self._queue and not self._closing:
+                    self._cv.wait()
+                if not self._queue:
+                    return
+                kind, name, host, event, call, meta, buffer = self._queue[0]
+                failed = self._error is not None
+            if not failed:
+                try:
+                    if event is not None:
+                        event.synchronize()
+                    self._write_now(kind, name, host, call, meta)
+                except BaseException as exc:  # handed to the model thread at its next call
+                    self._error = exc
+            with self._cv:
+                self._queue.popleft()
+                self._queued_bytes -= _nbytes(host)
+                if buffer is not None:
+                    self._pool.setdefault(buffer.numel(), []).append(buffer)
+                self._cv.notify_all()
+
+    def _write_now(self, kind, name, t, call, meta):
+        try:
+            array = to_numpy(t)
+        except TraceDiffError as exc:
+            # A hook must not break the user's model over one tensor we cannot store.
+            if name not in self._warned:
+                self._warned.add(name)
+                warnings.warn(f"tracediff: skipped {kind} {name!r}: {exc}", RuntimeWarning, stacklevel=2)
+            return
+        self.recorder.record(kind, name, array, call=call, **meta)
+
+
+def _nbytes(t) -> int:
+    return t.numel() * t.element_size()

@@ -1,0 +1,84 @@
+"""Record metadata for torch tensors, following docs/conventions.md: op_type, module, training,
+layout, role, framework_dtype, device."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+# Modules whose activations are channels-first: (N, C, spatial...).
+_CHANNELS_FIRST = (
+    nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+    nn.LPPool1d, nn.LPPool2d,
+)
+_ACTIVATION_LAYOUT = {3: "NCL", 4: "NCHW", 5: "NCDHW"}
+_CONV_WEIGHT_LAYOUT = {3: "OIL", 4: "OIHW", 5: "OIDHW"}
+_CONV_TRANSPOSE_WEIGHT_LAYOUT = {3: "IOL", 4: "IOHW", 5: "IODHW"}
+_ROLES = {"weight": "weight", "bias": "bias", "running_mean": "running_mean",
+          "running_var": "running_var"}
+
+
+def tensor_meta(t: torch.Tensor) -> dict:
+    return {"framework_dtype": str(t.dtype), "device": str(t.device)}
+
+
+def activation_layout(module: nn.Module, t: torch.Tensor):
+    """NCL/NCHW/NCDHW for convolution, normalisation and pooling outputs; None otherwise."""
+    if isinstance(module, _CHANNELS_FIRST):
+        return _ACTIVATION_LAYOUT.get(t.dim())
+    return None
+
+
+def module_meta(module: nn.Module, path: str, t: torch.Tensor) -> dict:
+    meta = {"op_type": type(module).__name__, "module": path, "training": bool(module.training)}
+    layout = activation_layout(module, t)
+    if layout:
+        meta["layout"] = layout
+    meta.update(tensor_meta(t))
+    return meta
+
+
+def parameter_meta(module: nn.Module, module_path: str, attribute: str, t: torch.Tensor) -> dict:
+    """role (weight, bias, running_mean, running_var, recurrent_weight, embedding) and layout."""
+    meta = {"op_type": type(module).__name__, "module": module_path, "training": bool(module.training),
+            "role": parameter_role(module, attribute), "requires_grad": bool(t.requires_grad)}
+    layout = parameter_layout(module, attribute, t)
+    if layout:
+        meta["layout"] = layout
+    meta.update(tensor_meta(t))
+    return meta
+
+
+def parameter_role(module: nn.Module, attribute: str) -> str:
+    """``weight_hh_l0`` -> recurrent_weight; ``weight``, ``weight_ih_l0``, ``in_proj_weight`` ->
+    weight (embedding for Embedding); ``bias*`` -> bias; other buffers keep their name."""
+    if attribute.startswith("weight_hh"):
+        return "recurrent_weight"
+    if attribute in _ROLES:
+        role = _ROLES[attribute]
+        if role == "weight" and isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+            return "embedding"
+        return role
+    if attribute.startswith("weight") or attribute.endswith("weight"):
+        return "weight"
+    if attribute.startswith("bias") or attribute.endswith("bias"):
+        return "bias"
+    return attribute
+
+
+def parameter_layout(module: nn.Module, attribute: str, t: torch.Tensor):
+    if attribute != "weight":
+        return None
+    if isinstance(module, nn.Linear):
+        return "OI"
+    if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
+        return _CONV_TRANSPOSE_WEIGHT_LAYOUT.get(t.dim())
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        return _CONV_WEIGHT_LAYOUT.get(t.dim())
+    if type(module).__name__ == "Conv1D" and t.dim() == 2:
+        return "IO"  # Hugging Face's GPT-2 Conv1D stores its weight transposed: (in, out)
+    return None

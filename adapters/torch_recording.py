@@ -1,0 +1,151 @@
+"""``recording(model, path, every=N)``: a context manager around a user's own training loop.
+
+A step is one forward of the root module. Every N-th step is recorded: its inputs and module
+outputs during the forward, its gradients when the user calls ``.backward()``, each trainable
+parameter's value and gradient the moment that gradient has been accumulated (before the
+optimizer steps, and whatever the loop does with ``zero_grad``), and frozen parameters and
+buffers at the end of the forward. Steps in between cost one pre-hook call.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from tracediff.errors import TraceDiffError
+
+from .torch_capture import Capture
+from .torch_meta import tensor_meta
+from .torch_select import Selection
+from .torch_session import FLUSH_EVERY, check_level, open_recorder, original_module
+
+
+class Recording:
+    """Returned by ``recording()``; ``loss(value)`` records the loss of the current step."""
+
+    def __init__(self, model, path, every=1, values=False, loss=True, *, level="module",
+                 include=None, exclude=None, kinds=None, overwrite=False, dims=None, seed=None,
+                 model_name=None, params=True, flush_every=FLUSH_EVERY):
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise TraceDiffError(f"recording(every={every!r}): every must be a whole number >= 1")
+        self.module, self.compiled = original_module(model)
+        self.path = path
+        self.every = every
+        self.values = values
+        self.record_loss = loss
+        self.level = check_level(level)
+        self.selection = Selection(include, exclude, kinds)
+        self.params = params
+        self._options = dict(overwrite=overwrite, dims=dims, seed=seed, model_name=model_name,
+                             flush_every=flush_every)
+        self.steps_seen = 0
+        self.step = None            # index of the step being recorded, None between them
+        self.recorder = self.writer = self.capture = None
+        self._root_handle = None
+        self._step_handles = []
+        self._mode_on = False
+        self._loss_seen = False
+
+    # -- context manager ---------------------------------------------------------------------
+    def __enter__(self):
+        self.recorder, self.writer = open_recorder(
+            self.module, self.path, values=self.values, level=self.level, compiled=self.compiled,
+            extra={"every": self.every}, **self._options)
+        self.capture = Capture(self.module, self.writer, self.selection, level=self.level, grads=True)
+        self._root_handle = self.module.register_forward_pre_hook(self._on_step, with_kwargs=True)
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        complete = False
+        try:
+            self._root_handle.remove()
+            self._end_forward()
+            self._end_step()
+            if exc_type is None:
+                self.writer.close()
+                complete = True
+        finally:
+            try:
+                if not complete:
+                    self._remove_hooks()
+                    self.writer.close(raise_errors=False)
+            finally:
+                self.recorder.close(complete=complete)
+        return False
+
+    def loss(self, value):
+        """Record ``value`` as the loss of the step being recorded; ignored between recorded
+        steps and after the step's first loss (one loss record per step)."""
+        if self.step is not None and not self._loss_seen and self.selection.wants("loss", "loss"):
+            self._loss_seen = True
+            tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+            self.writer.write("loss", "loss", tensor, **tensor_meta(tensor))
+
+    # -- hooks -------------------------------------------------------------------------------
+    def _on_step(self, module, args, kwargs):
+        self._end_step()
+        n = self.steps_seen
+        self.steps_seen += 1
+        if n % self.every:
+            return None
+        self.step = n
+        self._loss_seen = False
+        self.recorder.step(n)
+        capture = self.capture
+        capture.start()
+        capture.inputs(args, kwargs)
+        capture.attach()
+        # registered after the capture's hooks, so it runs after <root> has been recorded
+        self._step_handles.append(module.register_forward_hook(self._on_forward_end, always_call=True))
+        if self.params and torch.is_grad_enabled():
+            for name, p in self.module.named_parameters():
+                if p.requires_grad:
+                    self._step_handles.append(p.register_post_accumulate_grad_hook(self._grad_ready(name)))
+        if capture.mode is not None:
+            capture.mode.__enter__()
+            self._mode_on = True
+        return None
+
+    def _on_forward_end(self, module, args, output):
+        self._end_forward()
+        if self.record_loss:
+            loss = _loss_in(output)
+            if loss is not None:
+                self.loss(loss)
+        if self.params:
+            # trainable parameters arrive with their gradients; without autograd, record them now
+            self.capture.parameters(grads=False, trainable=None if not torch.is_grad_enabled() else False)
+
+    def _grad_ready(self, name):
+        def on_accumulated(p):
+            self.capture.parameter(name, p, grads=True)
+        return on_accumulated
+
+    def _end_forward(self):
+        if self._mode_on:
+            self._mode_on = False
+            self.capture.mode.__exit__(None, None, None)
+        self.capture.detach_modules()
+
+    def _end_step(self):
+        """Remove the previous recorded step's hooks and write what it left pending."""
+        self._remove_hooks()
+        self.writer.drain()
+        self.step = None
+
+    def _remove_hooks(self):
+        for handle in self._step_handles:
+            handle.remove()
+        self._step_handles.clear()
+        self.capture.detach()
+
+
+def _loss_in(output):
+    """The ``loss`` a model returns itself (Hugging Face models given labels)."""
+    loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+    return loss if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None
+
+
+def recording(model, path, every=1, values=False, loss=True, **options) -> Recording:
+    """Record every ``every``-th step of a training loop run inside the ``with`` block."""
+    return Recording(model, path, every=every, values=values, loss=loss, **options)

@@ -1,0 +1,48 @@
+"""What ``record`` and ``recording`` share: unwrapping compiled models, validating options, and
+opening the Recorder with the torch root attributes."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tracediff.errors import TraceDiffError
+from tracediff.recorder import Recorder
+
+from .torch_convert import HostWriter
+
+LEVELS = ("module", "op")
+# Records between index flushes (the Recorder flushes every record by default, ~0.6 ms each).
+FLUSH_EVERY = 64
+
+
+def original_module(model):
+    """``(module, compiled)``: a ``torch.compile``d module is recorded through its original
+    module, run eagerly (compiled kernels may round differently; the trace says ``compiled``)."""
+    original = getattr(model, "_orig_mod", None)
+    if isinstance(original, nn.Module):
+        return original, True
+    if isinstance(model, nn.Module):
+        return model, False
+    if callable(model) and hasattr(model, "__wrapped__"):
+        raise TraceDiffError(
+            "cannot record a torch.compile'd function: tracediff hooks nn.Module layers; "
+            "pass the nn.Module (compiled or not) instead")
+    raise TraceDiffError(
+        f"cannot record {type(model).__name__}: the torch adapter records torch.nn.Module models; "
+        "wrap the computation in an nn.Module")
+
+
+def check_level(level):
+    if level not in LEVELS:
+        raise TraceDiffError(f"level={level!r} is not a capture level: use 'module' or 'op'")
+    return level
+
+
+def open_recorder(module, path, *, values, level, compiled, overwrite=False, dims=None, seed=None,
+                  model_name=None, flush_every=FLUSH_EVERY, extra=None):
+    meta = {"level": level, "compiled": compiled, **(extra or {})}
+    recorder = Recorder(
+        path, framework="torch", dims=dims, model=model_name or type(module).__name__, seed=seed,
+        framework_version=torch.__version__, overwrite=overwrite, values=values, meta=meta,
+        flush_every=flush_every)
+    return recorder, HostWriter(recorder)

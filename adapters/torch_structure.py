@@ -1,0 +1,45 @@
+"""Flatten structured values (tuples, lists, dicts, Hugging Face ModelOutput, dataclasses) into
+named tensors with stable ``:`` suffixes: ``lstm:0``, ``lstm:1:0``, ``gpt2:last_hidden_state``."""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import torch
+
+
+def named_tensors(value, name: str):
+    """Yield ``(name + suffix, tensor)`` for every tensor inside ``value``, depth first.
+
+    Non-tensor leaves (None, ints, strings, caches) are skipped; a plain tensor has no suffix.
+    """
+    if isinstance(value, torch.Tensor):
+        yield name, value
+    elif isinstance(value, Mapping):  # dict, OrderedDict, ModelOutput (its set fields only)
+        for key, item in value.items():
+            yield from named_tensors(item, f"{name}:{key}")
+    elif isinstance(value, (tuple, list)):
+        for position, item in enumerate(value):
+            yield from named_tensors(item, f"{name}:{position}")
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for field in dataclasses.fields(value):
+            yield from named_tensors(getattr(value, field.name), f"{name}:{field.name}")
+
+
+def split_inputs(inputs):
+    """A user's ``inputs`` as ``(args, kwargs)``: a tensor, a tuple/list of positional arguments,
+    or a dict of keyword arguments."""
+    if isinstance(inputs, Mapping):
+        return (), dict(inputs)
+    if isinstance(inputs, (tuple, list)):
+        return tuple(inputs), {}
+    return (inputs,), {}
+
+
+def named_inputs(args, kwargs, base: str = "input"):
+    """``input`` for a single positional tensor, ``input:0``, ``input:1``... for several,
+    ``input:<key>`` for keyword arguments."""
+    positional = list(named_tensors(list(args), base))
+    if len(positional) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+        positional = [(base, args[0])]
+    return positional + list(named_tensors(dict(kwargs), base))

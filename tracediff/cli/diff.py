@@ -1,0 +1,81 @@
+"""``tracediff diff A B``: compare a candidate trace with a reference, name the first divergence.
+
+Exit status 0 when nothing diverges, 1 when something does, 2 on bad input.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+from ..errors import TraceDiffError
+
+PROGRESS_AFTER_S = 1.0
+
+
+def add_arguments(parser):
+    parser.add_argument("a", metavar="A", help="candidate trace (the thing under test)")
+    parser.add_argument("b", metavar="B", help="reference trace")
+    parser.add_argument("--rtol", type=float, help="relative tolerance for every pair (default: per dtype)")
+    parser.add_argument("--atol", type=float, help="absolute tolerance for every pair (default: per dtype)")
+    parser.add_argument("--align", choices=("auto", "name", "order"), default="auto",
+                        help="how records are paired: auto (names, rules, structure), name, order")
+    parser.add_argument("--rename", metavar="RULES", help="TOML file of renames and explicit pairs")
+    parser.add_argument("--tolerances", metavar="TOML", help="TOML file of per-layer tolerances (globs)")
+    parser.add_argument("--json", dest="json_out", metavar="OUT", help="write the report as JSON ('-': stdout)")
+    parser.add_argument("--html", dest="html_out", metavar="OUT", help="write a self-contained HTML report")
+    parser.add_argument("--markdown", dest="markdown_out", metavar="OUT", help="write a Markdown report")
+    parser.add_argument("--quiet", action="store_true", help="print only the summary line")
+
+
+class _Progress:
+    """A rich progress bar on stderr, shown only once a diff has taken a second, on a terminal."""
+
+    def __init__(self):
+        self.started = time.perf_counter()
+        self.bar = None
+        self.task = None
+
+    def __call__(self, done, total):
+        if self.bar is None:
+            if time.perf_counter() - self.started < PROGRESS_AFTER_S or not sys.stderr.isatty():
+                return
+            from rich.console import Console
+            from rich.progress import Progress
+
+            self.bar = Progress(console=Console(stderr=True), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task("comparing", total=total)
+        self.bar.update(self.task, completed=done)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def run(args) -> int:
+    from ..compare import diff
+    from ..compare.terminal import summary_line
+
+    for label, value in (("--rtol", args.rtol), ("--atol", args.atol)):
+        if value is not None and not value >= 0:
+            raise TraceDiffError(f"{label} must be a number >= 0, got {value}")
+    progress = _Progress()
+    try:
+        report = diff(args.a, args.b, rtol=args.rtol, atol=args.atol, align=args.align,
+                      rename=args.rename, tolerances=args.tolerances, progress=progress)
+    finally:
+        progress.close()
+    if args.json_out == "-":
+        print(report.to_json())
+    elif args.json_out:
+        report.to_json(args.json_out)
+    if args.html_out:
+        report.to_html(args.html_out)
+    if args.markdown_out:
+        report.to_markdown(args.markdown_out)
+    if args.json_out != "-":
+        if args.quiet:
+            print(summary_line(report))
+        else:
+            report.render()
+    return 0 if report.ok else 1

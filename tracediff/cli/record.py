@@ -1,0 +1,111 @@
+"""``tracediff record MODEL.onnx``: every node output of an ONNX model through onnxruntime.
+
+The ONNX adapter (and with it onnx and onnxruntime) is imported only when the verb runs.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+
+from ..errors import TraceDiffError
+
+
+def add_arguments(parser):
+    parser.add_argument("model", metavar="MODEL.onnx")
+    parser.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+                        help="value of a graph input (repeat for each input)")
+    parser.add_argument("--random", action="store_true",
+                        help="generate seeded inputs (dynamic axes from --dims, else primes)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of --random (default 0)")
+    parser.add_argument("--dims", metavar="NAME=SIZE,...",
+                        help="sizes of dynamic axes, e.g. batch=3,seq=7")
+    parser.add_argument("--out", required=True, metavar="TRACE", help="trace file to write")
+    parser.add_argument("--max-memory", metavar="SIZE",
+                        help="most node outputs held at once, e.g. 512MB (default 256MiB)")
+    parser.add_argument("--provider", action="append", metavar="NAME",
+                        help="onnxruntime execution provider (cuda, cpu, ...); default cpu")
+    parser.add_argument("--loss", choices=("cross_entropy", "mse", "sum"),
+                        help="also record gradients of this loss")
+    parser.add_argument("--target", metavar="FILE.npy", help="target of --loss")
+    parser.add_argument("--save-grad-model", metavar="PATH",
+                        help="keep the gradient model built for --loss")
+    parser.add_argument("--stats-only", action="store_true",
+                        help="store statistics and a sample instead of whole tensors")
+    parser.add_argument("--overwrite", action="store_true", help="replace TRACE if it exists")
+
+
+def run(args) -> int:
+    if args.input and args.random:
+        raise TraceDiffError("give either --input NAME=FILE.npy or --random, not both")
+    if not args.input and not args.random:
+        raise TraceDiffError("no inputs: give --input NAME=FILE.npy for each graph input, "
+                             "or --random to generate them")
+    if os.path.exists(args.out) and not args.overwrite:
+        raise TraceDiffError(f"{args.out} already exists: choose another --out or pass --overwrite")
+    inputs = None if args.random else _read_inputs(args.input)
+    dims = parse_dims(args.dims) if args.dims else None
+    target = _load_npy(args.target, "--target") if args.target else None
+    from ..adapters import onnx as tdo  # heavy: onnx + onnxruntime
+
+    tdo.record(args.model, inputs, args.out, loss=args.loss, target=target,
+               max_memory=args.max_memory, providers=args.provider, overwrite=args.overwrite,
+               dims=dims, seed=args.seed if args.random else None,
+               values=not args.stats_only, save_grad_model=args.save_grad_model)
+    from ..trace import open_trace
+
+    with open_trace(args.out) as trace:
+        forward = len(trace.records("forward"))
+        groups = _meta(trace).get("groups", "?")
+        print(f"recorded {len(trace)} records ({forward} node outputs, {groups} group"
+              f"{'' if groups == 1 else 's'}) to {args.out}", file=sys.stderr)
+    return 0
+
+
+def parse_dims(text):
+    """``batch=3,seq=7`` -> ``{"batch": 3, "seq": 7}``."""
+    dims = {}
+    for item in text.split(","):
+        name, sep, size = item.partition("=")
+        if not sep or not name.strip() or not size.strip().isdigit() or int(size) < 1:
+            raise TraceDiffError(f"cannot read --dims item {item!r}: write NAME=SIZE pairs "
+                                 "joined by commas, e.g. batch=3,seq=7")
+        dims[name.strip()] = int(size)
+    return dims
+
+
+def _read_inputs(items):
+    inputs = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise TraceDiffError(f"cannot read --input {item!r}: write NAME=FILE.npy")
+        if name in inputs:
+            raise TraceDiffError(f"--input {name} is given twice: give each input once")
+        inputs[name] = _load_npy(path, f"--input {name}")
+    return inputs
+
+
+def _load_npy(path, option):
+    if not os.path.isfile(path):
+        raise TraceDiffError(f"{option}: {path} does not exist")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise TraceDiffError(f"{option}: {path} holds Python objects, which are not loaded "
+                                 "(no pickle): save a numeric array with np.save") from None
+        raise TraceDiffError(f"{option}: {path} is not a .npy array ({exc})") from None
+    except (OSError, EOFError) as exc:
+        raise TraceDiffError(f"{option}: cannot read {path} as .npy ({exc})") from None
+
+
+def _meta(trace):
+    import json
+
+    raw = trace.attrs.get("meta", "{}")
+    try:
+        return json.loads(raw) if isinstance(raw, str) else dict(raw)
+    except (TypeError, ValueError):
+        return {}

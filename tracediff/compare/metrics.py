@@ -1,0 +1,294 @@
+"""The comparison kernel: one pass over two same-shaped arrays, chunk by chunk.
+
+Chunks small enough to stay in cache let the kernel take a dozen statistics in about the time
+NumPy needs for ``abs(a - b).max()`` on whole arrays (which allocates two full temporaries).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..dtypes import as_float
+from .tolerances import SCALE_FLOOR
+
+CHUNK = 1 << 15            # elements per chunk (256 KiB in float64: stays in cache)
+EXACT_P99_LIMIT = 1 << 20  # above this, p99 and the minimal tolerances are estimated (see compare)
+WORST = 10
+
+
+def work_dtype(a: np.ndarray, b: np.ndarray) -> np.dtype:
+    """float32 when both sides fit in it, float64 otherwise; complex kept complex."""
+    kinds = {as_float(np.zeros(0, a.dtype)).dtype, as_float(np.zeros(0, b.dtype)).dtype}
+    if any(k.kind == "c" for k in kinds):
+        return np.dtype(np.complex128) if any(k.itemsize >= 16 or k.kind == "f" and k.itemsize == 8
+                                              for k in kinds) else np.dtype(np.complex64)
+    return np.dtype(np.float32) if kinds == {np.dtype(np.float32)} else np.dtype(np.float64)
+
+
+def rms_of(b: np.ndarray) -> float:
+    """Root mean square over the finite elements."""
+    flat = as_float(b).reshape(-1)
+    if flat.size == 0:
+        return 0.0
+    if flat.dtype.kind == "c":
+        flat = np.abs(flat)
+    finite = flat if np.isfinite(flat).all() else flat[np.isfinite(flat)]
+    if finite.size == 0:
+        return 0.0
+    finite = finite.astype(np.float64, copy=False)
+    return math.sqrt(float(np.dot(finite, finite)) / finite.size)
+
+
+class Comparison:
+    """The statistics of one comparison; ``passed`` is the tolerance verdict."""
+
+    def __init__(self, shape, numel):
+        self.shape = tuple(shape)
+        self.numel = numel
+        self.max_abs = 0.0
+        self.argmax_flat = 0
+        self.sum_abs = 0.0
+        self.sum_sq = 0.0
+        self.sum_aa = 0.0
+        self.sum_bb = 0.0
+        self.sum_ab = 0.0
+        self.max_rel = 0.0
+        self.min_rtol = 0.0
+        self.min_atol = 0.0
+        self.mismatches = 0
+        self.nan_a = self.nan_b = self.inf_a = self.inf_b = 0
+        self.nonfinite_mismatches = 0
+        self.first_nonfinite = None   # flat index of the first NaN/Inf that the other side lacks
+        self.p99 = 0.0
+        self.worst_idx = np.zeros(0, np.int64)
+        self.worst_abs = np.zeros(0, np.float64)
+        self.worst_a = np.zeros(0)
+        self.worst_b = np.zeros(0)
+        self.sampled = False
+        self.nonfinite_count = 0   # elements left out of the numeric statistics
+
+    @property
+    def passed(self) -> bool:
+        return self.mismatches == 0 and self.nonfinite_mismatches == 0
+
+    @property
+    def rel_l2(self):
+        norm_d, norm_b = math.sqrt(self.sum_sq), math.sqrt(self.sum_bb)
+        if norm_d == 0:
+            return 0.0
+        return norm_d / norm_b if norm_b > 0 else None
+
+    def stats(self) -> dict:
+        n = max(1, self.numel - self.nonfinite_count)
+        norm_a, norm_b = math.sqrt(self.sum_aa), math.sqrt(self.sum_bb)
+        if norm_a == 0 or norm_b == 0:
+            cosine = 1.0 if norm_a == norm_b else 0.0
+        else:
+            cosine = max(-1.0, min(1.0, self.sum_ab / (norm_a * norm_b)))
+        if self.sum_sq == 0:
+            sqnr = math.inf
+        elif self.sum_bb == 0:
+            sqnr = -math.inf
+        else:
+            sqnr = 10.0 * math.log10(self.sum_bb / self.sum_sq)
+        index = [int(i) for i in np.unravel_index(self.argmax_flat, self.shape)] if self.numel else []
+        return {
+            "max_abs": self.max_abs, "max_rel": self.max_rel, "mean_abs": self.sum_abs / n,
+            "rmse": math.sqrt(self.sum_sq / n), "rel_l2": self.rel_l2, "cosine": cosine,
+            "mismatch_fraction": (self.mismatches + self.nonfinite_mismatches) / max(1, self.numel),
+            "argmax_abs": index, "nan_a": self.nan_a, "nan_b": self.nan_b,
+            "inf_a": self.inf_a, "inf_b": self.inf_b, "p99": self.p99, "sqnr_db": sqnr,
+            "min_rtol": self.min_rtol, "min_atol": self.min_atol, "numel": self.numel,
+            "sampled": self.sampled,
+        }
+
+    def worst(self) -> list:
+        order = np.argsort(-self.worst_abs, kind="stable")
+        out = []
+        for k in order:
+            if self.worst_abs[k] <= 0:
+                continue
+            out.append({"index": [int(i) for i in np.unravel_index(int(self.worst_idx[k]), self.shape)],
+                        "a": _plain(self.worst_a[k]), "b": _plain(self.worst_b[k]),
+                        "diff": float(self.worst_abs[k])})
+        return out
+
+
+@np.errstate(invalid="ignore", over="ignore")  # inf - inf: NaN/Inf are counted, not warned about
+def compare(a: np.ndarray, b: np.ndarray, rtol: float, atol: float, *, b_rms=None,
+            a_l2=None, b_l2=None, flat_index=None, logical_shape=None) -> Comparison:
+    """Compare ``a`` (candidate) with ``b`` (reference), elementwise.
+
+    An element passes when ``|a-b| <= atol + rtol * max(|b|, SCALE_FLOOR * rms(b))``; NaN and
+    Inf pass only where the other side has the same value. ``a_l2``/``b_l2`` (the norms a
+    record's statistics already hold, for all-finite tensors) save two passes. ``flat_index``
+    maps positions of flat samples back to their flat index in a tensor of ``logical_shape``.
+
+    Exact for tensors up to EXACT_P99_LIMIT elements. Above, chunks whose largest difference is
+    within tolerance everywhere are sampled (one in eight) for ``max_rel``, ``min_rtol`` and
+    ``min_atol``, and ``p99`` comes from about EXACT_P99_LIMIT elements of the sampled chunks;
+    the verdict, mismatch count, maxima, norms and cosine stay exact.
+    """
+    shape = tuple(logical_shape if logical_shape is not None else b.shape)
+    work = work_dtype(a, b)
+    fa = a.reshape(-1)
+    fb = b.reshape(-1)
+    n = fb.size
+    result = Comparison(shape, n)
+    result.sampled = flat_index is not None
+    if b_rms is None:
+        b_rms = b_l2 / math.sqrt(n) if (b_l2 is not None and n) else rms_of(b)
+    floor = SCALE_FLOOR * float(b_rms)
+    rel_floor = atol if atol > 0 else np.finfo(np.float64).tiny
+    exact = n <= EXACT_P99_LIMIT
+    stride = 1 if exact else int(math.ceil(n / EXACT_P99_LIMIT))
+    detail_stride = 1 if exact else 8
+    screen = atol + rtol * floor          # no element with |a-b| <= screen can fail
+    norms_given = a_l2 is not None and b_l2 is not None and work.kind != "c"
+    p99_parts = []
+    excluded = 0
+    # preallocated chunk buffers: fresh temporaries of this size cost a page fault per page
+    size = min(CHUNK, max(1, n))
+    real = np.dtype(np.float64) if work.kind == "c" else work
+    convert_a, convert_b = fa.dtype != work, fb.dtype != work
+    buf_a = np.empty(size, work) if convert_a else None
+    buf_b = np.empty(size, work) if convert_b else None
+    d_buf = np.empty(size, work)
+    absd_buf, absb_buf, scale_buf, tmp_buf = (np.empty(size, real) for _ in range(4))
+    for start in range(0, n, CHUNK):
+        stop = min(n, start + CHUNK)
+        k = stop - start
+        ac = _chunk(fa, start, stop, buf_a)
+        bc = _chunk(fb, start, stop, buf_b)
+        d = np.subtract(ac, bc, out=d_buf[:k])
+        absd = np.abs(d, out=absd_buf[:k])
+        tmp = tmp_buf[:k]
+        sq = _dot(absd, absd, tmp)
+        nonfinite = not math.isfinite(sq)
+        if nonfinite:
+            ac, bc, d, absd, excluded_here = _nonfinite(result, ac, bc, start, flat_index)
+            excluded += excluded_here
+            sq = _dot(absd, absd, tmp)
+        local_max = float(absd.max())
+        if local_max > result.max_abs:
+            result.max_abs = local_max
+            result.argmax_flat = start + int(np.argmax(absd))
+        result.sum_abs += float(absd.sum())
+        result.sum_sq += sq
+        if not norms_given or nonfinite:
+            if work.kind == "c":
+                result.sum_aa += float(np.vdot(ac, ac).real)
+                result.sum_bb += float(np.vdot(bc, bc).real)
+                result.sum_ab += float(np.vdot(ac, bc).real)
+            else:
+                result.sum_aa += _dot(ac, ac, tmp)
+                result.sum_bb += _dot(bc, bc, tmp)
+                result.sum_ab += _dot(ac, bc, tmp)
+        chunk_index = start // CHUNK
+        sampled = exact or chunk_index % detail_stride == 0
+        if local_max > screen or nonfinite or sampled:
+            # chunks within tolerance everywhere: one in detail_stride samples the minimal tolerances
+            _detail(result, absd, bc, rtol, atol, floor, rel_floor, absb_buf[:k], scale_buf[:k],
+                    tmp, count=True)
+        if sampled:
+            keep = k if exact else max(1, min(k, k * detail_stride // stride))
+            p99_parts.append(absd[:keep].copy())
+        _keep_worst(result, absd, ac, bc, start, local_max)
+    if norms_given and not excluded:
+        result.sum_aa, result.sum_bb = float(a_l2) ** 2, float(b_l2) ** 2
+        result.sum_ab = 0.5 * (result.sum_aa + result.sum_bb - result.sum_sq)
+    result.nonfinite_count = excluded
+    if p99_parts:
+        pool = np.concatenate(p99_parts)
+        result.p99 = float(np.percentile(pool, 99)) if pool.size else 0.0
+    result.min_rtol = max(0.0, result.min_rtol)
+    result.min_atol = max(0.0, result.min_atol)
+    if flat_index is not None:
+        result.argmax_flat = int(flat_index[result.argmax_flat]) if n else 0
+        result.worst_idx = np.asarray(flat_index)[result.worst_idx] if n else result.worst_idx
+        if result.first_nonfinite is not None:
+            result.first_nonfinite = int(flat_index[result.first_nonfinite])
+    return result
+
+
+def _chunk(flat, start, stop, buf):
+    if buf is None:
+        return flat[start:stop]
+    out = buf[:stop - start]
+    part = flat[start:stop]
+    out[...] = as_float(part) if part.dtype.kind not in "fc" or part.dtype.itemsize < 4 else part
+    return out
+
+
+def _detail(result, absd, bc, rtol, atol, floor, rel_floor, absb, scale, tmp, count):
+    """Mismatch count and the minimal tolerances of one chunk."""
+    absb = np.abs(bc, out=absb)
+    scale = np.maximum(absb, floor, out=scale) if floor > 0 else absb
+    excess = np.subtract(absd, np.multiply(scale, rtol, out=tmp), out=tmp)
+    result.min_atol = max(result.min_atol, float(excess.max()))
+    if count:
+        result.mismatches += int(np.count_nonzero(excess > atol))
+    rel = np.divide(absd, np.maximum(absb, rel_floor, out=tmp), out=tmp)
+    result.max_rel = max(result.max_rel, float(rel.max()))
+    over = np.subtract(absd, atol, out=tmp)
+    if floor > 0:
+        result.min_rtol = max(result.min_rtol, float(np.divide(over, scale, out=tmp).max()))
+    elif float(over.max()) > 0:
+        positive = scale > 0
+        if (over[~positive] > 0).any():
+            result.min_rtol = math.inf
+        elif positive.any():
+            result.min_rtol = max(result.min_rtol, float((over[positive] / scale[positive]).max()))
+
+
+def _dot(x, y, out=None) -> float:
+    # einsum, not np.dot/np.vdot: BLAS wakes its thread pool for each call, which on a busy
+    # machine costs a hundred times the arithmetic; einsum's SIMD partial sums stay accurate
+    return float(np.einsum("i,i->", x, y))
+
+
+def _keep_worst(result, absd, ac, bc, start, local_max):
+    if absd.size == 0 or local_max == 0:
+        return
+    if result.worst_abs.size >= WORST and local_max <= float(result.worst_abs.min()):
+        return
+    k = min(WORST, absd.size)
+    local = np.argpartition(absd, absd.size - k)[absd.size - k:]
+    idx = np.concatenate([result.worst_idx, local.astype(np.int64) + start])
+    vals = np.concatenate([result.worst_abs, absd[local].astype(np.float64)])
+    av = np.concatenate([result.worst_a, ac[local]]) if result.worst_a.size else ac[local].copy()
+    bv = np.concatenate([result.worst_b, bc[local]]) if result.worst_b.size else bc[local].copy()
+    top = np.argsort(-vals, kind="stable")[:WORST]
+    result.worst_idx, result.worst_abs, result.worst_a, result.worst_b = idx[top], vals[top], av[top], bv[top]
+
+
+def _nonfinite(result, ac, bc, start, flat_index):
+    """Count NaN/Inf on each side; equal non-finite values (NaN with NaN, +Inf with +Inf) pass,
+    the others are mismatches; both are left out of the numeric statistics."""
+    nan_a, nan_b = np.isnan(ac), np.isnan(bc)
+    inf_a, inf_b = np.isinf(ac), np.isinf(bc)
+    result.nan_a += int(nan_a.sum())
+    result.nan_b += int(nan_b.sum())
+    result.inf_a += int(inf_a.sum())
+    result.inf_b += int(inf_b.sum())
+    bad_a = nan_a | inf_a
+    bad_b = nan_b | inf_b
+    same = (nan_a & nan_b) | (inf_a & inf_b & (ac == bc))
+    mismatch = (bad_a | bad_b) & ~same
+    count = int(mismatch.sum())
+    result.nonfinite_mismatches += count
+    if count and result.first_nonfinite is None:
+        result.first_nonfinite = start + int(np.argmax(mismatch))
+    keep = ~(bad_a | bad_b)
+    ac = np.where(keep, ac, 0)
+    bc = np.where(keep, bc, 0)
+    d = ac - bc
+    return ac, bc, d, np.abs(d), int((~keep).sum())
+
+
+def _plain(value):
+    value = value.item() if hasattr(value, "item") else value
+    if isinstance(value, complex):
+        return [value.real, value.imag]
+    return value

@@ -1,0 +1,186 @@
+"""The diff report: pairs, first divergences, unmatched records; strict JSON and renderers."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import TraceDiffError
+
+SCHEMA = "tracediff.diff/1"
+STATUSES = ("ok", "diverged", "shape_mismatch", "dtype_mismatch", "nonfinite", "layout")
+
+
+@dataclass
+class Pair:
+    a_name: str
+    b_name: str
+    kind: str
+    status: str
+    shape_a: list
+    shape_b: list
+    stats: dict
+    tolerance: dict
+    hint: str | None = None
+    match: str = "name"
+    confidence: float = 1.0
+    a_call: int = 0
+    b_call: int = 0
+    a_index: int = -1
+    b_index: int = -1
+    step: int = -1
+    dtype_a: str = ""
+    dtype_b: str = ""
+    diverged: bool = False        # counts as a divergence (a layout between declared layouts does not)
+    worst: list = field(default_factory=list)
+    introduced: dict | None = None
+    rearrangement: object = field(default=None, repr=False, compare=False)   # layout pairs; not in JSON
+
+    @property
+    def rel_l2(self):
+        return self.stats.get("rel_l2") if self.stats else None
+
+    def label(self) -> str:
+        a = self.a_name + (f"#{self.a_call}" if self.a_call else "")
+        b = self.b_name + (f"#{self.b_call}" if self.b_call else "")
+        return b if a == b else f"{a} <-> {b}"
+
+    def to_dict(self) -> dict:
+        out = {
+            "a_name": self.a_name, "b_name": self.b_name, "kind": self.kind, "status": self.status,
+            "shape_a": list(self.shape_a), "shape_b": list(self.shape_b), "stats": self.stats,
+            "tolerance": self.tolerance, "hint": self.hint, "match": self.match,
+            "confidence": round(self.confidence, 4), "a_call": self.a_call, "b_call": self.b_call,
+            "a_index": self.a_index, "b_index": self.b_index, "step": self.step,
+            "dtype_a": self.dtype_a, "dtype_b": self.dtype_b, "diverged": self.diverged,
+            "worst": self.worst,
+        }
+        if self.introduced is not None:
+            out["introduced"] = self.introduced
+        return out
+
+
+@dataclass
+class FirstDivergence:
+    forward: Pair | None = None
+    backward: Pair | None = None
+    param_grad: Pair | None = None
+
+    def to_dict(self) -> dict:
+        return {"forward": self.forward.to_dict() if self.forward else None,
+                "backward": self.backward.to_dict() if self.backward else None,
+                "param_grad": self.param_grad.to_dict() if self.param_grad else None}
+
+
+@dataclass
+class Report:
+    a: dict
+    b: dict
+    pairs: list
+    first_divergence: FirstDivergence
+    unmatched: dict                       # {"a": [names], "b": [names]}
+    unmatched_records: dict = field(default_factory=lambda: {"a": [], "b": []})
+    histogram: dict = field(default_factory=lambda: {"forward": None, "backward": None})
+    dims: dict = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not any(p.diverged for p in self.pairs)
+
+    @property
+    def diverged_pairs(self) -> list:
+        return [p for p in self.pairs if p.diverged]
+
+    def to_dict(self) -> dict:
+        return strict({
+            "schema": SCHEMA, "ok": self.ok, "a": self.a, "b": self.b,
+            "first_divergence": self.first_divergence.to_dict(),
+            "pairs": [p.to_dict() for p in self.pairs],
+            "unmatched": self.unmatched,
+            "unmatched_records": self.unmatched_records,
+            "histogram": self.histogram,
+            "dims": self.dims,
+            "summary": self.summary_counts(),
+        })
+
+    def summary_counts(self) -> dict:
+        counts = {s: 0 for s in STATUSES}
+        for p in self.pairs:
+            counts[p.status] = counts.get(p.status, 0) + 1
+        return {"pairs": len(self.pairs), "diverged": len(self.diverged_pairs), "statuses": counts,
+                "unmatched_a": len(self.unmatched["a"]), "unmatched_b": len(self.unmatched["b"])}
+
+    def to_json(self, path=None) -> str:
+        """The report as strict JSON (no NaN/Infinity tokens); written to ``path`` if given."""
+        text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
+        if path is not None:
+            _write(path, text)
+        return text
+
+    def to_html(self, path=None) -> str:
+        render = _renderer("html", "render_html")
+        text = render(self.to_dict())
+        if path is not None:
+            _write(path, text)
+        return text
+
+    def to_markdown(self, path=None) -> str:
+        render = _renderer("markdown", "render_markdown")
+        text = render(self.to_dict())
+        if path is not None:
+            _write(path, text)
+        return text
+
+    def render(self, console=None, context=3) -> None:
+        from .terminal import render
+        render(self, console=console, context=context)
+
+    def __repr__(self):
+        fd = self.first_divergence
+        where = fd.forward.label() if fd.forward else (fd.backward.label() if fd.backward else None)
+        return f"<tracediff diff report: ok={self.ok}, {len(self.pairs)} pairs, first divergence {where!r}>"
+
+
+def _renderer(module, function):
+    import importlib
+
+    try:
+        mod = importlib.import_module(f"tracediff.report.{module}")
+        return getattr(mod, function)
+    except (ImportError, AttributeError):
+        raise TraceDiffError(
+            f"the {module} report renderer (tracediff.report.{module}.{function}) is not available "
+            "in this build; write --json instead") from None
+
+
+def _write(path, text):
+    path = os.fspath(path)
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as exc:
+        raise TraceDiffError(f"cannot write report {path}: {exc.strerror}; choose a writable path") from None
+
+
+def strict(value):
+    """JSON-safe: NaN -> null, +/-Inf -> "inf"/"-inf", NumPy scalars and arrays -> Python."""
+    if isinstance(value, dict):
+        return {str(k): strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return strict(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+    if isinstance(value, complex):
+        return [strict(value.real), strict(value.imag)]
+    return value

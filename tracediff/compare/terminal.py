@@ -1,0 +1,100 @@
+"""The terminal report (rich): summary line, the pairs around each first divergence with the
+divergence marked, its hint, and the unmatched names."""
+from __future__ import annotations
+
+from ..report.common import number
+
+STATUS_STYLE = {"ok": "green", "diverged": "bold red", "shape_mismatch": "bold magenta",
+                "dtype_mismatch": "bold magenta", "nonfinite": "bold red", "layout": "yellow"}
+MAX_LISTED = 20
+
+
+def summary_line(report) -> str:
+    fd = report.first_divergence
+    n = len(report.pairs)
+    if report.ok:
+        text = f"OK: {n} aligned pairs match within tolerance"
+    else:
+        parts = []
+        if fd.forward:
+            parts.append(f"forward at {fd.forward.label()} ({fd.forward.status})")
+        if fd.backward:
+            parts.append(f"backward at {fd.backward.label()} ({fd.backward.status})")
+        if fd.param_grad and not (fd.forward or fd.backward):
+            parts.append(f"parameter gradient {fd.param_grad.label()}")
+        others = len(report.diverged_pairs)
+        text = (f"DIVERGED: first divergence {'; '.join(parts) if parts else 'in parameters'} "
+                f"({others} of {n} pairs diverge)")
+    unmatched = len(report.unmatched["a"]) + len(report.unmatched["b"])
+    if unmatched:
+        text += f"; {len(report.unmatched['a'])} record(s) of a and {len(report.unmatched['b'])} of b unmatched"
+    return text
+
+
+def render(report, console=None, context=3):
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = console or Console(highlight=False, soft_wrap=False)
+    if not console.is_terminal:
+        console.width = max(console.width, 160)
+    ok_style = "bold green" if report.ok else "bold red"
+    console.print(Text(summary_line(report), style=ok_style))
+    console.print(Text(f"a = {report.a['path']} ({report.a['framework']})   "
+                       f"b = {report.b['path']} ({report.b['framework']}, reference)", style="dim"))
+    fd = report.first_divergence
+    shown = False
+    for kind, first in (("forward", fd.forward), ("backward", fd.backward), ("param_grad", fd.param_grad)):
+        if first is None:
+            continue
+        if kind == "param_grad" and (fd.forward or fd.backward):
+            continue
+        rows = [p for p in report.pairs if p.kind == kind]
+        at = rows.index(first)
+        window = rows[max(0, at - context):at + context + 1]
+        table = Table(title=Text(f"{kind} pairs around the first divergence"), title_justify="left")
+        for column in ("", "a", "b", "status", "max_abs", "rel_l2", "cosine", "mismatch", "rtol", "match"):
+            table.add_column(column, justify="right" if column in ("max_abs", "rel_l2", "cosine",
+                                                                  "mismatch", "rtol") else "left")
+        for p in window:
+            marker = ">>" if p is first else ""
+            s = p.stats or {}
+            table.add_row(marker, Text(_name(p.a_name, p.a_call)), Text(_name(p.b_name, p.b_call)),
+                          Text(p.status, style=STATUS_STYLE.get(p.status, "")), number(s.get("max_abs")),
+                          number(s.get("rel_l2")), number(s.get("cosine")), number(s.get("mismatch_fraction")),
+                          number(p.tolerance.get("rtol")), p.match,
+                          style="bold" if p is first else None)
+        console.print(table)
+        if first.hint:
+            console.print(Text(f"hint: {first.hint}", style="yellow"))
+        if first.introduced:
+            intro = first.introduced
+            console.print(Text(f"{intro['verdict']}: {intro.get('reason', '')}", style="cyan"))
+        shown = True
+    other = [p for p in report.diverged_pairs if p.kind in ("param", "param_grad", "input", "loss")]
+    if other:
+        console.print(Text(f"diverged {', '.join(sorted({p.kind for p in other}))} pairs:", style="bold"))
+        for p in other[:MAX_LISTED]:
+            hint = f": {p.hint}" if p.hint else ""
+            console.print(Text(f"  {p.kind} {p.label()} {p.status} "
+                               f"(rel_l2 {number((p.stats or {}).get('rel_l2'))}){hint}"))
+        if len(other) > MAX_LISTED:
+            console.print(Text(f"  ... and {len(other) - MAX_LISTED} more"))
+    if not shown and report.ok:
+        console.print(Text(f"{len(report.pairs)} pairs compared; largest rel_l2 "
+                           f"{number(_largest(report))}", style="dim"))
+    for side in ("a", "b"):
+        names = report.unmatched[side]
+        if names:
+            listed = ", ".join(names[:MAX_LISTED]) + (f", ... ({len(names)} in all)" if len(names) > MAX_LISTED else "")
+            console.print(Text(f"unmatched in {side}: {listed}", style="magenta"))
+
+
+def _name(name, call):
+    return name + (f"#{call}" if call else "")
+
+
+def _largest(report):
+    values = [p.stats.get("rel_l2") for p in report.pairs if p.stats and p.stats.get("rel_l2") is not None]
+    return max(values) if values else None

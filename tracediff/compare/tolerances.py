@@ -1,0 +1,102 @@
+"""Which tolerance a pair is judged at, and the rule that judges it.
+
+Defaults are torch.testing's per-dtype table, taken at the looser of the two dtypes (a float64
+port against a float32 reference is judged as float32). Rounding error accumulates along the
+computation, so the default relative tolerance grows with the record's depth (its position
+among the computed records of the reference); explicit ``--rtol/--atol`` and per-layer TOML
+tolerances are applied exactly as given. ``docs/diff.md`` explains the rule and why it works.
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass
+
+# torch.testing.assert_close defaults: dtype -> (rtol, atol)
+TORCH_DEFAULTS = {
+    "float16": (1e-3, 1e-5),
+    "bfloat16": (1.6e-2, 1e-5),
+    "float32": (1.3e-6, 1e-5),
+    "float64": (1e-7, 1e-7),
+    "complex32": (1e-3, 1e-5),
+    "complex64": (1.3e-6, 1e-5),
+    "complex128": (1e-7, 1e-7),
+}
+FLOAT8_DEFAULT = (0.125, 1e-3)     # 3 mantissa bits at most: torch.testing has no entry
+EXACT = (0.0, 0.0)                 # integers and bools compare exactly
+
+# An element passes when |a - b| <= atol + rtol * max(|b|, SCALE_FLOOR * rms(b)).
+SCALE_FLOOR = 1.0
+# The default rtol at depth d is rtol * DEPTH_GROWTH * sqrt(d) (d >= 1).
+DEPTH_GROWTH = 4.0
+
+
+def dtype_default(dtype: str) -> tuple:
+    if dtype in TORCH_DEFAULTS:
+        return TORCH_DEFAULTS[dtype]
+    if dtype.startswith(("float8", "float6", "float4")):
+        return FLOAT8_DEFAULT
+    return EXACT
+
+
+def looser_default(dtype_a: str, dtype_b: str) -> tuple:
+    ra, aa = dtype_default(dtype_a)
+    rb, ab = dtype_default(dtype_b)
+    return max(ra, rb), max(aa, ab)
+
+
+def depth_factor(depth: int) -> float:
+    return DEPTH_GROWTH * math.sqrt(max(1, int(depth)))
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    rtol: float
+    atol: float
+    source: str          # "default" | "cli" | "file"
+    depth: int = 1
+
+    def to_dict(self) -> dict:
+        return {"rtol": self.rtol, "atol": self.atol, "source": self.source, "depth": self.depth,
+                "scale": f"max(|b|, {SCALE_FLOOR:g}*rms(b))"}
+
+
+@dataclass(frozen=True)
+class LayerTolerance:
+    pattern: str
+    rtol: float | None
+    atol: float | None
+
+    def matches(self, kind: str, a_name: str, b_name: str) -> bool:
+        pattern = self.pattern
+        if ":" in pattern and pattern.split(":", 1)[0] in (
+                "forward", "backward", "param", "param_grad", "input", "loss"):
+            want, pattern = pattern.split(":", 1)
+            if want != kind:
+                return False
+        return fnmatch.fnmatchcase(b_name, pattern) or fnmatch.fnmatchcase(a_name, pattern)
+
+
+class TolerancePolicy:
+    """Resolves the tolerance of one pair: per-layer TOML entry, else --rtol/--atol, else the
+    dtype default grown with depth."""
+
+    def __init__(self, rtol=None, atol=None, layers=()):
+        self.rtol = None if rtol is None else float(rtol)
+        self.atol = None if atol is None else float(atol)
+        self.layers = tuple(layers)
+
+    def resolve(self, kind, a_name, b_name, dtype_a, dtype_b, depth) -> Tolerance:
+        base_rtol, base_atol = looser_default(dtype_a, dtype_b)
+        for entry in self.layers:
+            if entry.matches(kind, a_name, b_name):
+                rtol = entry.rtol if entry.rtol is not None else (
+                    self.rtol if self.rtol is not None else base_rtol)
+                atol = entry.atol if entry.atol is not None else (
+                    self.atol if self.atol is not None else base_atol)
+                return Tolerance(rtol, atol, "file", depth)
+        if self.rtol is not None or self.atol is not None:
+            rtol = self.rtol if self.rtol is not None else base_rtol
+            atol = self.atol if self.atol is not None else base_atol
+            return Tolerance(rtol, atol, "cli", depth)
+        return Tolerance(base_rtol * depth_factor(depth), base_atol, "default", depth)

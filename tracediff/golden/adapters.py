@@ -1,0 +1,102 @@
+"""Which adapter records a model handed to ``golden_trace.check``, and the recording itself.
+
+The model's type decides, checked without importing a framework: a torch module can only exist
+once torch is imported, so ``sys.modules`` is asked rather than ``import torch``.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import contextmanager
+
+from ..errors import TraceDiffError
+
+ONNX_LOSSES = ("cross_entropy", "mse", "sum")
+
+
+def framework_of(model) -> str:
+    """``torch``, ``tensorflow``, ``onnx`` or ``numpy``; one clear refusal otherwise."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(model, torch.nn.Module):
+        return "torch"
+    if _is_keras_layer(model):
+        return "tensorflow"
+    onnx = sys.modules.get("onnx")
+    if onnx is not None and isinstance(model, onnx.ModelProto):
+        return "onnx"
+    if isinstance(model, (str, os.PathLike)):
+        if os.fspath(model).endswith(".onnx"):
+            return "onnx"
+        raise TraceDiffError(
+            f"golden_trace.check: model path {os.fspath(model)!r} is not an .onnx file; give an "
+            ".onnx path, an onnx.ModelProto, a torch.nn.Module, a Keras model or a NumPy function")
+    if callable(model):
+        return "numpy"
+    raise TraceDiffError(
+        f"golden_trace.check: cannot record a {type(model).__name__}; give a torch.nn.Module, a "
+        "Keras model, an .onnx path or onnx.ModelProto, or a function fn(rec, inputs)")
+
+
+def _is_keras_layer(model) -> bool:
+    return any(cls.__name__ == "Layer" and cls.__module__.startswith(("keras", "tf_keras"))
+               for cls in type(model).__mro__)
+
+
+def record(model, inputs, path, *, loss_fn=None, values=True, options=None) -> str:
+    """Record one run of ``model`` on ``inputs`` into ``path``; returns the framework used.
+
+    ``options`` go to the adapter's ``record`` as they are (``level=`` for torch, ...).
+    """
+    framework = framework_of(model)
+    options = dict(options or {})
+    if framework == "torch":
+        from ..adapters import torch as adapter
+        with _gradients_set_aside(model):
+            adapter.record(model, inputs, path, loss_fn=loss_fn, values=values, **options)
+    elif framework == "tensorflow":
+        from ..adapters import tensorflow as adapter
+        adapter.record(model, inputs, path, loss_fn=loss_fn, values=values, **options)
+    elif framework == "onnx":
+        loss, target = _onnx_loss(loss_fn)
+        from ..adapters import onnx as adapter
+        if loss is not None:
+            options.setdefault("loss", loss)
+            options.setdefault("target", target)
+        adapter.record(model, inputs, path, values=values, **options)
+    else:
+        if loss_fn is not None:
+            raise TraceDiffError(
+                "golden_trace.check: loss_fn does not apply to a NumPy function; record the loss "
+                "and gradients inside fn(rec, inputs) with rec.loss and rec.backward")
+        from ..adapters import numpy as adapter
+        adapter.record(model, inputs, path, values=values, **options)
+    return framework
+
+
+@contextmanager
+def _gradients_set_aside(model):
+    """A check leaves the model's ``.grad`` as it found them (the adapter itself, like a plain
+    backward, would add this run's gradients into them)."""
+    params = list(model.parameters())
+    saved = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    try:
+        yield
+    finally:
+        for p, grad in zip(params, saved):
+            p.grad = grad
+
+
+def _onnx_loss(loss_fn):
+    """An ONNX model names its loss: ``"sum"``, or ``("cross_entropy" | "mse", target)``."""
+    if loss_fn is None:
+        return None, None
+    if isinstance(loss_fn, str):
+        return loss_fn, None
+    if isinstance(loss_fn, tuple) and len(loss_fn) == 2 and isinstance(loss_fn[0], str):
+        return loss_fn
+    raise TraceDiffError(
+        "golden_trace.check: an ONNX model takes loss_fn as a loss name ('sum') or a pair "
+        f"(name, target) with name one of {', '.join(ONNX_LOSSES)}, not a "
+        f"{type(loss_fn).__name__}")

@@ -1,0 +1,125 @@
+"""What the Markdown and HTML renderers share: reading a diff report dict, formatting numbers."""
+from __future__ import annotations
+
+import math
+
+from ..primes import render_shape
+
+STAT_COLUMNS = ("max_abs", "max_rel", "rel_l2", "cosine")
+
+
+def number(value) -> str:
+    """A statistic for people: 3 significant digits, '-' when absent."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return f"{value:.3g}"
+    return str(value)
+
+
+def shape(value, dims) -> str:
+    if value is None:
+        return "-"
+    try:
+        return render_shape(value, dims or None)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def is_diverged(pair: dict) -> bool:
+    """The engine's verdict when it gives one (a layout between declared layouts, NHWC against
+    NCHW, is not a divergence), else any status but ok."""
+    if "diverged" in pair:
+        return bool(pair["diverged"])
+    return pair.get("status") != "ok"
+
+
+def pairs_diverged_first(pairs, limit=None):
+    """(pairs to show, how many were left out): diverged pairs first, then other non-ok
+    statuses, then the rest, each group in report order."""
+    def rank(pair):
+        return 0 if is_diverged(pair) else (1 if pair.get("status") != "ok" else 2)
+    ordered = sorted(pairs, key=rank)  # stable: report order within a group
+    if limit is None or len(ordered) <= limit:
+        return ordered, 0
+    return ordered[:limit], len(ordered) - limit
+
+
+def summary(report: dict) -> str:
+    """One line: the verdict and the first divergences by name."""
+    pairs = report.get("pairs") or []
+    bad = sum(1 for p in pairs if is_diverged(p))
+    if report.get("ok"):
+        return f"no divergence: {len(pairs)} pairs match within tolerance"
+    first = report.get("first_divergence") or {}
+    parts = []
+    for direction in ("forward", "backward"):
+        pair = first.get(direction)
+        if pair:
+            parts.append(f"first {direction} divergence at {pair_label(pair)} ({pair.get('status')})")
+    if not parts:
+        grad = first.get("param_grad")
+        where = f" (first: {pair_label(grad)})" if grad else ""
+        parts.append(f"activations and their gradients match; parameter records diverge{where}")
+    return f"{bad} of {len(pairs)} pairs diverged; " + "; ".join(parts)
+
+
+def directions(first: dict) -> tuple:
+    """forward and backward always; the first diverging parameter gradient when the engine
+    names one."""
+    return ("forward", "backward") + (("param_grad",) if first.get("param_grad") else ())
+
+
+def pair_label(pair: dict) -> str:
+    a, b = pair.get("a_name"), pair.get("b_name")
+    return str(b) if a == b else f"{a} ↔ {b}"
+
+
+def introduced(pair: dict) -> str:
+    """Whether the error starts at this pair or is inherited, in words ('' when unknown).
+
+    The engine gives ``{"verdict", "previous", "previous_rel_l2", "rel_l2", "growth", "reason"}``.
+    """
+    value = pair.get("introduced")
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "introduced here" if value else "inherited from an earlier layer"
+    if not isinstance(value, dict):
+        return str(value)
+    words = str(value.get("verdict") or "")
+    if value.get("reason"):
+        words += (": " if words else "") + str(value["reason"])
+    previous, growth = value.get("previous"), value.get("growth")
+    if previous is not None:
+        detail = f"rel_l2 {number(value.get('previous_rel_l2'))} at {previous}"
+        detail += f" → {number(value.get('rel_l2'))} here"
+        if isinstance(growth, (int, float)) and not isinstance(growth, bool):
+            detail += f", ×{number(float(growth))}"
+        words += f" ({detail})"
+    return words.strip()
+
+
+def tolerance(pair: dict) -> str:
+    tol = pair.get("tolerance") or {}
+    if not tol:
+        return "-"
+    return f"rtol {number(tol.get('rtol'))}, atol {number(tol.get('atol'))}"
+
+
+def match(pair: dict) -> str:
+    how = pair.get("match")
+    if not how:
+        return "-"
+    confidence = pair.get("confidence")
+    if isinstance(confidence, (int, float)) and not isinstance(confidence, bool) and confidence < 1:
+        return f"{how} ({confidence:.2f})"
+    return str(how)
