@@ -19,8 +19,8 @@ from ..recorder import Recorder
 from .onnx_inputs import check_feeds, random_feeds
 from .onnx_load import load_model
 from .onnx_memory import parse_memory
-from .onnx_modules import folded_initializers, is_legacy_export, node_origins
-from .onnx_names import output_layout, param_meta, record_names
+from .onnx_modules import folded_initializers, is_legacy_export, merged_parameters, node_origins
+from .onnx_names import output_layout, param_meta, parameter_aliases, record_names
 from .onnx_plan import estimate_sizes, inferred_types, plan_groups, topological_order
 from .onnx_run import resolve_providers, run_groups
 
@@ -69,7 +69,7 @@ def record(model, inputs, path, *, loss=None, target=None, max_memory=None, prov
                   meta=run_meta, flush_every=FLUSH_EVERY) as rec:
         for name, array in feeds.items():
             rec.input(name, array, onnx_output=name)
-        _record_params(rec, graph, nodes, skip=set(folded))
+        _record_params(rec, graph, nodes, skip=set(folded), legacy=legacy)
         names = _record_forward(rec, proto, nodes, order, groups, feeds, initializers,
                                 resolved_providers, legacy)
         record_backward = _gradient_recorder() if loss is not None else None
@@ -81,21 +81,37 @@ def record(model, inputs, path, *, loss=None, target=None, max_memory=None, prov
         raise TraceDiffError("ONNX gradients are not available in this build")
 
 
-def _record_params(rec, graph, nodes, skip):
-    """A ``param`` record per float initializer, except those an exporter's folding rewrote
-    (they are not the torch model's parameters; the run's meta lists them)."""
+def _record_params(rec, graph, nodes, skip, legacy):
+    """A ``param`` record per float initializer and per copy of one standing for another torch
+    parameter (a legacy Identity alias, a merged equal-valued parameter), except those an
+    exporter's folding rewrote (they are not the torch model's parameters; the run's meta
+    lists them)."""
+    floats = {t.name: t for t in graph.initializer
+              if t.data_type in _FLOAT_TYPES and t.name not in skip}
+    merged = merged_parameters(nodes, set(floats), legacy,
+                               lambda name: numpy_helper.to_array(floats[name]))
+    readers = {index: alias for alias, (_, indices) in merged.items() for index in indices}
     consumers = {}
-    for node in nodes:
+    for index, node in enumerate(nodes):
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute
                  if a.type == onnx.AttributeProto.INT}
         for position, tensor in enumerate(node.input):
+            if index in readers and merged[readers[index]][0] == tensor:
+                tensor = readers[index]
             consumers.setdefault(tensor, []).append((node.op_type, position, attrs))
+    copies = {}
+    for alias, source in parameter_aliases(graph, _FLOAT_TYPES).items():
+        copies.setdefault(source, []).append(alias)
+    for alias, (source, _) in merged.items():
+        copies.setdefault(source, []).append(alias)
     for tensor in graph.initializer:
         if tensor.data_type not in _FLOAT_TYPES or tensor.name in skip:
             continue
         array = numpy_helper.to_array(tensor)
-        rec.param(tensor.name, array, onnx_output=tensor.name,
-                  **param_meta(tensor.name, array.shape, consumers.get(tensor.name, [])))
+        # a parameter the exporter stored once for several equal-valued ones: each its own record
+        for name in [tensor.name] + copies.get(tensor.name, []):
+            rec.param(name, array, onnx_output=name,
+                      **param_meta(name, array.shape, consumers.get(name, [])))
         del array
 
 

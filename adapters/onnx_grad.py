@@ -16,6 +16,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import TraceDiffError
+from .onnx_names import parameter_aliases
 from .onnx_vjp import RULES
 
 LOSSES = ("cross_entropy", "mse", "sum")
@@ -404,19 +405,9 @@ def _live(nodes, outputs):
 
 
 def _parameter_aliases(graph):
-    """Identity outputs of float initializers -> the initializer. The legacy torch exporter
-    merges parameters with equal values (a fresh LayerNorm's ones, a BatchNorm's zeros) into
-    one initializer and names the others through Identity nodes; each keeps its own gradient,
-    as in torch, rather than one sum over all of them. An alias is an Identity output that is
-    named like a parameter path (``layer.norm2.weight``, not ``/x/Identity_output_0``)."""
-    floats = {t.name for t in graph.initializer if t.data_type in FLOAT_TYPES}
-    return {node.output[0]: node.input[0] for node in graph.node
-            if node.op_type == "Identity" and node.input and node.input[0] in floats
-            and _parameter_like(node.output[0])}
-
-
-def _parameter_like(name):
-    return "." in name and not name.startswith(("/", "onnx::")) and " " not in name
+    """Identity outputs of float initializers -> the initializer (see ``parameter_aliases``):
+    each keeps its own gradient, as in torch, rather than one sum over all of them."""
+    return parameter_aliases(graph, FLOAT_TYPES)
 
 
 def _running_statistics(graph):
@@ -480,6 +471,8 @@ def _prepared(model, feeds, providers):
     ordered = _sorted_nodes(model_copy.graph)
     del model_copy.graph.node[:]
     model_copy.graph.node.extend(ordered)
+    _split_merged_parameters(model_copy)  # before shape inference: the copies need shapes
+    _relink_folded_transposes(model_copy)
     for graph_input in model_copy.graph.input:
         if graph_input.name not in feeds:
             continue
@@ -496,6 +489,62 @@ def _prepared(model, feeds, providers):
         _probe_shapes(model_copy, feeds, providers)
     _split_sequences(model_copy)
     return model_copy
+
+
+def _relink_folded_transposes(model):
+    """Constant folding (legacy exporter) stores ``W.T`` as a new ``onnx::MatMul_<n>``
+    initializer. Where ``W`` is still read elsewhere (GPT-2's embedding, tied to its output
+    head), that copy is computed from ``W`` again by a Transpose, so dL/dW sums both uses
+    as torch's does."""
+    graph = model.graph
+    floats = {t.name: t for t in graph.initializer if t.data_type in FLOAT_TYPES}
+    read = {t for node in graph.node for t in node.input}
+    params = {name: t for name, t in floats.items() if name in read and "." in name
+              and not name.startswith(("onnx::", "/")) and len(t.dims) == 2}
+    relinked = []
+    for name, tensor in floats.items():
+        if not name.startswith("onnx::") or len(tensor.dims) != 2:
+            continue
+        shape = tuple(tensor.dims)[::-1]
+        source = next((p for p, t in params.items() if tuple(t.dims) == shape and np.array_equal(
+            numpy_helper.to_array(t).T, numpy_helper.to_array(tensor))), None)
+        if source is not None:
+            relinked.append(helper.make_node("Transpose", [source], [name], perm=[1, 0],
+                                             name=f"{name}/relinked"))
+    if relinked:
+        names = {n.output[0] for n in relinked}
+        kept = [t for t in graph.initializer if t.name not in names]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        nodes = list(graph.node)
+        del graph.node[:]
+        graph.node.extend(relinked + nodes)
+
+
+def _split_merged_parameters(model):
+    """Give each parameter the dynamo optimizer merged with an equal-valued one its own
+    Identity copy named as torch names it (as the legacy exporter writes them), so each gets
+    its own gradient (see ``onnx_modules.merged_parameters``)."""
+    try:
+        from .onnx_modules import is_legacy_export, merged_parameters
+    except ImportError:
+        return
+    graph = model.graph
+    floats = {t.name: t for t in graph.initializer if t.data_type in FLOAT_TYPES}
+    nodes = list(graph.node)
+    merged = merged_parameters(nodes, set(floats), is_legacy_export(model),
+                               lambda name: numpy_helper.to_array(floats[name]))
+    copies = []
+    for alias, (source, readers) in merged.items():
+        copies.append(helper.make_node("Identity", [source], [alias], name=alias))
+        for index in readers:
+            inputs = nodes[index].input
+            for position, tensor in enumerate(inputs):
+                if tensor == source:
+                    inputs[position] = alias
+    if copies:
+        del graph.node[:]
+        graph.node.extend(copies + nodes)
 
 
 def _split_sequences(model):
@@ -705,8 +754,22 @@ def record_backward(model, feeds, rec, *, loss, target=None, names=None, save_gr
             name, meta = names[tensor]
             rec.backward(name, value, call=calls[tensor], **dict(meta or {}))
     metas = _param_metas(model, [init for init, _ in plan.param_grads])
+    folded = _folded_initializers(model)
     for init, out in plan.param_grads:
-        rec.param_grad(init, take(out), **metas[init])
+        value = take(out)
+        if init not in folded:  # dL/d a fused constant is no gradient of a torch parameter
+            rec.param_grad(init, value, **metas[init])
+
+
+def _folded_initializers(model):
+    """Initializers an exporter's constant folding rewrote (a Conv with its BatchNorm fused in):
+    the forward adapter writes no ``param`` record for them, and they get no ``param_grad``."""
+    try:
+        from .onnx_modules import folded_initializers, is_legacy_export
+    except ImportError:
+        return set()
+    names = {t.name for t in model.graph.initializer}
+    return folded_initializers(model.graph.node, names, is_legacy_export(model))
 
 
 def _param_metas(model, initializers):

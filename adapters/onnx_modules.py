@@ -191,3 +191,42 @@ def is_legacy_export(model) -> bool:
     if model.producer_name != "pytorch":
         return False
     return any(n.name.startswith("/") and not n.metadata_props for n in model.graph.node)
+
+
+def merged_parameters(nodes, initializers, legacy, value_of):
+    """``{alias: (initializer, [consuming node indices])}`` for parameters that the dynamo
+    exporter's optimizer merged into one initializer because their values are equal (a fresh
+    model's LayerNorm ones, its zero biases), without the legacy exporter's Identity copies.
+
+    ``initializers``: the float initializer names; ``value_of(name)`` their arrays. A merged
+    initializer is constant-valued and read by nodes of several modules; the reads from a module
+    other than the one it is named after are that module's own parameter, ``<module>.<leaf>``
+    as torch names it. Tied weights (GPT-2's embedding and output head) hold random values and
+    stay one parameter, as in torch.
+    """
+    if legacy:
+        return {}
+    decoder = _ScopeDecoder()
+    scopes = [decoder.scope(node) for node in nodes]
+    readers = {}
+    for index, node in enumerate(nodes):
+        for tensor in node.input:
+            if tensor in initializers and "." in tensor and not tensor.startswith("onnx::"):
+                readers.setdefault(tensor, []).append(index)
+    out = {}
+    for name, indices in readers.items():
+        owner, leaf = name.rsplit(".", 1)
+        foreign = {}
+        for index in indices:
+            scope = scopes[index]
+            if scope and scope != owner and not scope.startswith(owner + "."):
+                foreign.setdefault(f"{scope}.{leaf}", []).append(index)
+        if not foreign:
+            continue
+        array = value_of(name)
+        if array.size == 0 or not (array == array.flat[0]).all():
+            continue
+        for alias, consumers in foreign.items():
+            if alias not in initializers:
+                out[alias] = (name, consumers)
+    return out

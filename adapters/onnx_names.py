@@ -52,3 +52,18 @@ def param_meta(name, shape, consumers):
         elif op_type == "MatMul" and position == 1 and len(shape) == 2:
             meta["layout"] = "IO"
     return meta
+
+
+def parameter_aliases(graph, float_types):
+    """``{alias: initializer}`` for the Identity outputs of float initializers that are named
+    like a parameter path. The legacy torch exporter stores parameters with equal values once
+    (a fresh LayerNorm's ones, a BatchNorm's zeros) and names the others through Identity nodes
+    (``layer.norm2.weight``, not ``/x/Identity_output_0``): each is a parameter of torch's."""
+    floats = {t.name for t in graph.initializer if t.data_type in float_types}
+    return {node.output[0]: node.input[0] for node in graph.node
+            if node.op_type == "Identity" and node.input and node.input[0] in floats
+            and _parameter_like(node.output[0])}
+
+
+def _parameter_like(name):
+    return "." in name and not name.startswith(("/", "onnx::")) and " " not in name

@@ -51,14 +51,7 @@ def test_warnings_alone_exit_0(tmp_path):
 ])
 def test_errors_exit_2_with_one_line(tmp_path, capsys, argv, text):
     mlp_trace(str(tmp_path / "ok.h5"))
-    assert run_cli([a.format(tmp=tmp_path) for a in argv]) == 2
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
     err = capsys.readouterr().err
     assert text in err and err.count("\n") == 1
 
-
-def run_cli(argv) -> int:
-    """The exit status, whether main returns it or argparse exits with it."""
-    try:
-        return main(argv)
-    except SystemExit as exc:
-        return exc.code

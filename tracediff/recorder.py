@@ -234,12 +234,11 @@ class Recorder:
             f, self._file = self._file, None
         try:
             try:
+                # The end marker is state[1], not an attribute: a process killed while HDF5
+                # flushes an attribute change in SWMR mode leaves metadata that SWMR readers
+                # retry for minutes, and reopening the file "r+" to write one leaves it
+                # unopenable if killed meanwhile.
                 f[fmt.STATE][1] = 1 if complete else 0
-                if complete:
-                    # Written through the SWMR handle: reopening the file "r+" to write them
-                    # would leave it unreadable if the process were killed while it is open.
-                    f.attrs["n_records"] = self._count
-                    f.attrs["complete"] = True
                 f.flush()
             finally:
                 f.close()

@@ -58,13 +58,16 @@ class _Moments:
             return
         self.lo = min(self.lo, float(chunk.min()))
         self.hi = max(self.hi, float(chunk.max()))
+        mean = m2 = math.inf
         if chunk.dtype == np.float32:
             # BLAS sdot is ~5x faster than NumPy's own reductions here; float32 accumulation
-            # within one cache-sized chunk is precise enough for summary statistics.
-            mean = float(np.dot(chunk, _ones32(n))) / n
-            centered = chunk - np.float32(mean)
-            m2 = float(np.dot(centered, centered))
-        else:
+            # within one cache-sized chunk is precise enough for summary statistics. Values
+            # near float32's limits overflow it: those chunks take the float64 path below.
+            with np.errstate(over="ignore", invalid="ignore"):
+                mean = float(np.dot(chunk, _ones32(n))) / n
+                centered = chunk - np.float32(mean)
+                m2 = float(np.dot(centered, centered))
+        if not (math.isfinite(mean) and math.isfinite(m2)):
             mean = float(np.add.reduce(chunk, dtype=np.float64)) / n
             centered = chunk.astype(np.float64) - mean
             m2 = float(np.add.reduce(centered * centered))

@@ -32,12 +32,25 @@ class Record:
     shape: tuple
     stored: bool
     stats: dict
-    meta: dict
     hash: str = ""
     nbytes: int = 0
+    _meta_text: str = field(default="{}", repr=False)
     _offset: int = field(default=-1, repr=False)
     _sample: tuple = field(default=(0, 0), repr=False)
     _trace: "Trace" = field(default=None, repr=False, compare=False)
+    _meta: dict = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def meta(self) -> dict:
+        """What the adapter knew of the record's origin (parsed on first use: listing a
+        100,000-record trace should not parse 100,000 JSON objects nobody asked for)."""
+        if self._meta is None:
+            try:
+                meta = json.loads(self._meta_text or "{}")
+            except ValueError:
+                meta = {}
+            self._meta = meta if isinstance(meta, dict) else {}
+        return self._meta
 
     @property
     def key(self) -> tuple:
@@ -64,6 +77,10 @@ class Record:
         if self.stored:
             return indices, self.read().reshape(-1)[indices]
         offset, count = self._sample
+        if count != indices.size:
+            raise TraceFormatError(
+                f"{self._trace.path} is damaged: record {self.index} ({self.name!r}) keeps a sample "
+                f"of {count} element(s) where {indices.size} were drawn; record it again")
         dtype = numpy_dtype(self.dtype)
         raw = self._trace._read_bytes(offset, count * dtype.itemsize, self)
         return indices[:count], raw.view(dtype)
@@ -125,13 +142,17 @@ class Trace:
         self._data_size = int(data.shape[0])
         n = int(records.shape[0])
         committed = n
+        closed = False
         if fmt.STATE in f:
             try:
                 state = np.asarray(f[fmt.STATE][()]).reshape(-1)
                 committed = int(state[0])
+                closed = state.size > 1 and int(state[1]) == 1
             except Exception:
                 committed = n
-        self.complete = bool(attrs.get("complete", False))
+        # state[1] marks a clean close; the attribute, traces written before it did
+        self.complete = closed or attrs.get("complete") is True
+        attrs["complete"] = self.complete   # the attribute itself stays false (see format.md)
         if not self.complete:
             n = max(0, min(n, committed))
             if warn_incomplete:
@@ -140,41 +161,58 @@ class Trace:
                     f"{n} record(s) readable up to the last complete one", IncompleteTraceWarning,
                     stacklevel=3)
         rows = records[:n] if n else records[:0]
-        self._records = [self._make_record(i, row) for i, row in enumerate(rows)]
+        self._records = self._build_records(rows)
 
-    def _make_record(self, index, row) -> Record:
-        def text(field_name):
-            value = row[field_name]
-            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    def _build_records(self, rows) -> list:
+        """Records from the index table, column by column (a Python loop over 100,000 numpy
+        rows is what made listing slow)."""
+        layout = fmt.record_dtype()
+        columns = {name: rows[name] for name in layout.names}
+        for name, column in columns.items():
+            expected = layout[name]
+            if (expected.kind == "O") != (column.dtype.kind == "O") or \
+                    (expected.kind != "O" and column.dtype.kind not in "iuf"):
+                raise TraceFormatError(
+                    f"{self.path} is damaged: index field {name!r} has type {column.dtype}; "
+                    "record it again")
+        texts = {name: _texts(columns[name]) for name in ("name", "kind", "dtype", "shape", "hash", "meta")}
+        numbers = {name: columns[name].tolist() for name in
+                   ("call", "step", "stored", "offset", "nbytes", "sample_offset", "sample_count") + STAT_KEYS}
+        shapes = {}
+        out = []
+        for index in range(len(rows)):
+            kind = texts["kind"][index]
+            if kind not in fmt.KINDS:
+                raise TraceFormatError(f"{self.path} is damaged: record {index} has unknown kind {kind!r}")
+            shape_text = texts["shape"][index]
+            shape = shapes.get(shape_text)
+            if shape is None:
+                shape = shapes[shape_text] = self._parse_shape(index, shape_text)
+            stats = {key: numbers[key][index] for key in STAT_KEYS}
+            # later arithmetic trusts these (sample indices, finite counts): check them once here
+            numel = math.prod(shape)
+            if stats["numel"] != numel or not all(0 <= stats[k] <= numel for k in ("nan", "inf")):
+                raise TraceFormatError(
+                    f"{self.path} is damaged: record {index} declares shape {list(shape)} but "
+                    f"statistics for {stats['numel']} element(s) ({stats['nan']} NaN, "
+                    f"{stats['inf']} Inf); record it again")
+            out.append(Record(
+                index=index, name=texts["name"][index], kind=kind, call=numbers["call"][index],
+                step=numbers["step"][index], dtype=texts["dtype"][index], shape=shape,
+                stored=bool(numbers["stored"][index]), stats=stats, hash=texts["hash"][index],
+                nbytes=numbers["nbytes"][index], _meta_text=texts["meta"][index],
+                _offset=numbers["offset"][index],
+                _sample=(numbers["sample_offset"][index], numbers["sample_count"][index]), _trace=self))
+        return out
 
-        kind = text("kind")
-        if kind not in fmt.KINDS:
-            raise TraceFormatError(f"{self.path} is damaged: record {index} has unknown kind {kind!r}")
+    def _parse_shape(self, index, text) -> tuple:
         try:
-            shape = tuple(int(d) for d in json.loads(text("shape")))
+            shape = tuple(int(d) for d in json.loads(text))
         except (ValueError, TypeError):
             raise TraceFormatError(f"{self.path} is damaged: record {index} has an unreadable shape") from None
         if len(shape) > MAX_NDIM or any(d < 0 for d in shape):
             raise TraceFormatError(f"{self.path} is damaged: record {index} declares shape {list(shape)}")
-        try:
-            meta = json.loads(text("meta") or "{}")
-            if not isinstance(meta, dict):
-                meta = {}
-        except ValueError:
-            meta = {}
-        stats = {key: _number(row[key]) for key in STAT_KEYS}
-        # later arithmetic trusts these (sample indices, finite counts): check them once here
-        numel = math.prod(shape)
-        if stats["numel"] != numel or not all(0 <= stats[k] <= numel for k in ("nan", "inf")):
-            raise TraceFormatError(
-                f"{self.path} is damaged: record {index} declares shape {list(shape)} but "
-                f"statistics for {stats['numel']} element(s) ({stats['nan']} NaN, "
-                f"{stats['inf']} Inf); record it again")
-        return Record(
-            index=index, name=text("name"), kind=kind, call=int(row["call"]), step=int(row["step"]),
-            dtype=text("dtype"), shape=shape, stored=bool(row["stored"]), stats=stats, meta=meta,
-            hash=text("hash"), nbytes=int(row["nbytes"]), _offset=int(row["offset"]),
-            _sample=(int(row["sample_offset"]), int(row["sample_count"])), _trace=self)
+        return shape
 
     def _read_bytes(self, offset, nbytes, record) -> np.ndarray:
         dtype = numpy_dtype(record.dtype)
@@ -291,6 +329,10 @@ def _open_h5(path) -> h5py.File:
         return h5py.File(path, "r", libver="latest", swmr=True, locking=False)
     except Exception as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "truncated file" in text:
+            raise TraceFormatError(
+                f"cannot open trace {path}: the file is truncated (shorter than its header "
+                "says); copy it again, or record it again") from None
         raise TraceFormatError(f"cannot open trace {path}: damaged HDF5 file ({text})") from None
 
 
@@ -313,6 +355,5 @@ def _plain(value):
     return value
 
 
-def _number(value):
-    value = value.item() if isinstance(value, np.generic) else value
-    return value
+def _texts(column) -> list:
+    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in column.tolist()]

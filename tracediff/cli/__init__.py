@@ -44,7 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version, bad arguments: a status, not an exception
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else EXIT_ERROR
     debug = getattr(args, "debug", False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore" if debug else "default")

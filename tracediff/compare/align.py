@@ -1,17 +1,20 @@
 """Alignment: which record of a is compared with which record of b.
 
 Layers, in order (``align="auto"``): (1) exact kind, name and call; (2) the user's rules
-(renames and explicit pairs); (3) torch module paths carried by ONNX records (meta ``module``);
-(4) structural alignment of the forward records still unmatched. Backward, parameter and
+(renames and explicit pairs); (3) torch module paths carried by ONNX records (meta ``module``),
+then the modules the export left no node of (``passthrough``); (4) structural alignment of the
+forward records still unmatched (against an ONNX trace: only with nodes of the record's own
+module scope). Backward, parameter and
 parameter-gradient records then follow the pairing of their forward records. ``align="name"``
 stops after (1); ``align="order"`` pairs each kind by position. What stays unmatched is listed.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from ..errors import TraceDiffError
-from . import structure
+from . import passthrough, structure
 from .families import family
 from .rules import Rules
 
@@ -39,11 +42,18 @@ class Alignment:
         self.pairs = []
         self.used_a = set()
         self.used_b = set()
+        self.held = set()   # (side, index) of records kept out of structural alignment
+        self.decoded = None  # "a" or "b": the side whose nodes carry module scopes (ONNX)
+        self._keys = set()
+
+    def paired(self, ra, rb) -> bool:
+        return (ra.index, rb.index) in self._keys
 
     def add(self, ra, rb, match, confidence=1.0, reuse_a=False, reuse_b=False):
         if (ra.index in self.used_a and not reuse_a) or (rb.index in self.used_b and not reuse_b):
             return False
         self.pairs.append(Aligned(ra, rb, match, float(confidence)))
+        self._keys.add((ra.index, rb.index))
         self.used_a.add(ra.index)
         self.used_b.add(rb.index)
         return True
@@ -139,28 +149,51 @@ def _decoded(records) -> bool:
 
 def _by_module(recs_a, recs_b, result):
     """A module-named forward record pairs with the LAST node of the other side whose meta
-    module is that path (or inside it); ``<root>`` pairs with the graph output."""
+    module is that path (or inside it); ``<root>`` pairs with the graph output. A module's
+    first tuple output (``attn:0``) pairs as the module. Modules that the export erased (eval
+    Dropout, Identity) then pair with the node of the tensor they pass through, or stay out."""
     for named, decoded, named_is_a in ((recs_a, recs_b, True), (recs_b, recs_a, False)):
         if not _decoded(decoded) or _decoded(named):
             continue
         used_named = result.used_a if named_is_a else result.used_b
         used_decoded = result.used_b if named_is_a else result.used_a
         nodes = [r for r in decoded if r.kind == "forward"]
+        result.decoded = "b" if named_is_a else "a"
         _by_folded(named, nodes, result, named_is_a)
         for r in named:
             if r.kind != "forward" or r.index in used_named or r.call != 0:
                 continue
-            exact = [n for n in nodes if n.meta.get("module") == r.name and n.index not in used_decoded]
-            inside = [n for n in nodes if str(n.meta.get("module", "")).startswith(r.name + ".")]
-            if r.name == "<root>":
+            module = _module_of(r)
+            if module is None:
+                continue
+            exact = [n for n in nodes if n.meta.get("module") == module and n.index not in used_decoded]
+            inside = [n for n in nodes if str(n.meta.get("module", "")).startswith(module + ".")]
+            if module == "<root>":
                 inside = [n for n in nodes if n.meta.get("graph_output")] or nodes
             chosen, reuse = (exact[-1], False) if exact else ((inside[-1], True) if inside else (None, False))
             if chosen is None or chosen.numel != r.numel:
                 continue
-            if named_is_a:
-                result.add(r, chosen, "module", 1.0, reuse_b=reuse)
+            _add(result, r, chosen, named_is_a, "module", 1.0, reuse)
+        for r, node in passthrough.vanished(named, nodes, result, named_is_a):
+            if node is None:
+                result.held.add(("a" if named_is_a else "b", r.index))
             else:
-                result.add(chosen, r, "module", 1.0, reuse_a=reuse)
+                _add(result, r, node, named_is_a, "module", 1.0, True)
+
+
+def _module_of(record):
+    """The module path a module-named record stands for: its name, without the ``:0`` of a
+    module's first tuple output; None for the other tuple outputs."""
+    name, _, output = record.name.partition(":")
+    if output and output != "0":
+        return None
+    return name
+
+
+def _add(result, named, node, named_is_a, match, confidence, reuse):
+    if named_is_a:
+        return result.add(named, node, match, confidence, reuse_b=reuse)
+    return result.add(node, named, match, confidence, reuse_a=reuse)
 
 
 def _by_folded(named, nodes, result, named_is_a):
@@ -193,10 +226,27 @@ def _structural(recs_a, recs_b, result):
     anchors = _increasing(anchors)
     bounds = [(-1, -1)] + anchors + [(len(fwd_a), len(fwd_b))]
     for (a0, b0), (a1, b1) in zip(bounds, bounds[1:]):
-        seg_a = [r for r in fwd_a[a0 + 1:a1] if r.index not in result.used_a]
-        seg_b = [r for r in fwd_b[b0 + 1:b1] if r.index not in result.used_b]
+        seg_a = [r for r in fwd_a[a0 + 1:a1]
+                 if r.index not in result.used_a and ("a", r.index) not in result.held]
+        seg_b = [r for r in fwd_b[b0 + 1:b1]
+                 if r.index not in result.used_b and ("b", r.index) not in result.held]
         for i, j, sim in structure.align(seg_a, seg_b):
-            result.add(seg_a[i], seg_b[j], "structure", sim)
+            if _within_scope(seg_a[i], seg_b[j], result.decoded):
+                result.add(seg_a[i], seg_b[j], "structure", sim)
+
+
+def _within_scope(ra, rb, decoded) -> bool:
+    """A module's output is computed inside the module: a module-named record never pairs
+    structurally with a node the export filed under another module (or the root), which would
+    be a neighbour's value (an attention block's second output with the next layer's weight)."""
+    if decoded is None:
+        return True
+    named, node = (ra, rb) if decoded == "b" else (rb, ra)
+    scope = node.meta.get("scope")
+    module = named.name.partition(":")[0]
+    if not isinstance(scope, str) or module == "<root>":
+        return True
+    return scope == module or scope.startswith(module + ".")
 
 
 def _increasing(anchors):
@@ -240,14 +290,19 @@ def role(record) -> str:
 def _follow(recs_a, recs_b, result):
     """Backward records follow their forward pair; parameters follow their owner's forward pair
     (by role, then shape up to transpose); parameter gradients follow their parameter."""
-    forward = {(p.a.name, p.a.call): p for p in result.pairs if p.a.kind == "forward"}
+    forward = [p for p in result.pairs if p.a.kind == "forward"]
+    back_a = {(r.name, r.call): r for r in recs_a if r.kind == "backward"}
     back_b = {(r.name, r.call): r for r in recs_b if r.kind == "backward"}
-    for ra in recs_a:
-        if ra.kind == "backward" and ra.index not in result.used_a:
-            p = forward.get((ra.name, ra.call))
-            rb = back_b.get((p.b.name, p.b.call)) if p else None
-            if rb is not None and rb.index not in result.used_b:
-                result.add(ra, rb, p.match, p.confidence)
+    # a forward record paired twice (a module and the child ending it, an erased Dropout and
+    # the tensor it passes) shares its backward record the same way
+    shared_a = Counter(p.a.index for p in forward)
+    shared_b = Counter(p.b.index for p in forward)
+    for p in sorted(forward, key=lambda p: (p.b.index, p.a.index)):
+        ra, rb = back_a.get((p.a.name, p.a.call)), back_b.get((p.b.name, p.b.call))
+        if ra is None or rb is None or result.paired(ra, rb):
+            continue
+        result.add(ra, rb, p.match, p.confidence,
+                   reuse_a=shared_a[p.a.index] > 1, reuse_b=shared_b[p.b.index] > 1)
     owners = {}
     for p in result.pairs:
         if p.a.kind == "forward" and p.a.call == 0:

@@ -91,7 +91,8 @@ class Comparison:
         elif self.sum_bb == 0:
             sqnr = -math.inf
         else:
-            sqnr = 10.0 * math.log10(self.sum_bb / self.sum_sq)
+            ratio = self.sum_bb / self.sum_sq   # 0 when the squared differences overflowed
+            sqnr = 10.0 * math.log10(ratio) if ratio > 0 else (-math.inf if ratio == 0 else math.nan)
         index = [int(i) for i in np.unravel_index(self.argmax_flat, self.shape)] if self.numel else []
         return {
             "max_abs": self.max_abs, "max_rel": self.max_rel, "mean_abs": self.sum_abs / n,

@@ -23,6 +23,9 @@ def summary_line(report) -> str:
         if fd.param_grad and not (fd.forward or fd.backward):
             parts.append(f"parameter gradient {fd.param_grad.label()}")
         others = len(report.diverged_pairs)
+        if not parts and report.diverged_pairs:  # a loss, input or parameter pair: name it
+            first = report.diverged_pairs[0]
+            parts.append(f"{first.kind} at {first.label()} ({first.status})")
         text = (f"DIVERGED: first divergence {'; '.join(parts) if parts else 'in parameters'} "
                 f"({others} of {n} pairs diverge)")
     unmatched = len(report.unmatched["a"]) + len(report.unmatched["b"])
