@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -21,6 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import tracediff as td  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 
 def write_trace(path, layers, steps, width, batch, values):
@@ -54,15 +53,6 @@ def write_trace(path, layers, steps, width, batch, values):
     return os.path.getsize(path)
 
 
-def timed(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=50)
@@ -77,7 +67,7 @@ def main():
             size = write_trace(path, args.layers, args.steps, args.width, args.batch, values)
             with td.open(path) as trace:
                 n = len(trace)
-            seconds = timed(lambda: td.check(path), args.repeats)
+            seconds = median_seconds(lambda: td.check(path), args.repeats)
             print(f"td.check, {args.layers} layers x {args.steps} steps ({n} records, "
                   f"{size / 2**20:.1f} MB, values={values}): {seconds * 1000:.0f} ms "
                   f"(median of {args.repeats})")
@@ -91,7 +81,7 @@ def main():
         dh = 2 * h / h.size
         dz = dh * (z > 0)
         return loss, {"x": dz @ a["W"].T, "W": a["x"].T @ dz}
-    seconds = timed(lambda: td.gradcheck(net, arrays), args.repeats)
+    seconds = median_seconds(lambda: td.gradcheck(net, arrays), args.repeats)
     print(f"td.gradcheck, 2 arrays (6400 + 5000 entries, 32 sampled each): {seconds * 1000:.0f} ms")
 
 

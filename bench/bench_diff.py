@@ -28,15 +28,6 @@ from tracediff.compare.align import align  # noqa: E402
 from tracediff.compare.metrics import compare  # noqa: E402
 
 
-def median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def throughput(elements, repeats):
     rng = np.random.default_rng(0)
     for dtype in (np.float32, np.float64):
@@ -48,9 +39,9 @@ def throughput(elements, repeats):
                  "b_l2": float(np.linalg.norm(b.astype(np.float64)))}
         t_np, t_td, t_bare = [], [], []
         for _ in range(repeats):     # interleaved: the VM is shared and its speed drifts
-            t_np.append(median_time(lambda: np.abs(a - b).max(), 1))
-            t_td.append(median_time(lambda: compare(a, b, 1.3e-6, 1e-5, **norms), 1))
-            t_bare.append(median_time(lambda: compare(a, b, 1.3e-6, 1e-5), 1))
+            t_np.append(median_seconds(lambda: np.abs(a - b).max(), 1))
+            t_td.append(median_seconds(lambda: compare(a, b, 1.3e-6, 1e-5, **norms), 1))
+            t_bare.append(median_seconds(lambda: compare(a, b, 1.3e-6, 1e-5), 1))
         t_np, t_td, t_bare = (statistics.median(t) for t in (t_np, t_td, t_bare))
         print(f"  {np.dtype(dtype).name} x {elements:,} ({nbytes / 2**20:.0f} MiB compared): "
               f"numpy abs(a-b).max() {nbytes / t_np / 2**30:.2f} GiB/s; "
@@ -108,6 +99,7 @@ CHILD = f"""
 import sys, time
 import tracediff as td
 from tracediff.compare import diff
+from timing import median_seconds  # noqa: E402
 start = time.perf_counter()
 report = diff(sys.argv[1], sys.argv[2])
 elapsed = time.perf_counter() - start

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -23,6 +21,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from tracediff.adapters import torch as tdt  # noqa: E402
 from tracediff.golden import GoldenTrace, Ledger  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 
 def build(layers, width):
@@ -31,15 +30,6 @@ def build(layers, width):
     for _ in range(layers):
         blocks += [torch.nn.Linear(width, width), torch.nn.ReLU()]
     return torch.nn.Sequential(*blocks, torch.nn.Linear(width, 10))
-
-
-def timed(fn, repeat):
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main(argv=None):
@@ -62,7 +52,7 @@ def main(argv=None):
           f"{args.batch}, 1 thread, median of {args.repeat}:")
     with tempfile.TemporaryDirectory() as folder:
         record_path = os.path.join(folder, "plain.h5")
-        plain = timed(lambda: tdt.record(model, x, record_path, loss_fn=loss, overwrite=True),
+        plain = median_seconds(lambda: tdt.record(model, x, record_path, loss_fn=loss, overwrite=True),
                       args.repeat)
         print(f"  tdt.record alone                  {plain * 1e3:8.1f} ms")
         for values in (True, False):
@@ -76,7 +66,7 @@ def main(argv=None):
                 report = golden.check(model, x, loss_fn=loss, values=values)
                 assert report is not None and report.ok
 
-            seconds = timed(check, args.repeat)
+            seconds = median_seconds(check, args.repeat)
             print(f"  check values={str(values):5}  (record+diff) {seconds * 1e3:8.1f} ms   "
                   f"x {seconds / plain:.2f}   golden {size / 1e6:.2f} MB")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import statistics
 import tempfile
 import time
 import warnings
@@ -23,6 +22,7 @@ import torch.nn.functional as F
 import tracediff as td
 from tracediff.adapters import onnx as tdo
 from tracediff.adapters import onnx_grad
+from timing import median_seconds  # noqa: E402
 
 
 class CNN(nn.Module):
@@ -69,15 +69,6 @@ def _case(name):
     return model, x, target
 
 
-def _median(fn, repeat):
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=5)
@@ -95,9 +86,9 @@ def main():
             feeds = {"x": x.numpy()}
             forward = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
             forward.run(None, feeds)
-            t_forward = _median(lambda: forward.run(None, feeds), args.repeat)
+            t_forward = median_seconds(lambda: forward.run(None, feeds), args.repeat)
 
-            t_build = _median(lambda: onnx_grad.build(proto, "cross_entropy", feeds=feeds),
+            t_build = median_seconds(lambda: onnx_grad.build(proto, "cross_entropy", feeds=feeds),
                               args.repeat)
             plan = onnx_grad.build(proto, "cross_entropy", feeds=feeds)
             start = time.perf_counter()
@@ -106,7 +97,7 @@ def main():
             t_session = time.perf_counter() - start
             grad_feeds = {**feeds, plan.target_input: target}
             grad.run(None, grad_feeds)
-            t_grad_run = _median(lambda: grad.run(None, grad_feeds), args.repeat)
+            t_grad_run = median_seconds(lambda: grad.run(None, grad_feeds), args.repeat)
 
             def backward_trace():
                 trace = os.path.join(folder, "b.h5")
@@ -114,13 +105,13 @@ def main():
                     onnx_grad.record_backward(proto, feeds, rec, loss="cross_entropy",
                                               target=target)
 
-            t_backward = _median(backward_trace, max(1, args.repeat // 2))
+            t_backward = median_seconds(backward_trace, max(1, args.repeat // 2))
 
             def full_trace():
                 tdo.record(path, feeds, os.path.join(folder, "full.h5"), overwrite=True,
                            loss="cross_entropy", target=target)
 
-            t_full = _median(full_trace, max(1, args.repeat // 2))
+            t_full = median_seconds(full_trace, max(1, args.repeat // 2))
             rows.append((name, len(proto.graph.node), len(plan.model.graph.node), t_forward,
                          t_grad_run, t_build, t_session, t_backward, t_full))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
