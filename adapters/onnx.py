@@ -72,13 +72,10 @@ def record(model, inputs, path, *, loss=None, target=None, max_memory=None, prov
         _record_params(rec, graph, nodes, skip=set(folded), legacy=legacy)
         names = _record_forward(rec, proto, nodes, order, groups, feeds, initializers,
                                 resolved_providers, legacy)
-        record_backward = _gradient_recorder() if loss is not None else None
-        if record_backward is not None:
+        if loss is not None:
+            from .onnx_grad import record_backward
             record_backward(proto, feeds, rec, loss=loss, target=target, names=names,
                             save_grad_model=save_grad_model, providers=resolved_providers)
-    if loss is not None and record_backward is None:
-        # the forward records are written and the trace closed cleanly before saying so
-        raise TraceDiffError("ONNX gradients are not available in this build")
 
 
 def _record_params(rec, graph, nodes, skip, legacy):
@@ -140,17 +137,6 @@ def _record_forward(rec, proto, nodes, order, groups, feeds, initializers, provi
                 rec.forward(name, value, **meta)
                 names[tensor] = (name, meta)
     return names
-
-
-def _gradient_recorder():
-    """The gradient module's entry point, or None where this build lacks it."""
-    try:
-        from .onnx_grad import record_backward
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.endswith("onnx_grad"):
-            return None
-        raise
-    return record_backward
 
 
 def _exporter(proto, legacy):

@@ -2,7 +2,6 @@
 traces, zeros in the reference, backward and parameter-gradient divergences, attribution."""
 import json
 import math
-import sys
 
 import numpy as np
 import pytest
@@ -175,14 +174,6 @@ def test_error_growing_slowly_is_inherited(tmp_path):
     assert fwd.introduced["verdict"] == "inherited"
     assert fwd.introduced["previous"] == "fc1" and 1 < fwd.introduced["growth"] < 10
 
-
-def test_html_renderer_missing_is_one_clear_error(tmp_path, monkeypatch):
-    a, b = simple(tmp_path)
-    report = td.diff(a, b)
-    monkeypatch.setitem(sys.modules, "tracediff.report.html", None)
-    with pytest.raises(td.TraceDiffError, match=r"the html report renderer \(tracediff.report.html.render_html\) "
-                                                "is not available in this build; write --json instead"):
-        report.to_html(tmp_path / "r.html")
 
 
 def test_bad_tolerance_argument(tmp_path):

@@ -2,7 +2,6 @@
 mistake answered with one line and exit status 2."""
 from __future__ import annotations
 
-import importlib.util
 
 import numpy as np
 import pytest
@@ -93,19 +92,6 @@ def test_mistakes_are_one_line_and_exit_2(tmp_path, model_path, capsys):
     assert main(["record", model, "--random", "--out", out, "--overwrite"]) == 0
 
 
-@pytest.mark.skipif(importlib.util.find_spec("tracediff.adapters.onnx_grad") is not None,
-                    reason="this build has ONNX gradients")
-def test_loss_without_the_gradient_module_keeps_the_forward_trace(tmp_path, model_path, capsys):
-    out = tmp_path / "t.h5"
-    assert _error(capsys, ["record", str(model_path), "--random", "--loss", "sum",
-                           "--out", str(out)]) == (
-        "tracediff record: error: ONNX gradients are not available in this build")
-    trace = td.open(out)
-    assert trace.complete and [r.name for r in trace.records("forward")] == ["/fc/MatMul", "/act/Relu"]
-
-
-@pytest.mark.skipif(importlib.util.find_spec("tracediff.adapters.onnx_grad") is None,
-                    reason="this build has no ONNX gradients")
 def test_loss_adds_backward_records_named_after_the_forward_records(tmp_path, model_path):
     x = np.random.default_rng(2).standard_normal((2, 3, 4)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)

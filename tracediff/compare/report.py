@@ -122,15 +122,15 @@ class Report:
         return text
 
     def to_html(self, path=None) -> str:
-        render = _renderer("html", "render_html")
-        text = render(self.to_dict())
+        from ..report.html import render_html
+        text = render_html(self.to_dict())
         if path is not None:
             _write(path, text)
         return text
 
     def to_markdown(self, path=None) -> str:
-        render = _renderer("markdown", "render_markdown")
-        text = render(self.to_dict())
+        from ..report.markdown import render_markdown
+        text = render_markdown(self.to_dict())
         if path is not None:
             _write(path, text)
         return text
@@ -143,18 +143,6 @@ class Report:
         fd = self.first_divergence
         where = fd.forward.label() if fd.forward else (fd.backward.label() if fd.backward else None)
         return f"<tracediff diff report: ok={self.ok}, {len(self.pairs)} pairs, first divergence {where!r}>"
-
-
-def _renderer(module, function):
-    import importlib
-
-    try:
-        mod = importlib.import_module(f"tracediff.report.{module}")
-        return getattr(mod, function)
-    except (ImportError, AttributeError):
-        raise TraceDiffError(
-            f"the {module} report renderer (tracediff.report.{module}.{function}) is not available "
-            "in this build; write --json instead") from None
 
 
 def _write(path, text):

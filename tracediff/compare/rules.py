@@ -50,19 +50,22 @@ class Rules:
 
 def load(path) -> Rules:
     """Read a rules file; every mistake is one line naming the file and the entry."""
+    path = os.fspath(path)
+    return parse(_read_toml(path, "rules"), path)
+
+
+def _read_toml(path: str, what: str) -> dict:
     import tomllib
 
-    path = os.fspath(path)
     try:
         with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+            return tomllib.load(handle)
     except FileNotFoundError:
-        raise TraceDiffError(f"cannot read rules file {path}: no such file") from None
+        raise TraceDiffError(f"cannot read {what} file {path}: no such file") from None
     except OSError as exc:
-        raise TraceDiffError(f"cannot read rules file {path}: {exc.strerror}") from None
+        raise TraceDiffError(f"cannot read {what} file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise TraceDiffError(f"rules file {path} is not valid TOML ({exc}); fix the syntax") from None
-    return parse(data, path)
+        raise TraceDiffError(f"{what} file {path} is not valid TOML ({exc}); fix the syntax") from None
 
 
 def parse(data: dict, where: str = "rules") -> Rules:
@@ -127,16 +130,8 @@ def parse_tolerances(data: dict, where: str) -> list:
 def load_tolerances(path) -> list:
     """A file holding only tolerances (``--tolerances``): a [tolerances] table, or top-level
     ``"glob" = {rtol, atol}`` entries."""
-    import tomllib
-
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        raise TraceDiffError(f"cannot read tolerances file {path}: no such file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise TraceDiffError(f"tolerances file {path} is not valid TOML ({exc}); fix the syntax") from None
+    data = _read_toml(path, "tolerances")
     if "tolerances" in data or "tolerance" in data:
         return parse_tolerances(data, path)
     return parse_tolerances({"tolerances": data}, path)
