@@ -13,8 +13,9 @@ $(STAMP): pyproject.toml constraints-dev.txt
 	$(PY) -m pip install -q -c constraints-dev.txt -e '.[all,test]'
 	@touch $(STAMP)
 
+# The demo's ports have planted bugs, so tracediff exits 1 (divergence found): that is success here.
 demo: $(STAMP)
-	$(VENV)/bin/tracediff demo --out demo-out
+	$(VENV)/bin/tracediff demo --out demo-out || [ $$? -eq 1 ]
 
 # The HTML report test renders in headless Chromium; install Debian's when we can, else it skips.
 browser:

@@ -253,7 +253,9 @@ _SCRIPT = r"""
       var i = data.series[k][j].x;
       el("line", {x1: X(i), y1: top, x2: X(i), y2: H - bottom, stroke: "#d62728",
                   "stroke-dasharray": "4 3", "class": "first-" + k}, svg);
-      label(svg, X(i) + 4, top + 10 + (k === "backward" ? 14 : 0), "first " + k + " divergence");
+      var flip = X(i) > (left + W - right) / 2;  // keep labels right of the middle clear of the legend
+      label(svg, flip ? X(i) - 4 : X(i) + 4, top + 10 + (k === "backward" ? 14 : 0),
+            "first " + k + " divergence", flip ? "end" : "start");
     });
     var drawn = 0;
     ["forward", "backward"].forEach(function (k, row) {
