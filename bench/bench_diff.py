@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import tracediff as td  # noqa: E402
 from tracediff.compare.align import align  # noqa: E402
 from tracediff.compare.metrics import compare  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 
 def throughput(elements, repeats):
@@ -99,7 +100,6 @@ CHILD = f"""
 import sys, time
 import tracediff as td
 from tracediff.compare import diff
-from timing import median_seconds  # noqa: E402
 start = time.perf_counter()
 report = diff(sys.argv[1], sys.argv[2])
 elapsed = time.perf_counter() - start
