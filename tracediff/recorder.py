@@ -189,6 +189,11 @@ class Recorder:
         start, end = self._count, self._count + rows.size
         try:
             _write_at(self._records, start, rows, grow=True)
+            # Two flushes: one HDF5 flush writes its dirty metadata in no set order across
+            # datasets, so a kill inside it could leave the index rows on disk without the data
+            # blob's new extent. The count that makes records visible is written only after the
+            # data and rows are durable.
+            self._file.flush()
             _write_at(self._state, 0, np.array([end], dtype="<i8"))
             self._file.flush()
         except OSError as exc:
