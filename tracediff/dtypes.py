@@ -65,10 +65,6 @@ def is_float(name: str) -> bool:
     return name.startswith(("float", "bfloat"))
 
 
-def is_complex(name: str) -> bool:
-    return name.startswith("complex")
-
-
 def as_float(array: np.ndarray) -> np.ndarray:
     """A view or copy of ``array`` that NumPy arithmetic handles (extended floats -> float32)."""
     name = array.dtype.name

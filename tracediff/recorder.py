@@ -17,7 +17,7 @@ from . import format as fmt
 from ._version import __version__
 from .dtypes import logical_name, to_array
 from .errors import TraceDiffError
-from .stats import summarize
+from .stats import STAT_FIELDS, summarize
 
 
 SMALL_BLOCK = 1 << 16  # tensors below this many bytes are batched with their index rows
@@ -169,7 +169,7 @@ class Recorder:
         row["sample_offset"] = sample_offset
         row["sample_count"] = sample_count
         row["hash"] = digest
-        for field in ("numel", "min", "max", "mean", "std", "l2", "nan", "inf", "zero_frac"):
+        for field in STAT_FIELDS:
             row[field] = stats[field]
         row["meta"] = json.dumps({k: v for k, v in meta.items() if v is not None}, default=str)
         index = self._count + len(self._pending)

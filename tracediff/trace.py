@@ -14,9 +14,9 @@ import numpy as np
 from . import format as fmt
 from .dtypes import numpy_dtype
 from .errors import IncompleteTraceWarning, TraceDiffError, TraceFormatError
+from .stats import STAT_FIELDS
 
 MAX_NDIM = 64
-STAT_KEYS = ("numel", "min", "max", "mean", "std", "l2", "nan", "inf", "zero_frac")
 
 
 @dataclass
@@ -177,7 +177,7 @@ class Trace:
                     "record it again")
         texts = {name: _texts(columns[name]) for name in ("name", "kind", "dtype", "shape", "hash", "meta")}
         numbers = {name: columns[name].tolist() for name in
-                   ("call", "step", "stored", "offset", "nbytes", "sample_offset", "sample_count") + STAT_KEYS}
+                   ("call", "step", "stored", "offset", "nbytes", "sample_offset", "sample_count") + STAT_FIELDS}
         shapes = {}
         out = []
         for index in range(len(rows)):
@@ -188,7 +188,7 @@ class Trace:
             shape = shapes.get(shape_text)
             if shape is None:
                 shape = shapes[shape_text] = self._parse_shape(index, shape_text)
-            stats = {key: numbers[key][index] for key in STAT_KEYS}
+            stats = {key: numbers[key][index] for key in STAT_FIELDS}
             # later arithmetic trusts these (sample indices, finite counts): check them once here
             numel = math.prod(shape)
             if stats["numel"] != numel or not all(0 <= stats[k] <= numel for k in ("nan", "inf")):
