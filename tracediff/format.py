@@ -1,6 +1,7 @@
 """Layout of a trace file (format v1); ``docs/format.md`` is the specification."""
 from __future__ import annotations
 
+import functools
 import hashlib
 
 import numpy as np
@@ -24,6 +25,7 @@ def _str():
     return h5py.string_dtype("utf-8")
 
 
+@functools.lru_cache(maxsize=None)  # built once: the writer and every open() ask for it
 def record_dtype() -> np.dtype:
     s = _str()
     return np.dtype([

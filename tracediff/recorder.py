@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import math
 import os
 import platform
 import socket
@@ -137,17 +136,16 @@ class Recorder:
             call = self._calls[key]
         self._calls[key] = max(self._calls[key], call + 1)
         keep_values = self.values if values is None else values
-        stats = summarize(array)
-        contiguous = np.ascontiguousarray(array)
+        contiguous = np.ascontiguousarray(array)  # one copy at most, shared by stats and bytes
+        stats = summarize(contiguous)
         raw = contiguous.reshape(-1).view(np.uint8) if contiguous.size else np.zeros(0, np.uint8)
+        nbytes = raw.size
         digest = ""
         offset = self._data_end
         sample_offset = sample_count = 0
         if keep_values:
             self._append_data(raw)
-            nbytes = raw.size
         else:
-            nbytes = raw.size
             digest = fmt.tensor_hash(contiguous)
             indices = fmt.sample_indices(contiguous.size)
             sample = contiguous.reshape(-1)[indices]
@@ -205,23 +203,22 @@ class Recorder:
         """Reserve ``raw``'s place at the end of the data blob; small blocks wait for ``flush``."""
         if raw.size == 0:
             return
-        start = self._data_end
         self._data_end += raw.size
         if self._flush_every > 1 and raw.size < SMALL_BLOCK:
             self._pending_data.append(raw.copy())
             return
         self._write_pending_data()
-        try:
-            _write_at(self._data, start, raw, grow=True)
-        except OSError as exc:
-            raise TraceDiffError(_write_error(self.path, exc)) from None
-        self._data_written = self._data_end
+        self._write_data(raw)
 
     def _write_pending_data(self):
         if not self._pending_data:
             return
         block = np.concatenate(self._pending_data)
         self._pending_data.clear()
+        self._write_data(block)
+
+    def _write_data(self, block: np.ndarray):
+        """Append ``block`` to the data blob at the end of what is written so far."""
         try:
             _write_at(self._data, self._data_written, block, grow=True)
         except OSError as exc:
@@ -326,9 +323,6 @@ def _write_at(dataset, start: int, values: np.ndarray, grow: bool = False):
 
 def _write_error(path, exc) -> str:
     text = str(exc)
-    if "lock" in text.lower():
-        return (f"cannot write trace {path}: another process has it open "
-                "(two writers on one path); wait for it or write elsewhere")
     if "No space" in text or "errno = 28" in text:
         return f"cannot write trace {path}: the disk is full; free space and record again"
     if "Permission denied" in text or "errno = 13" in text or "Read-only" in text:

@@ -26,19 +26,21 @@ def summarize(array: np.ndarray) -> dict:
     moments = _Moments()
     nan = inf = zeros = 0
     for start in range(0, numel, CHUNK):
-        chunk = as_float(flat[start:start + CHUNK])
+        chunk = as_float(flat[start:start + CHUNK])  # a float (or complex) chunk from here on
         zeros += int(np.count_nonzero(chunk == 0))
         if chunk.dtype.kind == "c":
             chunk = np.abs(chunk)
-        if chunk.dtype.kind == "f":
-            lo, hi = chunk.min(), chunk.max()
-            if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN propagates through min/max
-                finite = np.isfinite(chunk)
-                n_nan = int(np.count_nonzero(np.isnan(chunk)))
-                nan += n_nan
-                inf += chunk.size - int(np.count_nonzero(finite)) - n_nan
-                chunk = chunk[finite]
-        moments.add(chunk)
+        lo, hi = float(chunk.min()), float(chunk.max())
+        if not (math.isfinite(lo) and math.isfinite(hi)):  # NaN propagates through min/max
+            finite = np.isfinite(chunk)
+            n_nan = int(np.count_nonzero(np.isnan(chunk)))
+            nan += n_nan
+            inf += chunk.size - int(np.count_nonzero(finite)) - n_nan
+            chunk = chunk[finite]
+            if chunk.size == 0:
+                continue
+            lo, hi = float(chunk.min()), float(chunk.max())
+        moments.add(chunk, lo, hi)
     return {"numel": numel, **moments.result(), "nan": nan, "inf": inf, "zero_frac": zeros / numel}
 
 
@@ -52,19 +54,18 @@ class _Moments:
         self.lo = math.inf
         self.hi = -math.inf
 
-    def add(self, chunk: np.ndarray):
+    def add(self, chunk: np.ndarray, lo: float, hi: float):
+        """Fold in a non-empty chunk of finite values whose extremes are ``lo`` and ``hi``."""
         n = int(chunk.size)
-        if n == 0:
-            return
-        self.lo = min(self.lo, float(chunk.min()))
-        self.hi = max(self.hi, float(chunk.max()))
+        self.lo = min(self.lo, lo)
+        self.hi = max(self.hi, hi)
         mean = m2 = math.inf
         if chunk.dtype == np.float32:
             # BLAS sdot is ~5x faster than NumPy's own reductions here; float32 accumulation
             # within one cache-sized chunk is precise enough for summary statistics. Values
             # near float32's limits overflow it: those chunks take the float64 path below.
             with np.errstate(over="ignore", invalid="ignore"):
-                mean = float(np.dot(chunk, _ones32(n))) / n
+                mean = float(np.dot(chunk, _ONES[:n])) / n
                 centered = chunk - np.float32(mean)
                 m2 = float(np.dot(centered, centered))
         if not (math.isfinite(mean) and math.isfinite(m2)):
@@ -86,7 +87,3 @@ class _Moments:
 
 
 _ONES = np.ones(CHUNK, dtype=np.float32)
-
-
-def _ones32(n: int) -> np.ndarray:
-    return _ONES[:n]
