@@ -6,13 +6,13 @@ class and every other model are untouched, and ``restore`` puts each instance ba
 """
 from __future__ import annotations
 
-import fnmatch
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
 import tensorflow as tf
 
+from ..select import kept
 from . import tensorflow_meta as tfmeta
 
 ROOT = "<root>"
@@ -75,13 +75,7 @@ def selected(names, include, exclude) -> bool:
     names = [names] if isinstance(names, str) else list(names)
     include = [include] if isinstance(include, str) else include
     exclude = [exclude] if isinstance(exclude, str) else exclude
-
-    def matches(patterns):
-        return any(fnmatch.fnmatchcase(n, p) for n in names for p in patterns)
-
-    if include and not matches(include):
-        return False
-    return not (exclude and matches(exclude))
+    return kept(names, include, exclude)
 
 
 def structured(outputs, suffix=""):

@@ -1,11 +1,11 @@
 """Which records to write: include/exclude globs over record names, and a subset of kinds."""
 from __future__ import annotations
 
-import fnmatch
 import re
 
 from tracediff import format as fmt
 from tracediff.errors import TraceDiffError
+from tracediff.select import kept
 
 
 def _globs(value, argument):
@@ -53,7 +53,4 @@ class Selection:
         return hit
 
     def _match(self, name) -> bool:
-        candidates = {name, re.split(r"[:/]", name, maxsplit=1)[0]}
-        if self.include and not any(fnmatch.fnmatchcase(c, g) for c in candidates for g in self.include):
-            return False
-        return not any(fnmatch.fnmatchcase(c, g) for c in candidates for g in self.exclude)
+        return kept({name, re.split(r"[:/]", name, maxsplit=1)[0]}, self.include, self.exclude)
