@@ -13,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from ..select import kept
+from ..structure import named_leaves
 from . import tensorflow_meta as tfmeta
 
 ROOT = "<root>"
@@ -78,17 +79,10 @@ def selected(names, include, exclude) -> bool:
     return kept(names, include, exclude)
 
 
-def structured(outputs, suffix=""):
+def structured(outputs):
     """(suffix, tensor) for each tensor of a layer's output: ``""`` for a plain tensor,
     ``:0``, ``:1:0``, ``:key`` for positions in tuples, lists and dicts."""
-    if isinstance(outputs, dict):
-        for key in outputs:
-            yield from structured(outputs[key], f"{suffix}:{key}")
-    elif isinstance(outputs, (list, tuple)):
-        for i, item in enumerate(outputs):
-            yield from structured(item, f"{suffix}:{i}")
-    elif tf.is_tensor(outputs):
-        yield suffix, outputs
+    return named_leaves(outputs, "", tf.is_tensor)
 
 
 class LayerCapture:

@@ -2,28 +2,16 @@
 named tensors with stable ``:`` suffixes: ``lstm:0``, ``lstm:1:0``, ``gpt2:last_hidden_state``."""
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 
 import torch
 
+from tracediff.structure import named_leaves
+
 
 def named_tensors(value, name: str):
-    """Yield ``(name + suffix, tensor)`` for every tensor inside ``value``, depth first.
-
-    Non-tensor leaves (None, ints, strings, caches) are skipped; a plain tensor has no suffix.
-    """
-    if isinstance(value, torch.Tensor):
-        yield name, value
-    elif isinstance(value, Mapping):  # dict, OrderedDict, ModelOutput (its set fields only)
-        for key, item in value.items():
-            yield from named_tensors(item, f"{name}:{key}")
-    elif isinstance(value, (tuple, list)):
-        for position, item in enumerate(value):
-            yield from named_tensors(item, f"{name}:{position}")
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        for field in dataclasses.fields(value):
-            yield from named_tensors(getattr(value, field.name), f"{name}:{field.name}")
+    """``(name + suffix, tensor)`` for every tensor inside ``value`` (see tracediff.structure)."""
+    return named_leaves(value, name, lambda leaf: isinstance(leaf, torch.Tensor))
 
 
 def split_inputs(inputs):
