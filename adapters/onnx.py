@@ -75,7 +75,8 @@ def record(model, inputs, path, *, loss=None, target=None, max_memory=None, prov
         if loss is not None:
             from .onnx_grad import record_backward
             record_backward(proto, feeds, rec, loss=loss, target=target, names=names,
-                            save_grad_model=save_grad_model, providers=resolved_providers)
+                            save_grad_model=save_grad_model, providers=resolved_providers,
+                            max_memory=budget)
 
 
 def _record_params(rec, graph, nodes, skip, legacy):

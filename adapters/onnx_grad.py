@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import TraceDiffError
 from .onnx_names import parameter_aliases
-from .onnx_vjp import RULES
+from .onnx_vjp import NEEDS_VALUES, RULES
 
 LOSSES = ("cross_entropy", "mse", "sum")
 MIN_OPSET = 18
@@ -194,6 +194,35 @@ class Emitter:
             return parts[0]
         return self.op("Sum", parts, like=tensor)
 
+    # composite ops: a rule spells the op out in primitive ops, then differentiates those
+    def typed(self, name, elem, shape):
+        """Declare the type and shape of a tensor a rule emitted (rules read them)."""
+        self.info[name] = (elem, tuple(shape))
+        return name
+
+    def vjp(self, nodes, seeds):
+        """Gradients of the inputs of ``nodes`` (emitted by a rule, in order) from ``seeds``
+        ({output: gradient or None}), through the rules: ``{tensor: gradient}``."""
+        pending = defaultdict(list)
+        for tensor, grad in seeds.items():
+            if grad is not None:
+                pending[tensor].append(grad)
+        inside = {o for node in nodes for o in node.output if o}
+        wanted = self.wanted
+        self.wanted = wanted | inside
+        try:
+            for node in reversed(nodes):
+                dys = [self.accumulate(o, pending.pop(o)) if pending.get(o) else None
+                       for o in node.output]
+                if all(dy is None for dy in dys):
+                    continue
+                for x, dx in zip(node.input, RULES[node.op_type](self, node, dys)):
+                    if dx is not None and (x in inside or x in wanted):
+                        pending[x].append(dx)
+        finally:
+            self.wanted = wanted
+        return {x: self.accumulate(x, parts) for x, parts in pending.items() if parts}
+
 
 # -- losses: (emitter, loss input) -> (target ValueInfo or None, loss tensor, dL/d loss input) ----
 def _sum_loss(g, y, target_name):
@@ -264,12 +293,36 @@ def gradient_model(model, loss, *, feeds=None, providers=None) -> onnx.ModelProt
     return build(model, loss, feeds=feeds, providers=providers).model
 
 
-def build(model, loss, *, feeds=None, providers=None) -> GradientPlan:
+class Analysis:
+    """What every gradient build of one prepared model shares: the tensors on the loss's path,
+    the parameters, and the facts rules ask about tensors."""
+
+    def __init__(self, model, loss_input, info, consts, parameters, path, reaches, node_names,
+                 graph_inputs):
+        self.model = model                  # the prepared (sorted, opset >= 18, shaped) model
+        self.loss_input = loss_input        # graph output 0
+        self.info, self.consts = info, consts
+        self.parameters = parameters        # float initializers and aliases, not buffers
+        self.path = path                    # nodes between float sources and the loss, last first
+        self.reaches = reaches              # tensors on that path
+        self.node_names = node_names
+        self.graph_inputs = graph_inputs    # graph inputs that are not initializers
+
+    def emitter(self):
+        """A fresh emitter; a graph input's own gradient is never recorded: rules skip it (the
+        first Conv's ConvTranspose, for one), while every node output still gets its gradient."""
+        return Emitter(dict(self.info), dict(self.consts), _all_names(self.model.graph),
+                       wanted=self.reaches - self.graph_inputs)
+
+
+def analyse(model, loss, *, feeds=None, providers=None, max_memory=None) -> Analysis:
+    """Prepare ``model`` and find what its gradient needs; refuse a path op without a rule.
+    ``max_memory`` (bytes) bounds the probe run that finds the shapes inference leaves open."""
     if loss not in _LOSS_BUILDERS:
         raise TraceDiffError(f"unknown loss {loss!r}: use one of {', '.join(LOSSES)}")
     if not isinstance(model, onnx.ModelProto):
         raise TraceDiffError(f"gradient_model needs an onnx.ModelProto, got {type(model).__name__}")
-    model = _prepared(model, feeds or {}, providers)
+    model = _prepared(model, feeds or {}, providers, max_memory)
     graph = model.graph
     if not graph.output:
         raise TraceDiffError("the ONNX graph has no outputs: output 0 must feed the loss")
@@ -304,19 +357,46 @@ def build(model, loss, *, feeds=None, providers=None) -> GradientPlan:
                 f"no gradient rule for op {node.op_type} (node {where}): add one to "
                 "tracediff.adapters.onnx_vjp.RULES or export the model without it; the forward "
                 "trace is written")
+    graph_inputs = {i.name for i in graph.input if i.name not in initializers}
+    consts.update(_computed_values(model, path, consts, feeds or {}, providers))
+    return Analysis(model, loss_input, info, consts, parameters, path, reaches, node_names,
+                    graph_inputs)
 
-    taken = _all_names(graph)
-    # a graph input's own gradient is never recorded: rules skip it (the first Conv's
-    # ConvTranspose, for one), while every node output still gets its gradient
-    g = Emitter(info, consts, taken, wanted=reaches - {i.name for i in graph.input
-                                                       if i.name not in initializers})
-    target_name = g.fresh("target")
-    target, loss_name, seed = _LOSS_BUILDERS[loss](g, loss_input, target_name)
-    pending = defaultdict(list)
-    pending[loss_input].append(seed)
+
+def _computed_values(model, path, consts, feeds, providers):
+    """The values of the non-constant inputs rules read (``NEEDS_VALUES``), computed by running
+    just the nodes that produce them; ``{}`` without feeds or when that fails (the rule then
+    says what it needs)."""
+    names = sorted({node.input[i] for node in path for i in NEEDS_VALUES.get(node.op_type, ())
+                    if len(node.input) > i and node.input[i] and node.input[i] not in consts})
+    if not names or not feeds:
+        return {}
+    import onnxruntime as ort
+
+    graph = model.graph
+    nodes = _live(list(graph.node), names)
+    read = {t for node in nodes for t in node.input}
+    inputs = [i for i in graph.input if i.name in read and i.name in feeds]
+    sub = helper.make_graph(nodes, "values", inputs, [onnx.ValueInfoProto(name=n) for n in names],
+                            initializer=[t for t in graph.initializer if t.name in read])
+    sub_model = helper.make_model(sub, opset_imports=list(model.opset_import))
+    sub_model.ir_version = model.ir_version
+    try:
+        session = ort.InferenceSession(sub_model.SerializeToString(),
+                                       providers=providers or ["CPUExecutionProvider"])
+        values = session.run(names, {i.name: feeds[i.name] for i in inputs})
+    except Exception:
+        return {}
+    return dict(zip(names, values))
+
+
+def differentiate(g, analysis, path, pending):
+    """Walk ``path`` (last node first) applying the rules; ``pending`` maps a tensor to the
+    gradient parts it has so far (the seeds) and, on return, holds the parts of the tensors
+    the path reads but does not produce. Returns ``[(node output, its gradient)]``."""
     grads = []
     for node in path:
-        g.scope = node_names[tuple(node.output)]
+        g.scope = analysis.node_names[tuple(node.output)]
         dys = []
         for out in node.output:
             parts = pending.pop(out, None) if out else None
@@ -325,13 +405,30 @@ def build(model, loss, *, feeds=None, providers=None) -> GradientPlan:
                 grads.append((out, dys[-1]))
         dxs = RULES[node.op_type](g, node, dys)
         for x, dx in zip(node.input, dxs):
-            if dx is not None and x in reaches:
+            if dx is not None and x in analysis.reaches:
                 pending[x].append(dx)
+    return grads
+
+
+def build(model, loss, *, feeds=None, providers=None) -> GradientPlan:
+    return build_from(analyse(model, loss, feeds=feeds, providers=providers), loss)
+
+
+def build_from(analysis, loss) -> GradientPlan:
+    """The single gradient model of an analysed graph (see ``gradient_model``)."""
+    model, loss_input = analysis.model, analysis.loss_input
+    g = analysis.emitter()
+    target_name = g.fresh("target")
+    target, loss_name, seed = _LOSS_BUILDERS[loss](g, loss_input, target_name)
+    pending = defaultdict(list)
+    pending[loss_input].append(seed)
+    grads = differentiate(g, analysis, analysis.path, pending)
     g.scope = "params"
-    param_grads = [(p, g.accumulate(p, pending[p])) for p in parameters if pending.get(p)]
-    forward_order = [o for node in graph.node for o in node.output if o]
-    return _assemble(model, list(graph.node), g, target, loss_name, loss_input, grads, param_grads,
-                     forward_order)
+    param_grads = [(p, g.accumulate(p, pending[p])) for p in analysis.parameters
+                   if pending.get(p)]
+    forward_order = [o for node in model.graph.node for o in node.output if o]
+    return _assemble(model, list(model.graph.node), g, target, loss_name, loss_input, grads,
+                     param_grads, forward_order)
 
 
 def _assemble(model, forward_nodes, g, target, loss_name, loss_input, grads, param_grads,
@@ -456,7 +553,7 @@ def _loss_path(nodes, loss_input, requires):
     return path, reaches
 
 
-def _prepared(model, feeds, providers):
+def _prepared(model, feeds, providers, budget=None):
     model_copy = onnx.ModelProto()
     model_copy.CopyFrom(model)
     opset = next((o.version for o in model_copy.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -486,7 +583,7 @@ def _prepared(model, feeds, providers):
     except Exception:  # inference is an aid: rules that need a shape say so themselves
         pass
     if feeds:
-        _probe_shapes(model_copy, feeds, providers)
+        _probe_shapes(model_copy, feeds, providers, budget)
     _split_sequences(model_copy)
     return model_copy
 
@@ -622,8 +719,9 @@ def _int64_initializer(graph, name, values):
     return name
 
 
-def _probe_shapes(model, feeds, providers):
-    """Fill in, from one forward run, the node output shapes shape inference left open."""
+def _probe_shapes(model, feeds, providers, budget=None):
+    """Fill in, from one forward run, the node output shapes shape inference left open; with
+    a ``budget`` (bytes) the run goes group by group, holding what fits it."""
     import onnxruntime as ort
 
     info = _tensor_info(model)
@@ -632,6 +730,13 @@ def _probe_shapes(model, feeds, providers):
                    and not _static(info[o][1] if o in info else None)]
     if not open_shapes:
         return
+    if budget is not None:
+        from .onnx_grad_groups import probe_in_groups
+
+        found = probe_in_groups(model, feeds, open_shapes, budget, providers)
+        if found is not None:
+            _set_shapes(model, found)
+            return
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     del probe.graph.output[:]
@@ -642,17 +747,20 @@ def _probe_shapes(model, feeds, providers):
         values = session.run(open_shapes, dict(feeds))
     except Exception:  # the gradient run itself will name what is wrong
         return
+    _set_shapes(model, [(name, value.dtype, value.shape) for name, value in
+                        zip(open_shapes, values) if isinstance(value, np.ndarray)])
+
+
+def _set_shapes(model, found):
+    """Record ``(tensor, dtype, shape)`` triples in the model's value_info."""
     known = {v.name: v for v in model.graph.value_info}
-    for name, value in zip(open_shapes, values):
-        if not isinstance(value, np.ndarray):
-            continue
-        elem = helper.np_dtype_to_tensor_dtype(value.dtype)
-        entry = helper.make_tensor_value_info(name, elem, list(value.shape))
+    for name, dtype, shape in found:
+        entry = helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(dtype),
+                                              list(shape))
         if name in known:
             known[name].CopyFrom(entry)
         else:
             model.graph.value_info.append(entry)
-        del value
 
 
 def _static(shape):
@@ -704,22 +812,37 @@ def _node_names(graph):
 
 # -- recording ------------------------------------------------------------------------------------
 def record_backward(model, feeds, rec, *, loss, target=None, names=None, save_grad_model=None,
-                    providers=None) -> None:
+                    providers=None, max_memory=None) -> None:
     """Run the gradient model on ``feeds`` and write ``loss``, ``backward`` (loss to input) and
     ``param_grad`` records to the open recorder ``rec``.
 
     ``names`` maps an ONNX tensor name to the (record name, meta) of its forward record; backward
     records reuse both (tensors missing from it are not written). Without it the tensor name is
-    the record name.
+    the record name. ``max_memory`` (bytes) bounds the forward activations and gradients held
+    at once: when the graph's do not fit, the backward runs group by group as gradient
+    checkpointing does (see ``onnx_grad_groups``); None runs one gradient model.
     """
+    analysis = analyse(model, loss, feeds=feeds, providers=providers, max_memory=max_memory)
+    writer = RecordWriter(model, rec, names, analysis)
+    if max_memory is not None:
+        from .onnx_grad_groups import GroupedBackward
+
+        grouped = GroupedBackward.plan(analysis, loss, feeds, max_memory)
+        if grouped is not None:
+            if save_grad_model:
+                _save(build_from(analysis, loss).model, save_grad_model)
+            grouped.run(feeds, target, writer, providers)
+            return
+    _record_single(build_from(analysis, loss), feeds, loss, target, writer, save_grad_model,
+                   providers)
+
+
+def _record_single(plan, feeds, loss, target, writer, save_grad_model, providers):
+    """One gradient model, one onnxruntime run: the fastest path, when memory allows."""
     import onnxruntime as ort
 
-    plan = build(model, loss, feeds=feeds, providers=providers)
     run_feeds = dict(feeds)
-    if plan.target_input is not None:
-        run_feeds[plan.target_input] = _checked_target(plan, loss, target)
-    elif target is not None:
-        raise TraceDiffError(f"loss {loss!r} takes no target: drop target= / --target")
+    run_feeds.update(target_feed(plan, loss, target))
     if save_grad_model:
         _save(plan.model, save_grad_model)
     try:
@@ -736,7 +859,7 @@ def record_backward(model, feeds, rec, *, loss, target=None, names=None, save_gr
                              f"({_first_line(exc)}); check the target and input shapes") from None
     by_name = dict(zip(output_names, values))
     del values
-    rec.loss(by_name.pop(plan.loss_output), loss=loss)
+    writer.loss(by_name.pop(plan.loss_output), loss)
     remaining = defaultdict(int)
     for _, out in plan.grads + plan.param_grads:
         remaining[out] += 1
@@ -745,20 +868,45 @@ def record_backward(model, feeds, rec, *, loss, target=None, names=None, save_gr
         remaining[out] -= 1
         return by_name.pop(out) if remaining[out] == 0 else by_name[out]
 
-    calls = _call_indices(plan.forward_order, names)
     for tensor, out in plan.grads:
-        value = take(out)
-        if names is None:
-            rec.backward(tensor, value, onnx_output=tensor)
-        elif tensor in names:
-            name, meta = names[tensor]
-            rec.backward(name, value, call=calls[tensor], **dict(meta or {}))
-    metas = _param_metas(model, [init for init, _ in plan.param_grads])
-    folded = _folded_initializers(model)
+        writer.backward(tensor, take(out))
     for init, out in plan.param_grads:
-        value = take(out)
-        if init not in folded:  # dL/d a fused constant is no gradient of a torch parameter
-            rec.param_grad(init, value, **metas[init])
+        writer.param_grad(init, take(out))
+
+
+def target_feed(plan, loss, target):
+    """``{target input: checked target}`` for a plan whose loss takes one, else ``{}``."""
+    if plan.target_input is not None:
+        return {plan.target_input: _checked_target(plan, loss, target)}
+    if target is not None:
+        raise TraceDiffError(f"loss {loss!r} takes no target: drop target= / --target")
+    return {}
+
+
+class RecordWriter:
+    """Writes gradient records under their forward records' names, calls and meta."""
+
+    def __init__(self, model, rec, names, analysis):
+        self.rec, self.names = rec, names
+        forward_order = [o for node in analysis.model.graph.node for o in node.output if o]
+        self.calls = _call_indices(forward_order, names)
+        self.metas = _param_metas(model, analysis.parameters)
+        self.folded = _folded_initializers(model)
+
+    def loss(self, value, loss, groups=1):
+        """The loss record; meta ``gradient_groups``: how many groups the backward ran in."""
+        self.rec.loss(value, loss=loss, gradient_groups=groups)
+
+    def backward(self, tensor, value):
+        if self.names is None:
+            self.rec.backward(tensor, value, onnx_output=tensor)
+        elif tensor in self.names:
+            name, meta = self.names[tensor]
+            self.rec.backward(name, value, call=self.calls[tensor], **dict(meta or {}))
+
+    def param_grad(self, init, value):
+        if init not in self.folded:  # dL/d a fused constant is no gradient of a torch parameter
+            self.rec.param_grad(init, value, **self.metas[init])
 
 
 def _folded_initializers(model):

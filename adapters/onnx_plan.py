@@ -152,8 +152,6 @@ def estimate_sizes(nodes, types, known):
 def plan_groups(nodes, sizes, budget, graph_inputs, initializer_names):
     """Consecutive groups of non-Constant nodes whose outputs fit ``budget`` bytes (a node
     larger than the budget gets a group of its own), with the reads of each group."""
-    constant_of = {n.output[0]: i for i, n in enumerate(nodes)
-                   if n.op_type == "Constant" and n.output}
     groups, current = [], Group(nodes=[])
     for index, node in enumerate(nodes):
         if node.op_type == "Constant":
@@ -166,6 +164,60 @@ def plan_groups(nodes, sizes, budget, graph_inputs, initializer_names):
         current.nbytes += size
     if current.nodes:
         groups.append(current)
+    return _with_reads(nodes, groups, initializer_names)
+
+
+def plan_checkpoints(nodes, sizes, budget, initializer_names, kept_to_end=()):
+    """Groups for a checkpointed run: outputs fitting ``budget`` as in ``plan_groups``, but cut
+    where the fewest bytes cross from one group to the next (the boundary tensors a
+    checkpointed backward keeps), not greedily. ``kept_to_end`` names tensors read after the
+    last node (the loss input)."""
+    order = [i for i, node in enumerate(nodes) if node.op_type != "Constant"]
+    position = {}
+    for p, index in enumerate(order):
+        for tensor in nodes[index].output:
+            if tensor:
+                position[tensor] = p
+    last = {}
+    for p, index in enumerate(order):
+        for tensor in node_reads(nodes[index]):
+            if tensor in position:
+                last[tensor] = p
+    for tensor in kept_to_end:
+        if tensor in position:
+            last[tensor] = len(order)
+    # crossing[c]: bytes of tensors made at or before position c and read after it
+    crossing = np.zeros(len(order) + 1)
+    for tensor, p in position.items():
+        if last.get(tensor, p) > p:
+            crossing[p] += sizes.get(tensor, 0)
+            crossing[last[tensor]] -= sizes.get(tensor, 0)
+    crossing = np.cumsum(crossing)[:len(order)]
+    outputs = np.asarray([sum(sizes.get(t, 0) for t in nodes[i].output if t) for i in order],
+                         dtype=float)
+    prefix = np.concatenate([[0.0], np.cumsum(outputs)])
+    # best[i]: least boundary bytes for the first i nodes, ending in a cut; one byte a group
+    # breaks ties towards fewer groups
+    best = np.zeros(len(order) + 1)
+    start = np.zeros(len(order) + 1, dtype=int)
+    cut_cost = np.concatenate([[0.0], crossing + 1])
+    for end in range(1, len(order) + 1):
+        first = int(np.searchsorted(prefix, prefix[end] - budget, side="left"))
+        first = min(first, end - 1)  # a node larger than the budget: a group of its own
+        costs = best[first:end] + cut_cost[first:end]
+        choice = first + int(np.argmin(costs))
+        best[end], start[end] = costs[choice - first], choice
+    cuts, end = [], len(order)
+    while end > 0:
+        cuts.append((start[end], end))
+        end = start[end]
+    groups = [Group(nodes=order[a:b], nbytes=int(prefix[b] - prefix[a])) for a, b in cuts[::-1]]
+    return _with_reads(nodes, groups, initializer_names)
+
+
+def _with_reads(nodes, groups, initializer_names):
+    constant_of = {n.output[0]: i for i, n in enumerate(nodes)
+                   if n.op_type == "Constant" and n.output}
     for group in groups:
         produced, reads = set(), []
         for index in group.nodes:
@@ -191,19 +243,25 @@ def last_reads(groups):
     return last
 
 
-def group_model(model, nodes, group, initializers, input_types):
-    """A standalone model computing one group: its reads as inputs, its node outputs as
-    outputs (left untyped: onnxruntime fills in what it computes)."""
+def group_model(model, nodes, group, initializers, input_types, outputs=None):
+    """A standalone model computing one group: its reads as inputs, its node outputs (or just
+    ``outputs``) as outputs (left untyped: onnxruntime fills in what it computes)."""
     graph = helper.make_graph([], f"{model.graph.name or 'graph'}_group", [], [])
     graph.node.extend(nodes[i] for i in group.constants)
     graph.node.extend(nodes[i] for i in group.nodes)
     for name in group.inputs:
         graph.input.append(_value_info(name, input_types[name]))
     graph.initializer.extend(initializers[name] for name in group.initializers)
-    graph.output.extend(onnx.ValueInfoProto(name=name) for name in group.outputs)
+    graph.output.extend(onnx.ValueInfoProto(name=name)
+                        for name in (group.outputs if outputs is None else outputs))
     out = helper.make_model(graph, opset_imports=model.opset_import, ir_version=model.ir_version)
     out.functions.extend(model.functions)
     return out
+
+
+def typed_input(name, value):
+    """The typed graph input a carried value (array or sequence of arrays) becomes."""
+    return _value_info(name, value)
 
 
 def _value_info(name, value):

@@ -18,6 +18,10 @@ from onnx import helper
 from ..errors import TraceDiffError
 
 RULES = {}
+# op type -> input positions whose values a rule reads (``g.value``): where such an input is
+# computed (a Concat of constants, as the legacy exporter writes Resize scales), the builder
+# evaluates it from the feeds first
+NEEDS_VALUES = {"Resize": (2,)}
 
 
 def rule(*op_types):
@@ -633,3 +637,299 @@ def average_pool(g, node, dys):
                       strides=strides, pads=pads, dilations=dilations)
     share = g.op("Div", [dy, counts], like=node.output[0])
     return [_transpose_back(g, node, share, ones_kernel, x, kernel, x_shape[1])]
+
+
+# -- more elementwise, contraction and resampling ops ---------------------------------------------
+@rule("Elu")
+def elu(g, node, dys):
+    """dy where x > 0, else dy * (y + alpha) (= alpha * exp(x)), as torch's elu_backward."""
+    x, y, dy = node.input[0], node.output[0], dys[0]
+    alpha = g.scalar(attr(node, "alpha", 1.0), x)
+    negative_slope = g.op("Mul", [dy, g.op("Add", [y, alpha])])
+    return [g.op("Where", [g.op("Greater", [x, g.scalar(0.0, x)]), dy, negative_slope], like=x)]
+
+
+@rule("Einsum")
+def einsum(g, node, dys):
+    """The VJP of an einsum is an einsum: dL/d operand i contracts dy with the other operands
+    into operand i's subscripts; a letter only operand i has (summed away) is broadcast back."""
+    terms, out = _einsum_terms(g, node)
+    grads = []
+    for i, x in enumerate(node.input):
+        if not g.wants(x):
+            grads.append(None)
+            continue
+        others = [t for j, t in enumerate(terms) if j != i]
+        present = set(out).union(*others)
+        kept = "".join(c for c in terms[i] if c in present)
+        equation = ",".join([out] + others) + "->" + kept
+        dx = g.op("Einsum", [dys[0]] + [v for j, v in enumerate(node.input) if j != i],
+                  equation=equation)
+        missing = [axis for axis, c in enumerate(terms[i]) if c not in present]
+        if missing:
+            dx = g.op("Expand", [g.op("Unsqueeze", [dx, g.int64s(missing)]), g.shape_of(x)])
+        grads.append(g.same_type(dx, x))
+    return grads
+
+
+def _einsum_terms(g, node):
+    """Explicit subscripts ``([term per operand], output)``: the ellipsis spelled out in
+    letters the equation does not use, the implicit output made explicit."""
+    equation = attr(node, "equation").replace(" ", "")
+    lhs, arrow, rhs = equation.partition("->")
+    terms = lhs.split(",")
+    free = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" if c not in equation]
+    widest, ellipsis_dims = 0, []
+    for term, x in zip(terms, node.input):
+        dims = g.rank(x) - len(term.replace("...", "")) if "..." in term else 0
+        ellipsis_dims.append(dims)
+        widest = max(widest, dims)
+    letters = "".join(free[:widest])
+    terms = [t.replace("...", letters[widest - d:]) for t, d in zip(terms, ellipsis_dims)]
+    if arrow:
+        out = rhs.replace("...", letters)
+    else:
+        singles = sorted(c for c in set("".join(terms)) if "".join(terms).count(c) == 1
+                         and c not in letters)
+        out = letters + "".join(singles)
+    for term, x in zip(terms, node.input):
+        if len(set(term)) != len(term):
+            raise _unsupported(node, f"with a repeated subscript in {term!r} (a diagonal)")
+    sizes = {}
+    for term, x in zip(terms, node.input):
+        shape = g.known_shape(x)
+        for c, d in zip(term, shape):
+            if isinstance(d, int) and sizes.setdefault(c, d) != d:
+                raise _unsupported(node, "broadcasting a size-1 axis: expand the operand first")
+    return terms, out
+
+
+@rule("Resize")
+def resize(g, node, dys):
+    """Resize (nearest, linear, cubic) acts on each axis by one fixed matrix A [out, in]; its
+    VJP multiplies dy by A along every resized axis. A is found by resizing an identity with
+    the node's own attributes in onnx.reference, so every coordinate mode is the spec's."""
+    x, dy = node.input[0], dys[0]
+    mode = attr(node, "coordinate_transformation_mode", "half_pixel")
+    if mode == "tf_crop_and_resize":
+        raise _unsupported(node, "in tf_crop_and_resize mode")
+    in_shape = g.static_shape(x, node)
+    out_shape = g.static_shape(node.output[0], node)
+    rank = len(in_shape)
+    axes = [a % rank for a in (attr(node, "axes") or range(rank))]
+    scales_name = _input(node, 2)
+    scales = g.value(scales_name) if scales_name else None
+    if scales_name and scales is None and not _input(node, 3):
+        raise _unsupported(node, "with scales computed at run time: export with constant "
+                                 "scales or give the output size")
+    if not scales_name and attr(node, "keep_aspect_ratio_policy", "stretch") != "stretch":
+        raise _unsupported(node, "with keep_aspect_ratio_policy other than stretch")
+    grad = dy
+    for position, axis in enumerate(axes):
+        scale = float(scales[position]) if scales is not None and scales.size else None
+        matrix = _resize_matrix(node, in_shape[axis], out_shape[axis], scale)
+        if matrix.shape == (in_shape[axis], in_shape[axis]) and \
+                np.array_equal(matrix, np.eye(in_shape[axis])):
+            continue
+        perm = list(range(rank))
+        perm[axis], perm[-1] = perm[-1], perm[axis]
+        moved = grad if axis == rank - 1 else g.op("Transpose", [grad], perm=perm)
+        moved = g.op("MatMul", [moved, g.const(matrix.astype(g.np_dtype(x)), "resize_matrix")])
+        grad = moved if axis == rank - 1 else g.op("Transpose", [moved], perm=perm)
+    grads = [g.same_type(grad if grad != dy else g.op("Identity", [dy]), x)]
+    return grads + [None] * (len(node.input) - 1)
+
+
+def _resize_matrix(node, size_in, size_out, scale):
+    """A [size_out, size_in] with resize(v) = A @ v along one axis, from the node's attributes:
+    the resize of an identity (one row per basis vector) by onnx.reference."""
+    from onnx import TensorProto, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    kept = {a.name: helper.get_attribute_value(a) for a in node.attribute
+            if a.name not in ("axes", "keep_aspect_ratio_policy")}
+    kept = {k: v.decode() if isinstance(v, bytes) else v for k, v in kept.items()}
+    inputs = ["eye", ""]
+    if scale is not None:
+        init = numpy_helper.from_array(np.asarray([1.0, scale], np.float32), "scales")
+        inputs.append("scales")
+    else:
+        init = numpy_helper.from_array(np.asarray([size_in, size_out], np.int64), "sizes")
+        inputs += ["", "sizes"]
+    graph = helper.make_graph(
+        [helper.make_node("Resize", inputs, ["resized"], **kept)], "resize_matrix",
+        [helper.make_tensor_value_info("eye", TensorProto.DOUBLE, [size_in, size_in])],
+        [helper.make_tensor_value_info("resized", TensorProto.DOUBLE, None)], [init])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+    resized = ReferenceEvaluator(model).run(None, {"eye": np.eye(size_in)})[0]
+    if resized.shape != (size_in, size_out):
+        raise _unsupported(node, f"whose axis of {size_in} does not resize to {size_out} "
+                                 "along one axis alone")
+    return resized.T
+
+
+# -- recurrent ops: spelled out step by step in primitive ops, then differentiated by their rules
+class _Spelled:
+    """Emits primitive ops with their shapes declared, so that ``g.vjp`` can differentiate
+    them with the other rules."""
+
+    def __init__(self, g, like):
+        self.g, self.elem, self.start = g, g.elem(like), len(g.nodes)
+
+    def __call__(self, op_type, inputs, shape, **attrs):
+        return self.g.typed(self.g.op(op_type, inputs, **attrs), self.elem, shape)
+
+    def split(self, x, sizes, axis, shape):
+        """``x`` cut along ``axis`` into ``sizes``; ``shape(size)`` is each piece's shape."""
+        pieces = self.g.op("Split", [x, self.g.int64s(sizes)], outputs=len(sizes), axis=axis)
+        return [self.g.typed(p, self.elem, shape(n)) for p, n in zip(pieces, sizes)]
+
+    def per_direction(self, name, dirs, shape):
+        """[D, ...] -> one [...] tensor per direction."""
+        if dirs == 1:
+            return [self("Squeeze", [name, self.g.int64s([0])], shape)]
+        return [self("Squeeze", [p, self.g.int64s([0])], shape)
+                for p in self.split(name, [1, 1], 0, lambda n: (1,) + shape)]
+
+    def stacked(self, tensors, axis, shape):
+        """Tensors of ``shape`` stacked along a new ``axis``."""
+        added = shape[:axis] + (1,) + shape[axis:]
+        pieces = [self("Unsqueeze", [t, self.g.int64s([axis])], added) for t in tensors]
+        if len(pieces) == 1:
+            return pieces[0]
+        return self("Concat", pieces, shape[:axis] + (len(pieces),) + shape[axis:], axis=axis)
+
+    def nodes(self):
+        return self.g.nodes[self.start:]
+
+
+def _recurrent(g, node, default_activations):
+    """(seq, batch, hidden, directions) of an LSTM/GRU node; refuses what is not spelled out."""
+    if attr(node, "layout", 0):
+        raise _unsupported(node, "with layout=1: export it with batch_first=False")
+    if attr(node, "clip") is not None:
+        raise _unsupported(node, "with clip")
+    dirs = 2 if attr(node, "direction", "forward") == "bidirectional" else 1
+    activations = [a.decode() if isinstance(a, bytes) else a
+                   for a in (attr(node, "activations") or [])]
+    if activations and activations != default_activations * dirs:
+        raise _unsupported(node, f"with activations {activations}")
+    seq, batch, _ = g.static_shape(node.input[0], node)
+    lengths = _input(node, 4)
+    if lengths and (g.value(lengths) is None or not np.all(g.value(lengths) == seq)):
+        raise _unsupported(node, "with sequence_lens shorter than the sequence")
+    hidden = attr(node, "hidden_size") or g.static_shape(node.input[2], node)[-1]
+    return seq, batch, hidden, dirs
+
+
+def _initial_state(s, g, node, position, dirs, batch, hidden):
+    name = _input(node, position)
+    if name:
+        return s.per_direction(name, dirs, (batch, hidden))
+    zeros = g.const(np.zeros((batch, hidden), g.np_dtype(node.input[0])), "zeros")
+    return [g.typed(zeros, s.elem, (batch, hidden))] * dirs
+
+
+def _step_inputs(s, g, node, d, weights, seq, batch, gates, hidden):
+    """X @ W_d^T (+ the input bias) cut into one [batch, gates*hidden] tensor a time step."""
+    x = node.input[0]
+    width = gates * hidden
+    size = g.static_shape(x, node)[-1]
+    w_t = s("Transpose", [weights[d]], (size, width), perm=[1, 0])
+    xw = s("MatMul", [x, w_t], (seq, batch, width))
+    if _input(node, 3):
+        biases = s.per_direction(node.input[3], len(weights), (2 * width,))
+        input_bias, state_bias = s.split(biases[d], [width, width], 0, lambda n: (n,))
+        xw = s("Add", [xw, input_bias], (seq, batch, width))
+    else:
+        state_bias = None
+    steps = s.split(xw, [1] * seq, 0, lambda n: (1, batch, width)) if seq > 1 else [xw]
+    return [s("Squeeze", [t, g.int64s([0])], (batch, width)) for t in steps], state_bias
+
+
+def _spelled_vjp(g, node, s, outputs, dys):
+    grads = g.vjp(s.nodes(), dict(zip(outputs, dys)))
+    return [grads.get(x) if x else None for x in node.input]
+
+
+@rule("LSTM")
+def lstm(g, node, dys):
+    """Spelled out per time step (gates i, o, f, c as ONNX orders them), then differentiated."""
+    if _input(node, 7):
+        raise _unsupported(node, "with peepholes")
+    if attr(node, "input_forget", 0):
+        raise _unsupported(node, "with input_forget")
+    seq, batch, hidden, dirs = _recurrent(g, node, ["Sigmoid", "Tanh", "Tanh"])
+    s = _Spelled(g, node.input[0])
+    size = g.static_shape(node.input[0], node)[-1]
+    weights = s.per_direction(node.input[1], dirs, (4 * hidden, size))
+    recurrences = s.per_direction(node.input[2], dirs, (4 * hidden, hidden))
+    hs0 = _initial_state(s, g, node, 5, dirs, batch, hidden)
+    cs0 = _initial_state(s, g, node, 6, dirs, batch, hidden)
+    state = (batch, hidden)
+    ys, last_h, last_c = [], [], []
+    for d in range(dirs):
+        steps, state_bias = _step_inputs(s, g, node, d, weights, seq, batch, 4, hidden)
+        r_t = s("Transpose", [recurrences[d]], (hidden, 4 * hidden), perm=[1, 0])
+        h, c, hs = hs0[d], cs0[d], [None] * seq
+        reverse = attr(node, "direction", "forward") == "reverse" or d == 1
+        for t in (reversed(range(seq)) if reverse else range(seq)):
+            gates = s("Add", [steps[t], s("MatMul", [h, r_t], (batch, 4 * hidden))],
+                      (batch, 4 * hidden))
+            if state_bias is not None:
+                gates = s("Add", [gates, state_bias], (batch, 4 * hidden))
+            i, o, f, cand = s.split(gates, [hidden] * 4, 1, lambda n: state)
+            i, o, f = (s("Sigmoid", [v], state) for v in (i, o, f))
+            c = s("Add", [s("Mul", [f, c], state),
+                          s("Mul", [i, s("Tanh", [cand], state)], state)], state)
+            h = hs[t] = s("Mul", [o, s("Tanh", [c], state)], state)
+        ys.append(s.stacked(hs, 0, state))
+        last_h.append(h)
+        last_c.append(c)
+    outputs = [s.stacked(ys, 1, (seq,) + state), s.stacked(last_h, 0, state),
+               s.stacked(last_c, 0, state)]
+    return _spelled_vjp(g, node, s, outputs, dys)
+
+
+@rule("GRU")
+def gru(g, node, dys):
+    """Spelled out per time step (gates z, r, h as ONNX orders them, ``linear_before_reset``
+    either way), then differentiated."""
+    seq, batch, hidden, dirs = _recurrent(g, node, ["Sigmoid", "Tanh"])
+    s = _Spelled(g, node.input[0])
+    size = g.static_shape(node.input[0], node)[-1]
+    weights = s.per_direction(node.input[1], dirs, (3 * hidden, size))
+    recurrences = s.per_direction(node.input[2], dirs, (3 * hidden, hidden))
+    hs0 = _initial_state(s, g, node, 5, dirs, batch, hidden)
+    before_reset = attr(node, "linear_before_reset", 0)
+    state = (batch, hidden)
+    ys, last_h = [], []
+    for d in range(dirs):
+        steps, state_bias = _step_inputs(s, g, node, d, weights, seq, batch, 3, hidden)
+        r_t = s("Transpose", [recurrences[d]], (hidden, 3 * hidden), perm=[1, 0])
+        r_h = s.split(r_t, [hidden] * 3, 1, lambda n: (hidden, n))[2]
+        bias_h = s.split(state_bias, [hidden] * 3, 0, lambda n: (n,))[2] \
+            if state_bias is not None else None
+        h, hs = hs0[d], [None] * seq
+        reverse = attr(node, "direction", "forward") == "reverse" or d == 1
+        for t in (reversed(range(seq)) if reverse else range(seq)):
+            xz, xr, xh = s.split(steps[t], [hidden] * 3, 1, lambda n: state)
+            recurrent = s("MatMul", [h, r_t], (batch, 3 * hidden))
+            if state_bias is not None:
+                recurrent = s("Add", [recurrent, state_bias], (batch, 3 * hidden))
+            hz, hr, hh = s.split(recurrent, [hidden] * 3, 1, lambda n: state)
+            z = s("Sigmoid", [s("Add", [xz, hz], state)], state)
+            r = s("Sigmoid", [s("Add", [xr, hr], state)], state)
+            if before_reset:
+                gated = s("Mul", [r, hh], state)
+            else:
+                gated = s("MatMul", [s("Mul", [r, h], state), r_h], state)
+                if bias_h is not None:
+                    gated = s("Add", [gated, bias_h], state)
+            cand = s("Tanh", [s("Add", [xh, gated], state)], state)
+            h = hs[t] = s("Add", [cand, s("Mul", [z, s("Sub", [h, cand], state)], state)],
+                          state)
+        ys.append(s.stacked(hs, 0, state))
+        last_h.append(h)
+    outputs = [s.stacked(ys, 1, (seq,) + state), s.stacked(last_h, 0, state)]
+    return _spelled_vjp(g, node, s, outputs, dys)

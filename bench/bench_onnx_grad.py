@@ -1,14 +1,21 @@
-"""ONNX gradient trace time against onnxruntime's forward alone (transformer block and CNN).
+"""ONNX gradient trace time against onnxruntime's forward alone (transformer block and CNN),
+and the memory-bounded backward (``max_memory``) against the single gradient run.
 
-Run: .venv/bin/python bench/bench_onnx_grad.py [--repeat 5]
-Prints one markdown table; numbers are wall seconds (median over --repeat runs).
+Run: .venv/bin/python bench/bench_onnx_grad.py [--repeat 5] [--budgets 64MiB,32MiB,16MiB]
+Prints two markdown tables; numbers are wall seconds (median over --repeat runs). The second
+runs ``record_backward`` in a fresh process per budget and reports the growth of its peak RSS
+over the process's own after imports (``/proc/self/clear_refs``, Linux).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
+import subprocess
+import sys
 import tempfile
+import textwrap
 import time
 import warnings
 
@@ -69,11 +76,54 @@ def _case(name):
     return model, x, target
 
 
+_BOUNDED = textwrap.dedent("""
+    import json, sys, time
+    import h5py, numpy as np, onnx, onnxruntime  # noqa: F401,E401  (before the baseline)
+    import tracediff as td
+    from tracediff.adapters import onnx as tdo, onnx_grad_groups  # noqa: F401
+    from tracediff.adapters.onnx_grad import record_backward
+    from tracediff.adapters.onnx_memory import parse_memory
+
+    def status(key):
+        with open("/proc/self/status") as handle:
+            return next(int(line.split()[1]) for line in handle if line.startswith(key))
+
+    model_path, folder, budget, repeat = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    model = onnx.load(model_path)
+    feeds = {"x": np.load(folder + "/x.npy")}
+    target = np.load(folder + "/target.npy")
+    budget = None if budget == "none" else parse_memory(budget)
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+    before = status("VmRSS:")
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        with td.Recorder(folder + "/bounded.h5", framework="onnx", overwrite=True) as rec:
+            record_backward(model, feeds, rec, loss="cross_entropy", target=target,
+                            max_memory=budget)
+        times.append(time.perf_counter() - start)
+    groups = td.open(folder + "/bounded.h5").get("loss", kind="loss").meta["gradient_groups"]
+    print(json.dumps({"seconds": sorted(times)[len(times) // 2], "groups": groups,
+                      "growth_mib": (status("VmHWM:") - before) / 1024}))
+""")
+
+
+def _bounded(path, folder, budget, repeat):
+    """record_backward in a fresh process: median seconds, groups, peak RSS growth (MiB)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", MALLOC_MMAP_THRESHOLD_="1048576")
+    done = subprocess.run([sys.executable, "-c", _BOUNDED, path, folder, budget, str(repeat)],
+                          capture_output=True, text=True, env=env, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--budgets", default="64MiB,32MiB,16MiB")
     args = parser.parse_args()
-    rows = []
+    budgets = ["none"] + args.budgets.split(",")
+    rows, bounded = [], []
     with tempfile.TemporaryDirectory() as folder:
         for name in ("transformer", "cnn"):
             model, x, target = _case(name)
@@ -112,6 +162,11 @@ def main():
                            loss="cross_entropy", target=target)
 
             t_full = median_seconds(full_trace, max(1, args.repeat // 2))
+            np.save(os.path.join(folder, "x.npy"), feeds["x"])
+            np.save(os.path.join(folder, "target.npy"), target)
+            for budget in budgets:
+                bounded.append((name, budget, _bounded(path, folder, budget,
+                                                       max(1, args.repeat // 2))))
             rows.append((name, len(proto.graph.node), len(plan.model.graph.node), t_forward,
                          t_grad_run, t_build, t_session, t_backward, t_full))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -122,7 +177,16 @@ def main():
     for name, n_fwd, n_grad, fwd, run, build, session, backward, full in rows:
         print(f"| {name} | {n_fwd} | {n_grad} | {fwd:.4f} | {run:.4f} | {run / fwd:.1f}x | "
               f"{build:.3f} | {session:.3f} | {backward:.3f} | {full:.3f} | {full / fwd:.1f}x |")
-    print(f"\npeak RSS of the benchmark process: {peak:.0f} MiB")
+    print(f"\npeak RSS of the benchmark process: {peak:.0f} MiB\n")
+    print("| model | max_memory | gradient groups | record_backward (s) | time / single run | "
+          "peak RSS growth (MiB) |")
+    print("|---|---|---|---|---|---|")
+    single = {name: result for name, budget, result in bounded if budget == "none"}
+    for name, budget, result in bounded:
+        print(f"| {name} | {'none (single run)' if budget == 'none' else budget} | "
+              f"{result['groups']} | {result['seconds']:.3f} | "
+              f"{result['seconds'] / single[name]['seconds']:.2f}x | "
+              f"{result['growth_mib']:.0f} |")
 
 
 if __name__ == "__main__":

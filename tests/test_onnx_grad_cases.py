@@ -7,11 +7,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 RNG = np.random.default_rng(7)
 # Ops onnxruntime's CPU provider runs in float32 only: their float64 check uses onnx.reference.
-NO_FLOAT64_IN_ORT = {"Conv", "AveragePool", "GlobalAveragePool", "Erf", "Gelu"}
+NO_FLOAT64_IN_ORT = {"Conv", "AveragePool", "GlobalAveragePool", "Erf", "Gelu", "Resize", "LSTM",
+                     "GRU"}
 # onnx.reference's ConvTranspose ignores `group`: these run in onnxruntime float32 only.
 REFERENCE_LACKS = {"Conv-strided-dilated-grouped"}
-# Grouped convolution splits channels into groups: its channel counts cannot be prime.
-COMPOSITE_OK = {"Conv-strided-dilated-grouped"}
+# Grouped convolution splits channels into groups, recurrent weights stack 3 or 4 gates:
+# their sizes cannot be prime.
+COMPOSITE_OK = {"Conv-strided-dilated-grouped", "LSTM", "LSTM-bidirectional", "GRU",
+                "GRU-reverse-reset-after"}
 
 
 def normal(*shape):
@@ -20,6 +23,10 @@ def normal(*shape):
 
 def positive(*shape):
     return RNG.uniform(0.5, 2.0, shape)
+
+
+def f32(values):
+    return np.asarray(values, dtype=np.float32)
 
 
 def i64(values):
@@ -233,6 +240,55 @@ CASES = [
     Case("Where", "Where", [("cond", RNG.random((3, 5)) > 0.5), ("a", normal(3, 5)),
                             ("b", normal(5))]),
     Case("Expand", "Expand", [("x", normal(3, 1)), ("shape", i64([2, 3, 5]))]),
+    Case("Elu", "Elu", [("x", normal(3, 7))], attrs=dict(alpha=0.7)),
+    Case("Einsum-batched-matmul", "Einsum", [("a", normal(2, 3, 5)), ("b", normal(2, 5, 7))],
+         attrs=dict(equation="bij,bjk->bik")),
+    Case("Einsum-attention", "Einsum", [("q", normal(2, 3, 5, 7)), ("k", normal(2, 3, 11, 7))],
+         attrs=dict(equation="bhqd,bhkd->bhqk")),
+    # i is summed away in a alone: its gradient is broadcast back along i
+    Case("Einsum-summed-alone", "Einsum", [("a", normal(3, 5)), ("b", normal(5, 7))],
+         attrs=dict(equation="ij,jk->k")),
+    Case("Einsum-ellipsis-implicit", "Einsum", [("a", normal(2, 3, 5)), ("b", normal(2, 5, 7))],
+         attrs=dict(equation="...ij,...jk")),
+    Case("Einsum-outer-one-operand-kept", "Einsum", [("a", normal(3)), ("b", normal(5))],
+         attrs=dict(equation="i,j->ij")),
+    # F.interpolate(scale_factor=2, mode="nearest") as both exporters write it
+    Case("Resize-nearest", "Resize",
+         [("x", normal(2, 3, 5, 7)), ("", None), ("scales", f32([1, 1, 2, 2]))],
+         attrs=dict(mode="nearest", coordinate_transformation_mode="asymmetric",
+                    nearest_mode="floor")),
+    # F.interpolate(scale_factor=2, mode="bilinear", align_corners=False)
+    Case("Resize-linear-half-pixel", "Resize",
+         [("x", normal(2, 3, 5, 7)), ("", None), ("scales", f32([1, 1, 2, 2]))],
+         attrs=dict(mode="linear", coordinate_transformation_mode="half_pixel")),
+    # F.interpolate(size=(7, 11), mode="bilinear", align_corners=True): sizes, not scales
+    Case("Resize-linear-align-corners-sizes", "Resize",
+         [("x", normal(2, 3, 5, 7)), ("", None), ("", None), ("sizes", i64([2, 3, 7, 11]))],
+         attrs=dict(mode="linear", coordinate_transformation_mode="align_corners")),
+    Case("Resize-cubic-pytorch-half-pixel", "Resize",
+         [("x", normal(1, 2, 5, 7)), ("", None), ("scales", f32([1, 1, 1.5, 2]))],
+         attrs=dict(mode="cubic", coordinate_transformation_mode="pytorch_half_pixel")),
+    # gates i, o, f, c; biases and initial states; every output used
+    Case("LSTM", "LSTM",
+         [("x", normal(3, 2, 5)), ("w", 0.5 * normal(1, 12, 5)), ("r", 0.5 * normal(1, 12, 3)),
+          ("b", normal(1, 24)), ("", None), ("h0", normal(1, 2, 3)), ("c0", normal(1, 2, 3))],
+         attrs=dict(hidden_size=3), outputs=3),
+    Case("LSTM-bidirectional", "LSTM",
+         [("x", normal(3, 2, 5)), ("w", 0.5 * normal(2, 12, 5)), ("r", 0.5 * normal(2, 12, 3))],
+         attrs=dict(hidden_size=3, direction="bidirectional"), outputs=3),
+    # torch's GRU: linear_before_reset=1
+    Case("GRU", "GRU",
+         [("x", normal(3, 2, 5)), ("w", 0.5 * normal(1, 9, 5)), ("r", 0.5 * normal(1, 9, 3)),
+          ("b", normal(1, 18)), ("", None), ("h0", normal(1, 2, 3))],
+         attrs=dict(hidden_size=3, linear_before_reset=1), outputs=2),
+    Case("GRU-reverse-reset-after", "GRU",
+         [("x", normal(3, 2, 5)), ("w", 0.5 * normal(1, 9, 5)), ("r", 0.5 * normal(1, 9, 3)),
+          ("b", normal(1, 18))],
+         attrs=dict(hidden_size=3, direction="reverse"), outputs=2, used=[1]),
+    # downsampling by a non-integer factor, rounding to the nearest pixel
+    Case("Resize-nearest-down", "Resize",
+         [("x", normal(1, 2, 7, 11)), ("", None), ("scales", f32([1, 1, 0.6, 0.5]))],
+         attrs=dict(mode="nearest", coordinate_transformation_mode="half_pixel")),
 ]
 
 for _case in CASES:

@@ -108,6 +108,7 @@ def test_every_required_op_has_a_rule_and_a_case():
                 "BatchNormalization", "Conv", "MaxPool", "AveragePool", "GlobalAveragePool",
                 "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split",
                 "Slice", "Gather", "ReduceMean", "ReduceSum", "Pow", "Sqrt", "Exp", "Log",
-                "Identity", "Cast", "Dropout", "Where", "Expand"}
+                "Identity", "Cast", "Dropout", "Where", "Expand", "Elu", "Einsum", "Resize",
+                "LSTM", "GRU"}
     assert required <= set(RULES)
     assert required <= {c.op for c in CASES}

@@ -149,8 +149,9 @@ def test_onnx_gradients_match_torch(name, exporter, exported, torch_traces, tmp_
         assert report.first_divergence.backward is None
 
 
-@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
-def test_planted_initializer_change_is_named_in_the_backward_pass(exporter, exported,
+@pytest.mark.parametrize("exporter,max_memory", [("legacy", None), ("dynamo", None),
+                                                  ("legacy", 1000)])
+def test_planted_initializer_change_is_named_in_the_backward_pass(exporter, max_memory, exported,
                                                                   torch_traces, tmp_path):
     path, x, target, _ = exported["cnn", exporter]
     model = onnx.load(path)
@@ -161,7 +162,8 @@ def test_planted_initializer_change_is_named_in_the_backward_pass(exporter, expo
             value[0] *= 1.5
             init.CopyFrom(numpy_helper.from_array(value, planted))
     onnx_trace = tmp_path / "planted.h5"
-    tdo.record(model, {"x": x}, onnx_trace, loss="cross_entropy", target=target)
+    tdo.record(model, {"x": x}, onnx_trace, loss="cross_entropy", target=target,
+               max_memory=max_memory)  # 1000 bytes: the backward in groups
     report = td.diff(onnx_trace, torch_traces["cnn"])
     assert report.first_divergence.forward.b_name == "conv2"
     backward = report.first_divergence.backward
@@ -209,3 +211,82 @@ def test_fresh_model_keeps_a_gradient_per_parameter_through_merged_initializers(
     report = td.diff(tmp_path / "onnx.h5", tmp_path / "torch.h5")
     grads = {p.b_name: p.status for p in _pairs(report, "param_grad")}
     assert grads == {n: "ok" for n, _ in model.named_parameters()}
+
+
+class Upsampler(nn.Module):
+    """Elu, nearest and bilinear F.interpolate (scale and size, align_corners both ways) and
+    two einsums: the ops whose rules came last."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.query = nn.Linear(4, 6)
+        self.key = nn.Linear(4, 6)
+        self.head = nn.Linear(4, CLASSES)
+
+    def forward(self, x):
+        h = F.elu(self.conv1(x), alpha=0.7)
+        h = F.interpolate(h, scale_factor=2, mode="nearest")
+        h = F.interpolate(self.conv2(h), scale_factor=2, mode="bilinear", align_corners=False)
+        h = F.interpolate(h, size=(7, 9), mode="bilinear", align_corners=True)
+        tokens = h.flatten(2).transpose(1, 2)
+        scores = torch.einsum("bqd,bkd->bqk", self.query(tokens), self.key(tokens))
+        return self.head(torch.einsum("bqk,bkd->bqd", scores.softmax(-1), tokens).mean(1))
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_elu_einsum_and_resize_gradients_match_torch(exporter, tmp_path):
+    torch.manual_seed(0)
+    model = Upsampler().eval()
+    x = torch.randn(2, 3, 5, 3, generator=torch.Generator().manual_seed(1))
+    target = torch.tensor([1, 4])
+    tdt.record(model, x, tmp_path / "torch.h5", loss_fn=_loss_fn(target))
+    _export(model, x, tmp_path / "m.onnx", exporter)
+    ops = [n.op_type for n in onnx.load(tmp_path / "m.onnx").graph.node]
+    assert (ops.count("Elu"), ops.count("Resize"), ops.count("Einsum")) == (1, 3, 2)
+    tdo.record(tmp_path / "m.onnx", {"x": x.numpy()}, tmp_path / "onnx.h5",
+               loss="cross_entropy", target=target.numpy())
+    report = td.diff(tmp_path / "onnx.h5", tmp_path / "torch.h5")
+    grads = {p.b_name: p.status for p in _pairs(report, "param_grad")}
+    assert grads == {n: "ok" for n, _ in model.named_parameters()}
+    assert report.first_divergence.forward is None
+    assert report.first_divergence.backward is None
+
+
+class Recurrent(nn.Module):
+    """Two stacked LSTM layers and a bidirectional GRU (linear_before_reset, as torch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(5, 7, num_layers=2, batch_first=True)
+        self.gru = nn.GRU(7, 3, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(6, CLASSES)
+
+    def forward(self, x):
+        return self.head(self.gru(self.lstm(x)[0])[0])
+
+
+@pytest.mark.parametrize("exporter,max_memory", [("legacy", None), ("dynamo", None),
+                                                  ("dynamo", 300)])
+def test_lstm_and_gru_gradients_match_torch(exporter, max_memory, tmp_path):
+    torch.manual_seed(0)
+    model = Recurrent().eval()
+    x = torch.randn(2, 3, 5, generator=torch.Generator().manual_seed(1))
+    target = torch.tensor([[1, 4, 0], [2, 2, 3]])
+    tdt.record(model, x, tmp_path / "torch.h5", loss_fn=_loss_fn(target))
+    _export(model, x, tmp_path / "m.onnx", exporter)
+    ops = [n.op_type for n in onnx.load(tmp_path / "m.onnx").graph.node]
+    assert (ops.count("LSTM"), ops.count("GRU")) == (2, 1)
+    tdo.record(tmp_path / "m.onnx", {"x": x.numpy()}, tmp_path / "onnx.h5",
+               loss="cross_entropy", target=target.numpy(), max_memory=max_memory)
+    groups = td.open(tmp_path / "onnx.h5").get("loss", kind="loss").meta["gradient_groups"]
+    assert (groups > 1) == (max_memory is not None)  # 300 bytes: the unrolled backward in groups
+    report = td.diff(tmp_path / "onnx.h5", tmp_path / "torch.h5")
+    grads = {p.b_name: p.status for p in _pairs(report, "param_grad")}
+    assert grads == {n: "ok" for n, _ in model.named_parameters()}
+    forward = {(p.a_name, p.b_name): p.status for p in _pairs(report, "forward")}
+    backward = _pairs(report, "backward")
+    assert len(backward) >= 3
+    assert [(p.a_name, p.b_name) for p in backward
+            if p.status != forward.get((p.a_name, p.b_name))] == []

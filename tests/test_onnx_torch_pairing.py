@@ -28,7 +28,6 @@ from tracediff.adapters import torch as tdt  # noqa: E402
 EXPORTS = [(False, True), (False, False), (True, True), (True, False)]  # (dynamo, folding)
 EXPORT_IDS = ["legacy-folded", "legacy", "dynamo-optimized", "dynamo"]
 _FOLDER = tempfile.TemporaryDirectory(prefix="tracediff-pairing-")
-FORWARD_ONLY = {"lstm"}   # onnx_grad has no LSTM rule
 
 
 class DropoutBlock(nn.Module):
@@ -138,7 +137,7 @@ def _loss(target):
 def torch_trace(kind):
     net, x, target = model(kind)
     path = os.path.join(_FOLDER.name, f"torch-{kind}.h5")
-    tdt.record(net, x, path, loss_fn=None if kind in FORWARD_ONLY else _loss(target))
+    tdt.record(net, x, path, loss_fn=_loss(target))
     return path
 
 
@@ -146,8 +145,8 @@ def onnx_trace(kind, dynamo, folding, proto=None, tag=""):
     _, x, target = model(kind)
     path = os.path.join(_FOLDER.name, f"onnx-{kind}-{dynamo}-{folding}{tag}.h5")
     if not os.path.exists(path):
-        gradients = {} if kind in FORWARD_ONLY else {"loss": "cross_entropy", "target": target}
-        tdo.record(proto or exported(kind, dynamo, folding), {"x": x.numpy()}, path, **gradients)
+        tdo.record(proto or exported(kind, dynamo, folding), {"x": x.numpy()}, path,
+                   loss="cross_entropy", target=target)
     return path
 
 
