@@ -15,6 +15,11 @@ PROGRESS_AFTER_S = 1.0
 def add_arguments(parser):
     parser.add_argument("a", metavar="A", help="candidate trace (the thing under test)")
     parser.add_argument("b", metavar="B", help="reference trace")
+    add_options(parser)
+
+
+def add_options(parser):
+    """The options of a comparison (``tracediff record --diff-against`` takes them too)."""
     parser.add_argument("--rtol", type=float, help="relative tolerance for every pair (default: per dtype)")
     parser.add_argument("--atol", type=float, help="absolute tolerance for every pair (default: per dtype)")
     parser.add_argument("--align", choices=("auto", "name", "order"), default="auto",
@@ -52,7 +57,17 @@ class _Progress:
             self.bar.stop()
 
 
+OPTIONS = ("rtol", "atol", "align", "rename", "tolerances", "json_out", "html_out",
+           "markdown_out", "quiet")
+
+
 def run(args) -> int:
+    return compare_and_report(args.a, args.b, args)
+
+
+def compare_and_report(a, b, args) -> int:
+    """Diff trace ``a`` (candidate) with ``b`` (reference) under the options in ``args``, write
+    and print the report; the exit status: 0 nothing diverges, 1 something does."""
     from ..compare import diff
     from ..compare.terminal import summary_line
 
@@ -61,7 +76,7 @@ def run(args) -> int:
             raise TraceDiffError(f"{label} must be a number >= 0, got {value}")
     progress = _Progress()
     try:
-        report = diff(args.a, args.b, rtol=args.rtol, atol=args.atol, align=args.align,
+        report = diff(a, b, rtol=args.rtol, atol=args.atol, align=args.align,
                       rename=args.rename, tolerances=args.tolerances, progress=progress)
     finally:
         progress.close()

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 
 from ..errors import TraceDiffError
+from . import diff as diff_cli
 
 
 def add_arguments(parser):
@@ -34,6 +35,12 @@ def add_arguments(parser):
     parser.add_argument("--stats-only", action="store_true",
                         help="store statistics and a sample instead of whole tensors")
     parser.add_argument("--overwrite", action="store_true", help="replace TRACE if it exists")
+    comparison = parser.add_argument_group(
+        "comparison", "--diff-against REF: once TRACE is written, diff it against REF in the "
+        "same process, as `tracediff diff TRACE REF` does (same report, exit status 1 when "
+        "something diverges); the options below are diff's")
+    comparison.add_argument("--diff-against", metavar="REF", help="reference trace to diff against")
+    diff_cli.add_options(comparison)
 
 
 def run(args) -> int:
@@ -44,6 +51,7 @@ def run(args) -> int:
                              "or --random to generate them")
     if os.path.exists(args.out) and not args.overwrite:
         raise TraceDiffError(f"{args.out} already exists: choose another --out or pass --overwrite")
+    _check_comparison(args)
     inputs = None if args.random else _read_inputs(args.input)
     dims = parse_dims(args.dims) if args.dims else None
     target = _load_npy(args.target, "--target") if args.target else None
@@ -60,7 +68,31 @@ def run(args) -> int:
         groups = _meta(trace).get("groups", "?")
         print(f"recorded {len(trace)} records ({forward} node outputs, {groups} group"
               f"{'' if groups == 1 else 's'}) to {args.out}", file=sys.stderr)
+    if args.diff_against:
+        return diff_cli.compare_and_report(args.out, args.diff_against, args)
     return 0
+
+
+def _check_comparison(args):
+    """Refuse diff options without a reference, a missing reference, and a reference that
+    --out would overwrite, before the model runs."""
+    if not args.diff_against:
+        given = [name for name in diff_cli.OPTIONS
+                 if getattr(args, name) is not None and getattr(args, name) is not False
+                 and getattr(args, name) != "auto"]
+        if given:
+            flag = "--" + given[0].removesuffix("_out").replace("_", "-")
+            raise TraceDiffError(f"{flag} is an option of the comparison: give --diff-against "
+                                 "REF.h5 too, or leave it out")
+        return
+    ref = args.diff_against
+    if not os.path.isfile(ref):
+        raise TraceDiffError(f"--diff-against {ref} does not exist: record the reference trace "
+                             "first (tracediff record ... --out REF.h5)")
+    if os.path.exists(args.out) and os.path.samefile(ref, args.out) \
+            or os.path.abspath(ref) == os.path.abspath(args.out):
+        raise TraceDiffError(f"--diff-against and --out both name {ref}: write the new trace "
+                             "to another --out")
 
 
 def parse_dims(text):

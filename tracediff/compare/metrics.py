@@ -15,6 +15,9 @@ from .tolerances import SCALE_FLOOR
 CHUNK = 1 << 15            # elements per chunk (256 KiB in float64: stays in cache)
 EXACT_P99_LIMIT = 1 << 20  # above this, p99 and the minimal tolerances are estimated (see compare)
 WORST = 10
+SAME_CHUNK = 1 << 16       # words per step of the identical-bytes check
+P99_SELECT_MIN = 1 << 14   # pools smaller than this go to np.percentile directly
+P99_SAMPLE = 1 << 12       # values sampled to place the threshold of the top percent
 
 
 def work_dtype(a: np.ndarray, b: np.ndarray) -> np.dtype:
@@ -188,7 +191,8 @@ def compare(a: np.ndarray, b: np.ndarray, rtol: float, atol: float, *, b_rms=Non
                 result.sum_ab += _dot(ac, bc, tmp)
         chunk_index = start // CHUNK
         sampled = exact or chunk_index % detail_stride == 0
-        if local_max > screen or nonfinite or sampled:
+        # a chunk whose differences are all zero leaves every detail statistic where it is
+        if local_max > 0 and (local_max > screen or nonfinite or sampled):
             # chunks within tolerance everywhere: one in detail_stride samples the minimal tolerances
             _detail(result, absd, bc, rtol, atol, floor, rel_floor, absb_buf[:k], scale_buf[:k],
                     tmp, count=True)
@@ -202,7 +206,7 @@ def compare(a: np.ndarray, b: np.ndarray, rtol: float, atol: float, *, b_rms=Non
     result.nonfinite_count = excluded
     if p99_parts:
         pool = np.concatenate(p99_parts)
-        result.p99 = float(np.percentile(pool, 99)) if pool.size else 0.0
+        result.p99 = percentile99(pool) if pool.size else 0.0
     result.min_rtol = max(0.0, result.min_rtol)
     result.min_atol = max(0.0, result.min_atol)
     if flat_index is not None:
@@ -210,6 +214,60 @@ def compare(a: np.ndarray, b: np.ndarray, rtol: float, atol: float, *, b_rms=Non
         result.worst_idx = np.asarray(flat_index)[result.worst_idx] if n else result.worst_idx
         if result.first_nonfinite is not None:
             result.first_nonfinite = int(flat_index[result.first_nonfinite])
+    return result
+
+
+def percentile99(pool: np.ndarray) -> float:
+    """``np.percentile(pool, 99)`` (linear interpolation) of non-NaN values, bit for bit, from
+    the top percent of the values: one pass to pick them out instead of a selection over all
+    of them (which took a third of a diff's time). ``pool`` is overwritten."""
+    n = pool.size
+    # NumPy's linear method: virtual index, the rank below it and the weight of the one above
+    virtual = (n - 1) * 0.99
+    below = math.floor(virtual)
+    if n < P99_SELECT_MIN or below + 1 >= n:
+        return float(np.percentile(pool, 99, overwrite_input=True))
+    above_count = n - below            # values at ranks below..n-1
+    step = max(1, n // P99_SAMPLE)
+    sample = pool[::step].copy()
+    # a threshold from a sample: about twice as many values above it as needed
+    rank = max(0, sample.size - 1 - int(2 * above_count * sample.size / n) - 1)
+    threshold = np.partition(sample, rank)[rank]
+    top = pool[pool >= threshold]
+    if top.size < above_count:        # the sample misled: select over everything
+        return float(np.percentile(pool, 99, overwrite_input=True))
+    first = top.size - above_count     # rank ``below`` within ``top``
+    top.partition([first, first + 1])
+    low, high = top[first], top[first + 1]
+    gamma = virtual - below
+    diff = high - low
+    # NumPy's _lerp, in the pool's dtype (gamma is a weak Python float there too)
+    value = low + diff * gamma if gamma < 0.5 else high - diff * (1 - gamma)
+    return float(value)
+
+
+def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two arrays of one dtype and shape hold the same bytes; stops at the first chunk
+    that differs, so a pair that differs anywhere early costs little."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    fa = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+    fb = np.ascontiguousarray(b).reshape(-1).view(np.uint8)
+    if fa.size % 8 == 0:   # eight bytes a comparison: the check runs at memory speed
+        fa, fb = fa.view(np.uint64), fb.view(np.uint64)
+    for start in range(0, fa.size, SAME_CHUNK):
+        if not np.array_equal(fa[start:start + SAME_CHUNK], fb[start:start + SAME_CHUNK]):
+            return False
+    return True
+
+
+def identical(shape, a_l2: float, b_l2: float) -> Comparison:
+    """What ``compare`` finds for two bit-identical, all-finite arrays, without reading them:
+    every difference is zero, and the norms come from the records' statistics exactly as
+    ``compare`` takes them when it is given ``a_l2``/``b_l2``."""
+    result = Comparison(shape, math.prod(shape))
+    result.sum_aa, result.sum_bb = float(a_l2) ** 2, float(b_l2) ** 2
+    result.sum_ab = 0.5 * (result.sum_aa + result.sum_bb - result.sum_sq)
     return result
 
 
