@@ -57,6 +57,7 @@ def main():
         rows.append(("write small records, flush each (durable)", f"{seconds / 2000 * 1e6:.0f} µs/record"))
         seconds, n = list_trace(many)
         rows.append((f"td.open + list {n:,} records", f"{seconds:.2f} s"))
+        rows.append((f"file size, {n:,} records of 3 float32", f"{os.path.getsize(many) / 1e6:.1f} MB"))
         rows.append((f"tracediff show, {n:,} records (process start included)", f"{show_time(many):.2f} s"))
         big = np.random.default_rng(0).standard_normal((64, 1024, 1024)).astype(np.float32)  # 256 MiB
         path = os.path.join(tmp, "big.h5")

@@ -2,15 +2,16 @@
 
     python bench/fuzz_traces.py [--cases 10000] [--jobs 2] [--seed 0]
 
-Each case copies a valid trace and damages it: bit flips anywhere in the file, truncation,
-root attributes deleted or given the wrong type, index fields set to hostile values (declared
-shapes of 2**60 elements, negative sizes, offsets out of range, unknown dtypes, broken JSON) or
-rebuilt with the wrong type, datasets removed or replaced. Then ``td.open``, iteration and
-``read()``/``sample()`` of every record must either work or raise ``TraceDiffError``, and
-``tracediff show``, ``show --json``, ``diff`` (with JSON, HTML and Markdown reports) and
-``check``, run in-process through ``tracediff.cli.main``, must exit 0/1 with a result or 2 with
-ONE error line on stderr (warning lines aside) that is not the catch-all "run again with
---debug" line. Every case runs under a time limit and a cap on address space, so a hang or an
+Each case copies a valid trace (format v2) and damages it: bit flips anywhere in the file,
+truncation, root attributes deleted or given the wrong type, index fields set to hostile values
+(declared shapes of 2**60 elements, negative sizes, offsets out of range, unknown dtypes and kind
+codes, broken JSON) or rebuilt with the wrong type, the index strings damaged (spans out of
+range, bytes overwritten, invalid UTF-8, the blob cut short), datasets removed or replaced. Then
+``td.open``, iteration and ``read()``/``sample()`` of every record must either work or raise
+``TraceDiffError``, and ``tracediff show``, ``show --json``, ``diff`` (with JSON, HTML and
+Markdown reports) and ``check``, run in-process through ``tracediff.cli.main``, must exit 0/1
+with a result or 2 with ONE error line on stderr (warning lines aside) that is not the
+catch-all "run again with --debug" line. Every case runs under a time limit and a cap on address space, so a hang or an
 allocation sized by a declared shape is reported instead of taking the machine down; cases run
 in worker processes (``--jobs``), and a worker silent for HANG_S (stuck in HDF5's C code, which
 no alarm interrupts) is killed, its case reported as a hang, and a fresh worker carries on.
@@ -35,15 +36,16 @@ import h5py
 import numpy as np
 from hypothesis import strategies as st
 
+from tracediff.format import TEXT_FIELDS, record_dtype, text_attribute
+
 CASE_TIMEOUT_S = 20
 MEMORY_CAP = 1 << 30            # extra address space a case may take beyond what is mapped
 HUGE = 2 ** 60
 ROOT_ATTRS = ("format", "format_version", "tracediff_version", "framework", "framework_version",
               "python", "host", "platform", "created", "model", "seed", "dims", "values",
               "complete", "meta", "n_records")
-INDEX_FIELDS = ("name", "kind", "call", "step", "dtype", "shape", "stored", "offset", "nbytes",
-                "sample_offset", "sample_count", "hash", "numel", "min", "max", "mean", "std",
-                "l2", "nan", "inf", "zero_frac", "meta")
+INDEX_FIELDS = record_dtype().names          # v2: numbers only; text lies in the strings blob
+SPAN_FIELDS = ("strings_offset",) + tuple(f"{field}_len" for field in TEXT_FIELDS)
 N_ROWS = 12                      # records of the base trace (see build_base)
 TALLY = {}                       # (what, outcome) -> count, over every case probed
 
@@ -111,6 +113,13 @@ def _float_values():
     return st.sampled_from([float("nan"), float("inf"), -float("inf"), -1.0, 0.0, 1e308, 5e-324])
 
 
+def _raw_texts():
+    """Byte strings that are not valid UTF-8 (a stray continuation byte, a truncated sequence,
+    an encoded surrogate, an overlong encoding), and one that is."""
+    return st.sampled_from([b"\xff", b"ab\x80", b"gr\xc3", b"\xed\xa0\x80", b"\xc0\xaf",
+                            "σ".encode()])
+
+
 def _attr_values():
     return st.one_of(
         _text_values(), _int_values(), _float_values(), st.booleans(),
@@ -126,19 +135,22 @@ def mutation():
         st.tuples(st.just("truncate"), st.floats(0, 1)),
         st.tuples(st.just("attr_delete"), st.sampled_from(ROOT_ATTRS)),
         st.tuples(st.just("attr_set"), st.sampled_from(ROOT_ATTRS), _attr_values()),
-        st.tuples(st.just("field_text"), row, st.sampled_from(("name", "kind", "dtype", "shape",
-                                                               "hash", "meta")), _text_values()),
+        st.tuples(st.just("field_text"), row, st.sampled_from(TEXT_FIELDS),
+                  st.one_of(_text_values(), _raw_texts())),
         st.tuples(st.just("field_int"), row, st.sampled_from(("call", "step", "stored", "offset",
                                                               "nbytes", "sample_offset",
                                                               "sample_count", "numel", "nan",
-                                                              "inf")), _int_values()),
+                                                              "inf", "kind") + SPAN_FIELDS),
+                  st.one_of(_int_values(), st.sampled_from([6, 255, 2 ** 31 - 1, -2 ** 31]))),
+        st.tuples(st.just("strings_byte"), st.floats(0, 1), st.integers(0, 255)),
+        st.tuples(st.just("strings_cut"), st.floats(0, 1)),
         st.tuples(st.just("field_float"), row, st.sampled_from(("min", "max", "mean", "std", "l2",
                                                                 "zero_frac")), _float_values()),
         st.tuples(st.just("huge_shape"), row, st.sampled_from([HUGE, 2 ** 30, 2 ** 62, 2 ** 40])),
         st.tuples(st.just("field_retype"), st.sampled_from(INDEX_FIELDS),
-                  st.sampled_from(["<i8", "<f8", "u1", "S4", "str"])),
+                  st.sampled_from(["<i8", "<f8", "u1", "S4", "S16"])),
         st.tuples(st.just("field_drop"), st.sampled_from(INDEX_FIELDS)),
-        st.tuples(st.just("dataset"), st.sampled_from(["records", "data", "state"]),
+        st.tuples(st.just("dataset"), st.sampled_from(["records", "data", "strings", "state"]),
                   st.sampled_from(["delete", "group", "scalar", "strings", "2d", "empty"])),
         st.tuples(st.just("state"), st.sampled_from([-1, 0, 1, 5, HUGE, -HUGE]),
                   st.booleans()),
@@ -200,7 +212,10 @@ def _attr_delete(f, key):
 
 
 def _attr_set(f, key, value):
-    f.attrs[key] = _attr_value(value)
+    # text as the writer stores it: fixed-length (h5py would write a str variable-length, giving
+    # the file a global heap that no v2 trace has)
+    value = _attr_value(value)
+    f.attrs[key] = text_attribute(value) if isinstance(value, str) else value
 
 
 def _rows(f):
@@ -213,18 +228,55 @@ def _write_rows(f, rows):
 
 
 def _field(f, row, field, value):
+    if field in TEXT_FIELDS:
+        set_text(f, row, field, value)
+        return
     rows = _rows(f)
     row = row % max(1, rows.size)
     rows[field][row] = value
     f["records"][row] = rows[row]
 
 
-def _huge_shape(f, row, numel):
+def set_text(f, row, field, value):
+    """Give record ``row`` a new text ``field`` (str, or raw bytes): its text fields, rewritten,
+    are appended to the strings blob and the row points at them."""
     rows = _rows(f)
     row = row % max(1, rows.size)
-    rows["shape"][row] = json.dumps([numel])
+    strings = f["strings"]
+    start = int(rows["strings_offset"][row])
+    texts = []
+    for name in TEXT_FIELDS:
+        length = int(rows[f"{name}_len"][row])
+        texts.append(bytes(strings[start:start + length]))
+        start += length
+    texts[TEXT_FIELDS.index(field)] = value if isinstance(value, bytes) else value.encode()
+    block = np.frombuffer(b"".join(texts), np.uint8)
+    end = strings.shape[0]
+    strings.resize((end + block.size,))
+    strings[end:] = block
+    rows["strings_offset"][row] = end
+    for name, text in zip(TEXT_FIELDS, texts):
+        rows[f"{name}_len"][row] = len(text)
+    f["records"][row] = rows[row]
+
+
+def _huge_shape(f, row, numel):
+    set_text(f, row, "shape", json.dumps([numel]))
+    rows = _rows(f)
+    row = row % max(1, rows.size)
     rows["numel"][row] = numel
     f["records"][row] = rows[row]
+
+
+def _strings_byte(f, where, value):
+    strings = f["strings"]
+    if strings.shape[0]:
+        strings[min(strings.shape[0] - 1, int(where * strings.shape[0]))] = value
+
+
+def _strings_cut(f, fraction):
+    strings = f["strings"]
+    strings.resize((int(strings.shape[0] * fraction),))
 
 
 def _field_retype(f, field, new_type):
@@ -233,15 +285,14 @@ def _field_retype(f, field, new_type):
     for name in rows.dtype.names:
         dtype = rows.dtype[name]
         if name == field:
-            dtype = h5py.string_dtype() if new_type == "str" else np.dtype(new_type)
+            dtype = np.dtype(new_type)
         descr.append((name, dtype))
     out = np.zeros(rows.shape, np.dtype(descr))
     for name in rows.dtype.names:
         try:
             out[name] = rows[name]
         except (ValueError, TypeError):
-            out[name] = np.array([str(v) for v in rows[name]], dtype=object) \
-                if new_type == "str" else 0
+            out[name] = 0
     _write_rows(f, out)
 
 
@@ -295,6 +346,7 @@ _EDITS = {
     "attr_delete": _attr_delete, "attr_set": _attr_set,
     "field_text": _field, "field_int": _field, "field_float": _field,
     "huge_shape": _huge_shape, "field_retype": _field_retype, "field_drop": _field_drop,
+    "strings_byte": _strings_byte, "strings_cut": _strings_cut,
     "dataset": _dataset, "state": _state, "rows": _row_edit,
 }
 

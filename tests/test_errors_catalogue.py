@@ -38,6 +38,29 @@ def write(path, records, **options):
     return str(path)
 
 
+def edit_record(path, index, **fields):
+    """Forge fields of record ``index`` in the index of a v2 trace: numbers in its row, text
+    fields (name, dtype, shape, hash, meta) rewritten at the end of the strings blob."""
+    from tracediff.format import TEXT_FIELDS
+
+    with h5py.File(path, "r+") as f:
+        row, strings = f["records"][index], f["strings"]
+        start, texts = int(row["strings_offset"]), {}
+        for field in TEXT_FIELDS:
+            end = start + int(row[f"{field}_len"])
+            texts[field] = fields.pop(field, bytes(strings[start:end]).decode())
+            start = end
+        block = np.frombuffer("".join(texts[field] for field in TEXT_FIELDS).encode(), np.uint8)
+        row["strings_offset"] = strings.shape[0]
+        strings.resize((strings.shape[0] + block.size,))
+        strings[row["strings_offset"]:] = block
+        for field in TEXT_FIELDS:
+            row[f"{field}_len"] = len(texts[field].encode())
+        for field, value in fields.items():
+            row[field] = value
+        f["records"][index] = row
+
+
 def reference(tmp):
     return write(tmp / "ref.h5", [("forward", "fc1", X), ("forward", "fc2", X * 2)])
 
@@ -173,19 +196,14 @@ def e16_names_with_slash_and_control_characters(tmp, monkeypatch):
 
 def e17_declared_4gb_tensor_not_in_the_file(tmp, monkeypatch):
     path = write(tmp / "big.h5", [("forward", "big", X)])
-    with h5py.File(path, "r+") as f:    # the index declares 4 GiB; the data blob holds 24 bytes
-        row = f["records"][0]
-        row["shape"], row["numel"], row["nbytes"] = "[1073741824]", 1 << 30, 4 << 30
-        f["records"][0] = row
+    # the index declares 4 GiB; the data blob holds 24 bytes
+    edit_record(path, 0, shape="[1073741824]", numel=1 << 30, nbytes=4 << 30)
     return cli("diff", path, path)
 
 
 def e18_declared_shape_of_2_60_elements(tmp, monkeypatch):
     path = write(tmp / "huge.h5", [("forward", "huge", X)])
-    with h5py.File(path, "r+") as f:
-        row = f["records"][0]
-        row["shape"] = json.dumps([2 ** 60])
-        f["records"][0] = row
+    edit_record(path, 0, shape=json.dumps([2 ** 60]))
     return cli("show", path)
 
 
@@ -277,7 +295,7 @@ def e29_folder_instead_of_a_trace(tmp, monkeypatch):
 def e30_trace_of_a_newer_format(tmp, monkeypatch):
     path = reference(tmp)
     with h5py.File(path, "r+") as f:
-        f.attrs["format_version"] = 2
+        f.attrs["format_version"] = 3
     return cli("show", path)
 
 
@@ -293,10 +311,7 @@ def e32_object_array_recorded(tmp, monkeypatch):
 
 def e33_statistics_that_contradict_the_shape(tmp, monkeypatch):
     path = reference(tmp)
-    with h5py.File(path, "r+") as f:
-        row = f["records"][1]
-        row["numel"] = 2 ** 60
-        f["records"][1] = row
+    edit_record(path, 1, numel=2 ** 60)
     return cli("check", path)
 
 
@@ -307,6 +322,28 @@ def e34_negative_tolerance(tmp, monkeypatch):
 
 def e35_unknown_check_id(tmp, monkeypatch):
     return cli("check", reference(tmp), "--only", "gradients")
+
+
+def e36_index_strings_out_of_range(tmp, monkeypatch):
+    path = reference(tmp)
+    with h5py.File(path, "r+") as f:
+        row = f["records"][1]
+        row["strings_offset"] = f["strings"].shape[0]     # its text starts past the blob's end
+        f["records"][1] = row
+    return cli("diff", path, path)
+
+
+def e37_name_that_is_not_utf8(tmp, monkeypatch):
+    path = reference(tmp)
+    with h5py.File(path, "r+") as f:
+        f["strings"][int(f["records"][1]["strings_offset"])] = 0xFF   # first byte of "fc2"
+    return cli("check", path)
+
+
+def e38_trace_of_format_v1(tmp, monkeypatch):
+    path = tmp / "v1.h5"
+    path.write_bytes((pathlib.Path(__file__).parent / "data" / "v1_trace.h5").read_bytes())
+    return cli("show", path)
 
 
 CASES = {name.split("_")[0].upper(): fn for name, fn in sorted(globals().items())

@@ -1,7 +1,8 @@
 """Damaged traces (hypothesis): td.open, reading every record, and `tracediff show`, `diff` and
 `check` answer each with a result or ONE clear error line, never a traceback, a hang or an
-allocation sized by a declared shape. bench/fuzz_traces.py holds the mutations and the probe and
-runs 10,000 cases; here a few hundred, derandomized so that a failure reproduces."""
+allocation sized by a declared shape (format v2 holds no variable-length data, so no HDF5 global
+heap where one flipped bit could hang libhdf5). bench/fuzz_traces.py holds the mutations and the
+probe and runs 10,000 cases; here a few hundred, derandomized so that a failure reproduces."""
 import importlib.util
 import json
 import pathlib
@@ -94,8 +95,9 @@ def test_declared_2_60_elements_are_refused_without_allocating(tmp_path):
         rec.forward("fc1", np.ones((2, 3), np.float32))
         rec.forward("stats", np.ones((2, 3), np.float32), values=False)
     with h5py.File(path, "r+") as f:      # shape, element count and byte size all agree: 4 EiB
+        for row in (0, 1):
+            fuzz.set_text(f, row, "shape", json.dumps([2 ** 60]))
         rows = f["records"][()]
-        rows["shape"] = json.dumps([2 ** 60])
         rows["numel"] = 2 ** 60
         rows["nbytes"] = 2 ** 62
         f["records"][...] = rows
@@ -121,6 +123,8 @@ def _damaged_files(folder, base_a):
         "huge_shape": [("huge_shape", 4, 2 ** 60)],
         "no_records": [("dataset", "records", "delete")],
         "bad_dtype": [("field_text", 2, "dtype", "float128")],
+        "bad_utf8": [("field_text", 3, "name", b"\xff")],
+        "strings_cut": [("strings_cut", 0.5)],
     }
     for label, damage in damages.items():
         path = folder / f"{label}.h5"
@@ -142,3 +146,18 @@ def test_damaged_traces_through_the_command_line(bases, tmp_path):
     assert answers[("truncated", "show")] == 2 and answers[("no_records", "show")] == 2
     assert answers[("huge_shape", "show")] == 0 and answers[("huge_shape", "diff")] == 2
     assert answers[("bad_dtype", "diff")] == 2
+    # damaged index strings are refused at open, by every verb
+    assert {answers[("bad_utf8", verb)] for verb in ("show", "diff", "check")} == {2}
+    assert {answers[("strings_cut", verb)] for verb in ("show", "diff", "check")} == {2}
+
+
+def test_a_damaged_v2_trace_never_gains_a_global_heap(bases, tmp_path):
+    """The mutations write text the way the recorder does (fixed-length), so every damaged file
+    of the campaign is still free of variable-length data, as a v2 trace on disk is."""
+    base_a, _, _ = bases
+    damages = [("attr_set", "model", "é" * 300), ("field_text", 3, "meta", "{}"),
+               ("field_retype", "hash_len", "S16"), ("dataset", "strings", "strings")]
+    for damage in damages:
+        path = tmp_path / "case.h5"
+        fuzz.apply([damage], base_a, str(path))
+        assert b"GCOL" not in path.read_bytes(), damage

@@ -1,4 +1,4 @@
-"""Layout of a trace file (format v1); ``docs/format.md`` is the specification."""
+"""Layout of a trace file (format v2; v1 still read); ``docs/format.md`` is the specification."""
 from __future__ import annotations
 
 import functools
@@ -7,29 +7,50 @@ import hashlib
 import numpy as np
 
 FORMAT_NAME = "tracediff.trace"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
-KINDS = ("input", "forward", "backward", "param", "param_grad", "loss")
+KINDS = ("input", "forward", "backward", "param", "param_grad", "loss")  # v2 stores the position
 
 RECORDS = "records"   # compound dataset, one row per record, in execution order
 DATA = "data"         # uint8 dataset: the raw bytes of every stored tensor, back to back
+STRINGS = "strings"   # uint8 dataset (v2): each record's text fields, UTF-8, back to back
 STATE = "state"       # int64[2]: records committed, clean close (written last, after each record)
 
+# A record's text fields lie back to back in STRINGS from its `strings_offset`, in this order,
+# each as long as its `<field>_len` (bytes).
+TEXT_FIELDS = ("name", "dtype", "shape", "hash", "meta")
+
 DATA_CHUNK = 1 << 16
+STRINGS_CHUNK = 1 << 14   # a record's text is ~50 bytes: a smaller chunk keeps small traces small
 RECORDS_CHUNK = 128
 SAMPLE_SIZE = 64      # elements kept by a stats-only record
 
-
-def _str():
-    import h5py
-    return h5py.string_dtype("utf-8")
+_NUMBERS = [
+    ("call", "<i4"), ("step", "<i8"), ("stored", "u1"),
+    ("offset", "<i8"), ("nbytes", "<i8"), ("sample_offset", "<i8"), ("sample_count", "<i8"),
+    ("numel", "<i8"),
+    ("min", "<f8"), ("max", "<f8"), ("mean", "<f8"), ("std", "<f8"), ("l2", "<f8"),
+    ("nan", "<i8"), ("inf", "<i8"), ("zero_frac", "<f8"),
+]
 
 
 @functools.lru_cache(maxsize=None)  # built once: the writer and every open() ask for it
 def record_dtype() -> np.dtype:
-    s = _str()
+    """The v2 index row: fixed-size numbers only, so a v2 file holds no variable-length data
+    (HDF5 keeps that in global heaps, where one flipped bit can hang libhdf5 forever)."""
+    return np.dtype([("kind", "u1")] + _NUMBERS + [("strings_offset", "<i8")]
+                    + [(f"{name}_len", "<i4") for name in TEXT_FIELDS])
+
+
+@functools.lru_cache(maxsize=None)
+def record_dtype_v1() -> np.dtype:
+    """The v1 index row, read only: its text fields are HDF5 variable-length strings."""
+    import h5py
+
+    s = h5py.string_dtype("utf-8")
+    numbers = dict(_NUMBERS)
     return np.dtype([
-        ("name", s), ("kind", s), ("call", "<i4"), ("step", "<i8"),
+        ("name", s), ("kind", s), ("call", numbers["call"]), ("step", numbers["step"]),
         ("dtype", s), ("shape", s), ("stored", "u1"),
         ("offset", "<i8"), ("nbytes", "<i8"), ("sample_offset", "<i8"), ("sample_count", "<i8"),
         ("hash", s), ("numel", "<i8"),
@@ -37,6 +58,15 @@ def record_dtype() -> np.dtype:
         ("nan", "<i8"), ("inf", "<i8"), ("zero_frac", "<f8"),
         ("meta", s),
     ])
+
+
+def text_attribute(value: str):
+    """A root attribute holding ``value`` as a fixed-length UTF-8 string (h5py writes a Python
+    str as a variable-length one, which lives in a global heap)."""
+    import h5py
+
+    raw = value.encode("utf-8")
+    return np.array(raw, dtype=h5py.string_dtype("utf-8", max(1, len(raw))))
 
 
 def sample_indices(numel: int) -> np.ndarray:

@@ -79,18 +79,23 @@ class Recorder:
             "meta": json.dumps(meta or {}, default=str),
         }
         for key, value in attrs.items():
-            f.attrs[key] = value
+            f.attrs[key] = fmt.text_attribute(value) if isinstance(value, str) else value
         f.create_dataset(fmt.RECORDS, shape=(0,), maxshape=(None,), dtype=fmt.record_dtype(),
                          chunks=(fmt.RECORDS_CHUNK,))
         f.create_dataset(fmt.DATA, shape=(0,), maxshape=(None,), dtype="u1",
                          chunks=(fmt.DATA_CHUNK,))
+        f.create_dataset(fmt.STRINGS, shape=(0,), maxshape=(None,), dtype="u1",
+                         chunks=(fmt.STRINGS_CHUNK,))
         f.create_dataset(fmt.STATE, data=np.zeros(2, dtype="<i8"))
         f.swmr_mode = True
         f.flush()
         self._records = f[fmt.RECORDS]
         self._data = f[fmt.DATA]
+        self._strings = f[fmt.STRINGS]
         self._state = f[fmt.STATE]
         self._row_dtype = self._records.dtype
+        self._strings_end = 0        # where the next record's text fields go
+        self._pending_strings = []   # their bytes, written by flush() with the rows
 
     # -- the contract's verbs -------------------------------------------------------------
     def input(self, name, value, **meta):
@@ -154,22 +159,26 @@ class Recorder:
             sample_count = int(sample.size)
             self._append_data(sample_raw)
             offset = -1
+        texts = (name, dtype_name, json.dumps(list(array.shape)), digest,
+                 json.dumps({k: v for k, v in meta.items() if v is not None}, default=str))
+        encoded = [text.encode("utf-8") for text in texts]
         row = np.zeros(1, dtype=self._row_dtype)
-        row["name"] = name
-        row["kind"] = kind
+        row["kind"] = fmt.KINDS.index(kind)
         row["call"] = call
         row["step"] = self._step
-        row["dtype"] = dtype_name
-        row["shape"] = json.dumps(list(array.shape))
         row["stored"] = 1 if keep_values else 0
         row["offset"] = offset
         row["nbytes"] = nbytes
         row["sample_offset"] = sample_offset
         row["sample_count"] = sample_count
-        row["hash"] = digest
         for field in STAT_FIELDS:
             row[field] = stats[field]
-        row["meta"] = json.dumps({k: v for k, v in meta.items() if v is not None}, default=str)
+        row["strings_offset"] = self._strings_end
+        for field, raw_text in zip(fmt.TEXT_FIELDS, encoded):
+            row[f"{field}_len"] = len(raw_text)
+        block = b"".join(encoded)
+        self._strings_end += len(block)
+        self._pending_strings.append(block)
         index = self._count + len(self._pending)
         self._pending.append(row)
         if len(self._pending) >= self._flush_every:
@@ -177,7 +186,8 @@ class Recorder:
         return index
 
     def flush(self):
-        """Write the pending index rows and make every record so far durable."""
+        """Write the pending index rows (and their text fields) and make every record so far
+        durable."""
         if self._file is None:
             return
         self._write_pending_data()
@@ -185,18 +195,22 @@ class Recorder:
             return
         rows = np.concatenate(self._pending)
         start, end = self._count, self._count + rows.size
+        strings = np.frombuffer(b"".join(self._pending_strings), dtype=np.uint8)
         try:
+            if strings.size:
+                _write_at(self._strings, self._strings_end - strings.size, strings, grow=True)
             _write_at(self._records, start, rows, grow=True)
             # Two flushes: one HDF5 flush writes its dirty metadata in no set order across
             # datasets, so a kill inside it could leave the index rows on disk without the data
-            # blob's new extent. The count that makes records visible is written only after the
-            # data and rows are durable.
+            # or strings blob's new extent. The count that makes records visible is written
+            # only after the data, strings and rows are durable.
             self._file.flush()
             _write_at(self._state, 0, np.array([end], dtype="<i8"))
             self._file.flush()
         except OSError as exc:
             raise TraceDiffError(_write_error(self.path, exc)) from None
         self._pending.clear()
+        self._pending_strings.clear()
         self._count = end
 
     def _append_data(self, raw: np.ndarray):

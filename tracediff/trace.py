@@ -17,6 +17,8 @@ from .errors import IncompleteTraceWarning, TraceDiffError, TraceFormatError
 from .stats import STAT_FIELDS
 
 MAX_NDIM = 64
+_TEXT_LABELS = {"name": "a name", "dtype": "a dtype", "shape": "a shape", "hash": "a hash",
+                "meta": "metadata"}
 
 
 @dataclass
@@ -127,14 +129,17 @@ class Trace:
                 f"{self.path} uses trace format v{version}, newer than this tracediff reads "
                 f"(v{fmt.FORMAT_VERSION}); upgrade tracediff")
         self.attrs = attrs
-        for name in (fmt.RECORDS, fmt.DATA):
+        self.version = version
+        layout = fmt.record_dtype() if version >= 2 else fmt.record_dtype_v1()
+        required = (fmt.RECORDS, fmt.DATA, fmt.STRINGS) if version >= 2 else (fmt.RECORDS, fmt.DATA)
+        for name in required:
             if name not in f or not isinstance(f[name], h5py.Dataset):
                 raise TraceFormatError(f"{self.path} is a damaged tracediff trace: dataset {name!r} is missing")
         records = f[fmt.RECORDS]
         data = f[fmt.DATA]
         if records.ndim != 1 or data.ndim != 1 or records.dtype.names is None:
             raise TraceFormatError(f"{self.path} is a damaged tracediff trace: index has the wrong layout")
-        missing = [n for n in fmt.record_dtype().names if n not in records.dtype.names]
+        missing = [n for n in layout.names if n not in records.dtype.names]
         if missing:
             raise TraceFormatError(
                 f"{self.path} is a damaged tracediff trace: index lacks field(s) {', '.join(missing)}")
@@ -161,26 +166,99 @@ class Trace:
                     f"{n} record(s) readable up to the last complete one", IncompleteTraceWarning,
                     stacklevel=3)
         rows = records[:n] if n else records[:0]
-        self._records = self._build_records(rows)
+        columns = self._columns(rows, layout)
+        texts = self._texts_v2(columns, f[fmt.STRINGS]) if version >= 2 else _texts_v1(columns)
+        self._records = self._build_records(len(rows), columns, texts)
 
-    def _build_records(self, rows) -> list:
-        """Records from the index table, column by column (a Python loop over 100,000 numpy
-        rows is what made listing slow)."""
-        layout = fmt.record_dtype()
+    def _columns(self, rows, layout) -> dict:
+        """The index's columns, each checked to have the kind of type its field needs."""
         columns = {name: rows[name] for name in layout.names}
         for name, column in columns.items():
             expected = layout[name]
-            if (expected.kind == "O") != (column.dtype.kind == "O") or \
-                    (expected.kind != "O" and column.dtype.kind not in "iuf"):
+            if expected.kind == "O":
+                fits = column.dtype.kind == "O"
+            elif expected.kind in "iu":   # counts, offsets, codes: used as integers
+                fits = column.dtype.kind in "iu"
+            else:
+                fits = column.dtype.kind in "iuf"
+            if not fits:
                 raise TraceFormatError(
                     f"{self.path} is damaged: index field {name!r} has type {column.dtype}; "
                     "record it again")
-        texts = {name: _texts(columns[name]) for name in ("name", "kind", "dtype", "shape", "hash", "meta")}
+        return columns
+
+    def _texts_v2(self, columns, strings) -> dict:
+        """Each record's text fields, cut from one read of the strings blob; spans checked
+        column-wise with NumPy, the blob decoded once when it is ASCII (the usual case)."""
+        if strings.ndim != 1 or strings.dtype != np.uint8:
+            raise TraceFormatError(
+                f"{self.path} is a damaged tracediff trace: dataset {fmt.STRINGS!r} has the wrong layout")
+        # a damaged extent may claim more than the file holds: bytes past its end do not exist
+        size = min(int(strings.shape[0]), os.path.getsize(self.path))
+        offsets = columns["strings_offset"].astype(np.int64)
+        lengths = np.stack([columns[f"{field}_len"].astype(np.int64) for field in fmt.TEXT_FIELDS],
+                           axis=-1).reshape(offsets.size, len(fmt.TEXT_FIELDS))
+        # each length checked against the size first, so that no sum below can overflow
+        bad = (offsets < 0) | ((lengths < 0) | (lengths > size)).any(axis=1)
+        bad |= offsets > size - np.where(bad[:, None], 0, lengths).sum(axis=1)
+        if bad.any():
+            index = int(np.argmax(bad))
+            start = int(offsets[index])
+            end = start + sum(lengths[index].tolist())
+            raise TraceFormatError(
+                f"{self.path} is damaged: record {index} points outside the index strings "
+                f"(bytes {start}..{end} of {size}); record it again")
+        ends = offsets[:, None] + np.cumsum(lengths, axis=1)
+        blob = self._read_strings(strings, int(ends[:, -1].max()) if offsets.size else 0)
+        starts = (ends - lengths).T.tolist()
+        ends = ends.T.tolist()
+        texts = {}
+        if blob.isascii():
+            whole = blob.decode("ascii")
+            for j, field in enumerate(fmt.TEXT_FIELDS):
+                texts[field] = [whole[a:b] for a, b in zip(starts[j], ends[j])]
+        else:
+            for j, field in enumerate(fmt.TEXT_FIELDS):
+                column = texts[field] = []
+                for index, (a, b) in enumerate(zip(starts[j], ends[j])):
+                    try:
+                        column.append(blob[a:b].decode("utf-8"))
+                    except UnicodeDecodeError:
+                        raise TraceFormatError(
+                            f"{self.path} is damaged: record {index} has {_TEXT_LABELS[field]} "
+                            "that is not valid UTF-8; record it again") from None
+        codes = columns["kind"].tolist()
+        for index, code in enumerate(codes):
+            if not 0 <= code < len(fmt.KINDS):
+                raise TraceFormatError(
+                    f"{self.path} is damaged: record {index} has unknown kind code {code}; "
+                    "record it again")
+        texts["kind"] = [fmt.KINDS[code] for code in codes]
+        return texts
+
+    def _read_strings(self, strings, nbytes) -> bytes:
+        if nbytes == 0:
+            return b""
+        out = np.empty(nbytes, np.uint8)
+        try:
+            file_space = strings.id.get_space()
+            file_space.select_hyperslab((0,), (nbytes,))
+            strings.id.read(h5py.h5s.create_simple((nbytes,)), file_space, out)
+        except (OSError, ValueError) as exc:  # HDF5 found a bad checksum, chunk or filter
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise TraceFormatError(
+                f"{self.path} is damaged: the index strings cannot be read ({text}); "
+                "record it again") from None
+        return out.tobytes()
+
+    def _build_records(self, count, columns, texts) -> list:
+        """Records from the index columns and their text fields (a Python loop over 100,000
+        numpy rows is what made listing slow)."""
         numbers = {name: columns[name].tolist() for name in
                    ("call", "step", "stored", "offset", "nbytes", "sample_offset", "sample_count") + STAT_FIELDS}
         shapes = {}
         out = []
-        for index in range(len(rows)):
+        for index in range(count):
             kind = texts["kind"][index]
             if kind not in fmt.KINDS:
                 raise TraceFormatError(f"{self.path} is damaged: record {index} has unknown kind {kind!r}")
@@ -355,5 +433,8 @@ def _plain(value):
     return value
 
 
-def _texts(column) -> list:
-    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in column.tolist()]
+def _texts_v1(columns) -> dict:
+    """A v1 index's text fields: HDF5 variable-length strings, read with the rows."""
+    return {name: [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+                   for v in columns[name].tolist()]
+            for name in ("name", "kind", "dtype", "shape", "hash", "meta")}
