@@ -28,7 +28,7 @@ __all__ = ["record", "recording", "Recording", "check_batch_independence", "over
 
 def record(model, inputs, path, loss_fn=None, *, level="module", include=None, exclude=None,
            kinds=None, values=True, overwrite=False, dims=None, seed=None, model_name=None,
-           params=True, flush_every=FLUSH_EVERY):
+           params=True, flush_every=FLUSH_EVERY, background=False):
     """Run ``model`` once on ``inputs`` and write its trace to ``path``; returns the output.
 
     ``inputs``: a tensor, a tuple/list of positional arguments or a dict of keyword arguments.
@@ -37,6 +37,9 @@ def record(model, inputs, path, loss_fn=None, *, level="module", include=None, e
     ``flush_every``: records between index flushes; a Python exception still closes the trace
     with every record, but a hard crash (killed process) loses up to that many. 1 = each record
     durable as it is written (slower, see docs/benchmarks.md).
+    ``background``: write CPU tensors from a writer thread (each copied into a reused staging
+    buffer first) while the model runs on: faster where a core is left free, see docs/torch.md.
+    GPU tensors always go through the thread.
     """
     module, compiled = original_module(model)
     check_level(level)
@@ -45,7 +48,8 @@ def record(model, inputs, path, loss_fn=None, *, level="module", include=None, e
     grads = loss_fn is not None and torch.is_grad_enabled()
     recorder, writer = open_recorder(
         module, path, values=values, level=level, compiled=compiled, overwrite=overwrite,
-        dims=dims, seed=seed, model_name=model_name, flush_every=flush_every)
+        dims=dims, seed=seed, model_name=model_name, flush_every=flush_every,
+        background=background)
     capture = Capture(module, writer, selection, level=level, grads=grads)
     complete = False
     earlier = {}

@@ -66,7 +66,8 @@ class HostWriter:
     copies are queued, CPU tensors are cloned into the same queue to keep the execution order.
     ``drain()`` waits until everything queued is written; at most ``budget`` bytes wait in the
     queue (the model thread waits beyond that). ``background=True`` sends CPU tensors through
-    the thread too (a clone each): measured slower on a busy 2-core VM, see docs/benchmarks.md.
+    the thread too, each copied into a staging buffer; written buffers return to a pool (at most
+    ``budget`` bytes of them) and are reused, so steady steps allocate nothing.
     """
 
     def __init__(self, recorder, budget: int = PENDING_BUDGET, background: bool = False):
@@ -79,17 +80,18 @@ class HostWriter:
         self._thread = None
         self._closing = False
         self._error = None
-        self._pool = {}                     # nbytes -> free pinned uint8 buffers
+        self._pool = {}                     # (nbytes, pinned) -> free staging buffers
+        self._pooled_bytes = 0
         self._warned = set()
 
     def write(self, kind, name, tensor, call=None, **meta):
         t = tensor.detach()
-        if t.device.type == "cuda":
-            host, event, buffer = self._copy_from_cuda(t)
-        elif t.device.type == "cpu" and not self.background and not self._queue:
+        if t.device.type == "cpu" and not self.background and not self._queue:
             self._raise_error()
             self._write_now(kind, name, t, call, meta)
             return
+        if t.device.type in ("cuda", "cpu") and t.layout == torch.strided and not t.is_quantized:
+            host, event, buffer = self._stage(t)
         else:
             host, event, buffer = t.to("cpu", copy=True), None, None
         self._put((kind, name, host, event, call, meta, buffer))
@@ -114,6 +116,7 @@ class HostWriter:
                 self._thread.join()
                 self._thread = None
             self._pool.clear()
+            self._pooled_bytes = 0
 
     # -- model thread ------------------------------------------------------------------------
     def _put(self, item):
@@ -133,22 +136,29 @@ class HostWriter:
         if self._error is not None:
             raise self._error
 
-    def _copy_from_cuda(self, t):
-        nbytes = t.numel() * t.element_size()
+    def _stage(self, t):
+        """Copy ``t`` into a staging buffer from the pool: pinned, without blocking, for a CUDA
+        tensor (with an event that marks the copy done); a plain copy for a CPU tensor."""
+        from_cuda = t.device.type == "cuda"
+        key = (t.numel() * t.element_size(), from_cuda)
         with self._cv:
-            free = self._pool.get(nbytes)
+            free = self._pool.get(key)
             buffer = free.pop() if free else None
+            if buffer is not None:
+                self._pooled_bytes -= key[0]
         if buffer is None:
-            buffer = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
-        host = buffer.view(t.dtype).view(t.shape) if nbytes else torch.empty(t.shape, dtype=t.dtype)
+            buffer = torch.empty(key[0], dtype=torch.uint8, pin_memory=from_cuda)
+        host = buffer.view(t.dtype).view(t.shape) if key[0] else torch.empty(t.shape, dtype=t.dtype)
         if t.is_conj():
             t = t.resolve_conj()
         if t.is_neg():
             t = t.resolve_neg()
-        host.copy_(t, non_blocking=True)
+        host.copy_(t, non_blocking=from_cuda)
+        if not from_cuda:
+            return host, None, (key, buffer)
         event = torch.cuda.Event()
         event.record(torch.cuda.current_stream(t.device))
-        return host, event, buffer
+        return host, event, (key, buffer)
 
     # -- writer thread -----------------------------------------------------------------------
     def _run(self):
@@ -170,8 +180,9 @@ class HostWriter:
             with self._cv:
                 self._queue.popleft()
                 self._queued_bytes -= _nbytes(host)
-                if buffer is not None:
-                    self._pool.setdefault(buffer.numel(), []).append(buffer)
+                if buffer is not None and self._pooled_bytes + buffer[0][0] <= self.budget:
+                    self._pool.setdefault(buffer[0], []).append(buffer[1])
+                    self._pooled_bytes += buffer[0][0]
                 self._cv.notify_all()
 
     def _write_now(self, kind, name, t, call, meta):

@@ -25,7 +25,7 @@ class Recording:
 
     def __init__(self, model, path, every=1, values=False, loss=True, *, level="module",
                  include=None, exclude=None, kinds=None, overwrite=False, dims=None, seed=None,
-                 model_name=None, params=True, flush_every=FLUSH_EVERY):
+                 model_name=None, params=True, flush_every=FLUSH_EVERY, background=False):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise TraceDiffError(f"recording(every={every!r}): every must be a whole number >= 1")
         self.module, self.compiled = original_module(model)
@@ -37,7 +37,7 @@ class Recording:
         self.selection = Selection(include, exclude, kinds)
         self.params = params
         self._options = dict(overwrite=overwrite, dims=dims, seed=seed, model_name=model_name,
-                             flush_every=flush_every)
+                             flush_every=flush_every, background=background)
         self.steps_seen = 0
         self.step = None            # index of the step being recorded, None between them
         self.recorder = self.writer = self.capture = None

@@ -39,10 +39,10 @@ def check_level(level):
 
 
 def open_recorder(module, path, *, values, level, compiled, overwrite=False, dims=None, seed=None,
-                  model_name=None, flush_every=FLUSH_EVERY, extra=None):
+                  model_name=None, flush_every=FLUSH_EVERY, extra=None, background=False):
     meta = {"level": level, "compiled": compiled, **(extra or {})}
     recorder = Recorder(
         path, framework="torch", dims=dims, model=model_name or type(module).__name__, seed=seed,
         framework_version=torch.__version__, overwrite=overwrite, values=values, meta=meta,
         flush_every=flush_every)
-    return recorder, HostWriter(recorder)
+    return recorder, HostWriter(recorder, background=background)

@@ -131,8 +131,9 @@ def tracediff_variants(model, inputs, loss_fn, folder):
 
 
 def loop_variants(model, inputs, loss_fn, folder, steps=10):
-    """A user's training loop of ``steps`` SGD steps, plain and inside ``recording(every=steps)``
-    (stats-only, the default): one recorded step, the others pay one pre-hook call."""
+    """A user's training loop of ``steps`` SGD steps, plain and inside ``recording()``: every
+    step recorded (full tensors, and stats-only: the tool left on), and ``every=steps``
+    (stats-only, one recorded step; the others pay one pre-hook call)."""
     from tracediff.adapters import torch as tdt
 
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
@@ -143,12 +144,17 @@ def loop_variants(model, inputs, loss_fn, folder, steps=10):
             loss_fn(call(model, inputs)).backward()
             opt.step()
 
-    def recorded():
-        with tdt.recording(model, os.path.join(folder, "loop.h5"), every=steps, overwrite=True):
-            loop()
+    def recorded(every, values):
+        def run():
+            with tdt.recording(model, os.path.join(folder, "loop.h5"), every=every, values=values,
+                               overwrite=True):
+                loop()
+        return run
 
     return {f"training loop, {steps} steps, plain": loop,
-            f"training loop, {steps} steps, recording(every={steps})": recorded}
+            "training loop, recording(every=1), full tensors": recorded(1, True),
+            "training loop, recording(every=1), stats-only": recorded(1, False),
+            f"training loop, recording(every={steps}), stats-only": recorded(steps, False)}
 
 
 def recorder_alone_variants(folder):

@@ -53,7 +53,7 @@ def bits(t):
     return t.detach().contiguous().view(-1).view(torch.uint8)
 
 
-@pytest.mark.parametrize("options", [{}, {"level": "op"}, {"values": False}])
+@pytest.mark.parametrize("options", [{}, {"level": "op"}, {"values": False}, {"background": True}])
 def test_outputs_gradients_parameters_bitwise_identical(tmp_path, options):
     _, plain = run()
     _, recorded = run(tmp_path / "t.h5", **options)
@@ -211,3 +211,17 @@ def test_param_grad_is_this_loss_gradient_and_grads_still_accumulate(tmp_path):
     assert torch.equal(model.weight.grad, plain.weight.grad)
     meta = td.open(tmp_path / "t1.h5").get("weight", kind="param").meta
     assert meta["requires_grad"] is True and meta["role"] == "weight"
+
+
+@pytest.mark.parametrize("level", ["module", "op"])
+def test_background_writer_records_what_the_hooks_saw(tmp_path, level):
+    """The writer thread gets a copy taken in the hook: the in-place ReLU that later overwrites
+    the BatchNorm output changes nothing in the trace."""
+    run(tmp_path / "inline.h5", level=level)
+    run(tmp_path / "thread.h5", level=level, background=True)
+    inline, thread = td.open(tmp_path / "inline.h5"), td.open(tmp_path / "thread.h5")
+    assert [r.key for r in thread] == [r.key for r in inline]
+    assert "bn" in {r.name for r in thread}
+    for a, b in zip(inline, thread):
+        assert (a.dtype, a.shape, a.stats) == (b.dtype, b.shape, b.stats)
+        assert a.read().tobytes() == b.read().tobytes(), a.name

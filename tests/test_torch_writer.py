@@ -75,3 +75,24 @@ def test_to_numpy_keeps_dtype_and_bits(dtype, name):
 def test_to_numpy_resolves_conjugate_and_negative_views():
     z = torch.randn(3, dtype=torch.complex64)
     np.testing.assert_array_equal(to_numpy(z.conj()), np.conj(z.numpy()))
+
+
+def test_background_writes_reuse_staging_buffers_and_keep_bits(tmp_path):
+    """CPU tensors sent through the writer thread are copied into staging buffers that are reused
+    once written: non-contiguous and bfloat16 tensors keep their exact bits, and a buffer is
+    never handed out again while its copy waits to be written."""
+    with td.Recorder(tmp_path / "t.h5", framework="torch") as rec:
+        writer = HostWriter(rec, background=True)
+        sources = []
+        for step in range(3):
+            for dtype in (torch.float32, torch.bfloat16):
+                t = (torch.randn(7, 11) * 3).to(dtype)
+                sources.append(t.t().contiguous())
+                writer.write("forward", f"{dtype}", t.t(), call=step)
+                t.mul_(-1)   # changes the source after the write: the staged copy must not see it
+            writer.drain()
+        assert sorted(len(free) for free in writer._pool.values()) == [1, 1]  # one per size
+        writer.close()
+    trace = td.open(tmp_path / "t.h5")
+    for r, source in zip(trace, sources):
+        assert r.read().tobytes() == source.view(torch.uint8).numpy().tobytes()
