@@ -37,7 +37,8 @@ def record(model, inputs, path, *, loss=None, target=None, max_memory=None, prov
     (a dict input name -> array; None generates seeded inputs with ``dims`` for dynamic axes).
 
     ``loss`` (``"cross_entropy"``, ``"mse"`` or ``"sum"``, with ``target``) adds gradients.
-    ``max_memory`` (bytes or ``"512MB"``) bounds the outputs held at once (default 256 MiB).
+    ``max_memory`` (bytes or ``"512MB"``) bounds the outputs (and gradients) held at once
+    (default 256 MiB).
     """
     if loss is not None and loss not in LOSSES:
         raise TraceDiffError(f"unknown loss {loss!r}: use one of {', '.join(LOSSES)}")

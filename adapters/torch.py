@@ -28,7 +28,7 @@ __all__ = ["record", "recording", "Recording", "check_batch_independence", "over
 
 def record(model, inputs, path, loss_fn=None, *, level="module", include=None, exclude=None,
            kinds=None, values=True, overwrite=False, dims=None, seed=None, model_name=None,
-           params=True, flush_every=FLUSH_EVERY, background=False):
+           params=True, flush_every=FLUSH_EVERY, background=None):
     """Run ``model`` once on ``inputs`` and write its trace to ``path``; returns the output.
 
     ``inputs``: a tensor, a tuple/list of positional arguments or a dict of keyword arguments.
@@ -38,8 +38,8 @@ def record(model, inputs, path, loss_fn=None, *, level="module", include=None, e
     with every record, but a hard crash (killed process) loses up to that many. 1 = each record
     durable as it is written (slower, see docs/benchmarks.md).
     ``background``: write CPU tensors from a writer thread (each copied into a reused staging
-    buffer first) while the model runs on: faster where a core is left free, see docs/torch.md.
-    GPU tensors always go through the thread.
+    buffer first) while the model runs on. None (default): for full tensors when torch leaves a
+    CPU free. GPU tensors always go through the thread. See docs/torch.md.
     """
     module, compiled = original_module(model)
     check_level(level)

@@ -22,8 +22,10 @@ for _name in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnu
     if hasattr(torch, _name):
         _VIA_INTEGER[getattr(torch, _name)] = (torch.uint8, _name)
 
-# Host-side bytes a writer may hold before it synchronises and writes (GPU tensors only).
+# Host-side bytes a writer may hold before it synchronises and writes.
 PENDING_BUDGET = 256 << 20
+# Free staging buffers kept for the next recording in this process (``release_staging``).
+STAGING_KEPT = 256 << 20
 
 
 def to_numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -56,6 +58,50 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
             "cast it in the model or exclude this layer") from None
 
 
+class StagingPool:
+    """Host buffers that copies wait in until the writer thread has written them. Written
+    buffers come back and are handed out again, in this recording and the next ones, so
+    steady steps allocate (and page-fault in) nothing; at most ``limit`` bytes are kept free."""
+
+    def __init__(self, limit: int = STAGING_KEPT):
+        self.limit = limit
+        self._free = {}                     # (nbytes, pinned) -> buffers
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int, pinned: bool) -> torch.Tensor:
+        with self._lock:
+            free = self._free.get((nbytes, pinned))
+            if free:
+                self._bytes -= nbytes
+                return free.pop()
+        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=pinned)
+
+    def give(self, buffer: torch.Tensor, pinned: bool):
+        nbytes = buffer.numel()
+        with self._lock:
+            if self._bytes + nbytes <= self.limit:
+                self._free.setdefault((nbytes, pinned), []).append(buffer)
+                self._bytes += nbytes
+
+    def clear(self):
+        with self._lock:
+            self._free.clear()
+            self._bytes = 0
+
+    @property
+    def kept_bytes(self) -> int:
+        return self._bytes
+
+
+STAGING = StagingPool()
+
+
+def release_staging():
+    """Free the staging buffers kept for later recordings (at most ``STAGING_KEPT`` bytes)."""
+    STAGING.clear()
+
+
 class HostWriter:
     """Writes tensors to a Recorder in the order they arrive.
 
@@ -63,11 +109,10 @@ class HostWriter:
     cannot change what was recorded. CUDA tensors are copied into pooled pinned host buffers
     with non-blocking copies on the current stream, so the model is not stalled; a background
     thread waits for each copy (a CUDA event) and writes it while the model runs on. While GPU
-    copies are queued, CPU tensors are cloned into the same queue to keep the execution order.
+    copies are queued, CPU tensors are staged into the same queue to keep the execution order.
     ``drain()`` waits until everything queued is written; at most ``budget`` bytes wait in the
     queue (the model thread waits beyond that). ``background=True`` sends CPU tensors through
-    the thread too, each copied into a staging buffer; written buffers return to a pool (at most
-    ``budget`` bytes of them) and are reused, so steady steps allocate nothing.
+    the thread too, each copied into a staging buffer from ``STAGING``.
     """
 
     def __init__(self, recorder, budget: int = PENDING_BUDGET, background: bool = False):
@@ -80,8 +125,6 @@ class HostWriter:
         self._thread = None
         self._closing = False
         self._error = None
-        self._pool = {}                     # (nbytes, pinned) -> free staging buffers
-        self._pooled_bytes = 0
         self._warned = set()
 
     def write(self, kind, name, tensor, call=None, **meta):
@@ -115,8 +158,6 @@ class HostWriter:
             if self._thread is not None:
                 self._thread.join()
                 self._thread = None
-            self._pool.clear()
-            self._pooled_bytes = 0
 
     # -- model thread ------------------------------------------------------------------------
     def _put(self, item):
@@ -140,25 +181,19 @@ class HostWriter:
         """Copy ``t`` into a staging buffer from the pool: pinned, without blocking, for a CUDA
         tensor (with an event that marks the copy done); a plain copy for a CPU tensor."""
         from_cuda = t.device.type == "cuda"
-        key = (t.numel() * t.element_size(), from_cuda)
-        with self._cv:
-            free = self._pool.get(key)
-            buffer = free.pop() if free else None
-            if buffer is not None:
-                self._pooled_bytes -= key[0]
-        if buffer is None:
-            buffer = torch.empty(key[0], dtype=torch.uint8, pin_memory=from_cuda)
-        host = buffer.view(t.dtype).view(t.shape) if key[0] else torch.empty(t.shape, dtype=t.dtype)
+        nbytes = t.numel() * t.element_size()
+        buffer = STAGING.take(nbytes, pinned=from_cuda)
+        host = buffer.view(t.dtype).view(t.shape) if nbytes else torch.empty(t.shape, dtype=t.dtype)
         if t.is_conj():
             t = t.resolve_conj()
         if t.is_neg():
             t = t.resolve_neg()
         host.copy_(t, non_blocking=from_cuda)
         if not from_cuda:
-            return host, None, (key, buffer)
+            return host, None, buffer
         event = torch.cuda.Event()
         event.record(torch.cuda.current_stream(t.device))
-        return host, event, (key, buffer)
+        return host, event, buffer
 
     # -- writer thread -----------------------------------------------------------------------
     def _run(self):
@@ -180,9 +215,8 @@ class HostWriter:
             with self._cv:
                 self._queue.popleft()
                 self._queued_bytes -= _nbytes(host)
-                if buffer is not None and self._pooled_bytes + buffer[0][0] <= self.budget:
-                    self._pool.setdefault(buffer[0], []).append(buffer[1])
-                    self._pooled_bytes += buffer[0][0]
+                if buffer is not None:
+                    STAGING.give(buffer, pinned=event is not None)
                 self._cv.notify_all()
 
     def _write_now(self, kind, name, t, call, meta):

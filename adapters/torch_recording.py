@@ -25,7 +25,7 @@ class Recording:
 
     def __init__(self, model, path, every=1, values=False, loss=True, *, level="module",
                  include=None, exclude=None, kinds=None, overwrite=False, dims=None, seed=None,
-                 model_name=None, params=True, flush_every=FLUSH_EVERY, background=False):
+                 model_name=None, params=True, flush_every=FLUSH_EVERY, background=None):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise TraceDiffError(f"recording(every={every!r}): every must be a whole number >= 1")
         self.module, self.compiled = original_module(model)

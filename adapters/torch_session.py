@@ -2,6 +2,8 @@
 opening the Recorder with the torch root attributes."""
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -39,10 +41,18 @@ def check_level(level):
 
 
 def open_recorder(module, path, *, values, level, compiled, overwrite=False, dims=None, seed=None,
-                  model_name=None, flush_every=FLUSH_EVERY, extra=None, background=False):
+                  model_name=None, flush_every=FLUSH_EVERY, extra=None, background=None):
     meta = {"level": level, "compiled": compiled, **(extra or {})}
     recorder = Recorder(
         path, framework="torch", dims=dims, model=model_name or type(module).__name__, seed=seed,
         framework_version=torch.__version__, overwrite=overwrite, values=values, meta=meta,
         flush_every=flush_every)
+    if background is None:
+        background = spare_cpu()
     return recorder, HostWriter(recorder, background=background)
+
+
+def spare_cpu() -> bool:
+    """``background=None``: a writer thread pays off (statistics, hashing and HDF5 writes overlap
+    the model) when torch's threads leave a CPU free for it; otherwise it only adds a copy."""
+    return torch.get_num_threads() < (os.cpu_count() or 1)

@@ -1,7 +1,7 @@
 """Recording overhead of the PyTorch adapter relative to a plain forward+backward, measured side
 by side (interleaved repeats, medians) on a small ResNet-style CNN and a small GPT-2 on CPU.
 
-    .venv/bin/python bench/bench_torch.py [--repeats 9] [--torchlens-python /tmp/tlvenv/bin/python]
+    [BENCH_TORCH_THREADS=1] .venv/bin/python bench/bench_torch.py [--repeats 9] [--torchlens-python /tmp/tlvenv/bin/python]
 
 With ``--torchlens-python`` the same models are also run through ``torchlens.trace`` in that
 interpreter (TorchLens lives in its own virtualenv) and its ratio is printed next to ours.
@@ -24,7 +24,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-torch.set_num_threads(1)  # the benchmark VM is shared: one thread keeps the medians stable
+THREADS = int(os.environ.get("BENCH_TORCH_THREADS", "1"))
+torch.set_num_threads(THREADS)  # the benchmark VM is shared: one thread keeps the medians stable
 
 
 class BasicBlock(nn.Module):
@@ -120,8 +121,11 @@ def tracediff_variants(model, inputs, loss_fn, folder):
     return {
         "plain": lambda: plain(model, inputs, loss_fn),
         "module, full tensors": recorded("full"),
+        "module, full tensors, inline writer (background=False)": recorded("full0", background=False),
         "module, full tensors, flush_every=1": recorded("full1", flush_every=1),
         "module, stats-only": recorded("stats", values=False),
+        "module, stats-only, writer thread (background=True)": recorded("stats0", values=False,
+                                                                       background=True),
         "module, stats-only, flush_every=1": recorded("stats1", values=False, flush_every=1),
         "op level, full tensors": recorded("op", level="op"),
         "op level, stats-only": recorded("opstats", level="op", values=False),
@@ -264,7 +268,7 @@ def main(argv=None):
         else:
             lens = {"error": (child.stderr.strip().splitlines() or ["no output"])[-1]}
 
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs visible, 1 thread, "
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs visible, {THREADS} thread(s), "
           f"median of {args.repeats} interleaved repeats, load average {os.getloadavg()[0]:.1f}")
     for name, rows in results.items():
         sizes = rows.pop("sizes")

@@ -96,3 +96,22 @@ def test_identical_comparison_norms_follow_the_kernel():
     l2 = math.sqrt(float(np.dot(x.astype(np.float64), x)))
     assert identical(x.shape, l2, l2).stats() == compare(x, x.copy(), 1e-5, 1e-5, a_l2=l2,
                                                          b_l2=l2).stats()
+
+
+def test_equal_content_hashes_skip_reading_the_values(tmp_path, monkeypatch):
+    """Every v2 record carries a content hash: identical stored pairs are settled from the
+    index alone, with the same result as reading them, and a one-bit change is still read."""
+    arrays = {"fc1": ARRAYS["f32"], "fc2": ARRAYS["two_chunks"]}
+    a, b = _twins(tmp_path, arrays)
+    expected = td.diff(a, b)
+    read = []
+    original = td.Record.read
+    monkeypatch.setattr(td.Record, "read", lambda self: read.append(self.name) or original(self))
+    report = td.diff(a, b)
+    assert read == []
+    assert [p.stats for p in report.pairs] == [p.stats for p in expected.pairs]
+    changed = arrays["fc2"].copy()
+    changed[7] = np.nextafter(changed[7], np.float32(np.inf))
+    c = write(tmp_path / "c.h5", [("forward", "fc1", arrays["fc1"]), ("forward", "fc2", changed)])
+    assert td.diff(c, b).pairs[1].stats["max_abs"] > 0
+    assert read == ["fc2", "fc2"]

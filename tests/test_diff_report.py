@@ -200,7 +200,7 @@ def test_diff_holds_one_pair_of_tensors_at_a_time(tmp_path, monkeypatch):
     monkeypatch.setattr(td.Record, "read", tracking_read)
     report = td.diff(a, b)
     assert report.first_divergence.forward.b_name == "act"
-    assert len(most) >= 6
+    assert len(most) >= 4   # pairs with equal content hashes are settled without a read
     # when a tensor is read, at most the other side of its pair (and, for the hint of the first
     # divergence, that pair) is still alive
     assert max(most) <= 2

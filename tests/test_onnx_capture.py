@@ -87,11 +87,12 @@ def test_grouped_capture_writes_the_same_records_bit_for_bit(tmp_path):
         np.testing.assert_array_equal(a.read(), b.read())
 
 
-def chain_model(length=24, numel=2**20):
-    """``length`` elementwise nodes on a 4 MiB tensor: ~100 MiB of intermediates."""
+def chain_model(length=24, numel=2**20, ops=("Sin", "Cos", "Neg")):
+    """``length`` elementwise nodes (``ops`` in turn) on one float32 tensor of ``numel`` (4 MiB
+    by default: ~100 MiB of intermediates)."""
     nodes, previous = [], "x"
     for index in range(length):
-        op = ("Sin", "Cos", "Neg")[index % 3]
+        op = ops[index % len(ops)]
         nodes.append(helper.make_node(op, [previous], [f"t{index}"], name=f"/chain/{op}_{index}"))
         previous = f"t{index}"
     graph = helper.make_graph(nodes, "chain",

@@ -19,6 +19,7 @@ import tracediff as td
 from tracediff.adapters import onnx as tdo
 from tracediff.cli import main
 
+from test_onnx_capture import chain_model
 from test_onnx_grad_torch import _built, _export, _loss_fn
 
 GRADIENT_KINDS = ("loss", "backward", "param_grad")
@@ -150,19 +151,6 @@ def test_cli_max_memory_bounds_the_backward_too(tmp_path, capsys):
     assert len(list(trace.records("backward"))) == 9
 
 
-def _chain_model(length, numel):
-    """``length`` differentiable elementwise nodes on one float32 tensor of ``numel``."""
-    nodes, previous = [], "x"
-    for index in range(length):
-        op = ("Tanh", "Sigmoid", "Neg")[index % 3]
-        nodes.append(helper.make_node(op, [previous], [f"t{index}"], name=f"/chain/{op}_{index}"))
-        previous = f"t{index}"
-    graph = helper.make_graph(nodes, "chain",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [numel])],
-                              [helper.make_tensor_value_info(previous, TensorProto.FLOAT, [numel])])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-
-
 _PEAK_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np
@@ -201,7 +189,7 @@ def _peak_growth(model_path, out, budget):
 def test_peak_memory_of_the_backward_stays_near_budget_plus_boundary(tmp_path):
     # 48 gradients of 2 MiB: 96 MiB together, four times the 24 MiB budget
     mib, tensor = 2**20, 2 * 2**20
-    onnx.save(_chain_model(48, tensor // 4), tmp_path / "chain.onnx")
+    onnx.save(chain_model(48, tensor // 4, ops=("Tanh", "Sigmoid", "Neg")), tmp_path / "chain.onnx")
     whole = _peak_growth(tmp_path / "chain.onnx", tmp_path / "whole.h5", 1024 * mib)
     grouped = _peak_growth(tmp_path / "chain.onnx", tmp_path / "grouped.h5", 24 * mib)
     assert whole["groups"] == 1 and grouped["groups"] == 8  # 6 outputs + 6 gradients a group

@@ -6,7 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import tracediff as td  # noqa: E402
-from tracediff.adapters.torch_convert import HostWriter, to_numpy  # noqa: E402
+from tracediff.adapters.torch_convert import STAGING, HostWriter, release_staging, to_numpy  # noqa: E402
 from tracediff.errors import TraceDiffError  # noqa: E402
 
 
@@ -81,6 +81,7 @@ def test_background_writes_reuse_staging_buffers_and_keep_bits(tmp_path):
     """CPU tensors sent through the writer thread are copied into staging buffers that are reused
     once written: non-contiguous and bfloat16 tensors keep their exact bits, and a buffer is
     never handed out again while its copy waits to be written."""
+    release_staging()
     with td.Recorder(tmp_path / "t.h5", framework="torch") as rec:
         writer = HostWriter(rec, background=True)
         sources = []
@@ -91,8 +92,11 @@ def test_background_writes_reuse_staging_buffers_and_keep_bits(tmp_path):
                 writer.write("forward", f"{dtype}", t.t(), call=step)
                 t.mul_(-1)   # changes the source after the write: the staged copy must not see it
             writer.drain()
-        assert sorted(len(free) for free in writer._pool.values()) == [1, 1]  # one per size
+        assert STAGING.kept_bytes == 7 * 11 * (4 + 2)   # one buffer per size, reused each step
         writer.close()
+    assert STAGING.kept_bytes == 7 * 11 * (4 + 2)     # kept for the next recording
+    release_staging()
+    assert STAGING.kept_bytes == 0
     trace = td.open(tmp_path / "t.h5")
     for r, source in zip(trace, sources):
         assert r.read().tobytes() == source.view(torch.uint8).numpy().tobytes()

@@ -119,7 +119,9 @@ def test_index_rows_hold_numbers_and_spans_of_the_strings_blob(trace_path):
         total = sum(int(row[f"{field}_len"]) for field in fmt.TEXT_FIELDS)
         text = bytes(f["strings"][start:start + total]).decode("utf-8")
     assert fmt.KINDS[row["kind"]] == "forward"
-    assert text == 'größe/σfloat64[2, 3]{"op_type": "Linear", "module": "enc.gr\\u00f6\\u00dfe"}'
+    digest = fmt.tensor_hash(np.arange(6, dtype=np.float32).reshape(2, 3) @ np.eye(3))
+    assert text == 'größe/σfloat64[2, 3]' + digest + \
+        '{"op_type": "Linear", "module": "enc.gr\\u00f6\\u00dfe"}'
 
 
 # -- format v1 is still read ---------------------------------------------------------------------
@@ -148,10 +150,17 @@ def test_a_v1_trace_and_its_v2_rerecording_hold_the_same_records(tmp_path):
     assert (new.attrs["format_version"], old.attrs["format_version"]) == (2, 1)
     assert len(new) == len(old) == 8
     for a, b in zip(new, old):
-        assert (a.key, a.step, a.dtype, a.shape, a.stored, a.stats, a.meta, a.hash) == \
-            (b.key, b.step, b.dtype, b.shape, b.stored, b.stats, b.meta, b.hash)
+        assert (a.key, a.step, a.dtype, a.shape, a.stored, a.meta) == \
+            (b.key, b.step, b.dtype, b.shape, b.stored, b.meta)
+        assert a.stats == pytest.approx(b.stats, rel=1e-12, nan_ok=True)
         got, expected = (a.read(), b.read()) if a.stored else (a.sample()[1], b.sample()[1])
         assert got.tobytes() == expected.tobytes()
+        # v2 hashes every record with XXH3; v1 hashed stats-only records with SHA-256
+        assert fmt.hash_algorithm(a.hash) == "xxh3"
+        if a.stored:
+            assert a.hash == fmt.tensor_hash(a.read()) and b.hash == ""
+        else:
+            assert fmt.hash_algorithm(b.hash) == "sha256" and len(b.hash) == 32
     assert main(["diff", str(path), str(V1_TRACE), "--quiet"]) == 0
 
 

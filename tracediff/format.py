@@ -86,8 +86,17 @@ def _sample_indices(numel: int) -> np.ndarray:
     return indices
 
 
-def tensor_hash(array: np.ndarray) -> str:
-    """The content hash stats-only records keep: first 128 bits of the SHA-256 of the C-order
-    bytes (SHA-256 is hardware-accelerated on current CPUs: ~3x faster than BLAKE2b here)."""
+def tensor_hash(array: np.ndarray, algorithm: str = "xxh3") -> str:
+    """A record's content hash: ``xxh3:`` and the 128-bit XXH3 of the C-order bytes (v2; ~0.08
+    ms/MiB, so every record gets one). ``algorithm="sha256"`` gives what v1 kept for
+    stats-only records: the first 32 hex digits of the SHA-256."""
+    data = np.ascontiguousarray(array).reshape(-1).view(np.uint8).data
+    if algorithm == "sha256":
+        return hashlib.sha256(data).hexdigest()[:32]
     import xxhash
-    return "xxh3:" + xxhash.xxh3_128_hexdigest(np.ascontiguousarray(array).reshape(-1).view(np.uint8).data)
+    return "xxh3:" + xxhash.xxh3_128_hexdigest(data)
+
+
+def hash_algorithm(digest: str) -> str:
+    """Which ``tensor_hash`` algorithm made ``digest``."""
+    return "xxh3" if digest.startswith("xxh3:") else "sha256"

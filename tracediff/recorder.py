@@ -16,7 +16,7 @@ from . import format as fmt
 from ._version import __version__
 from .dtypes import logical_name, to_array
 from .errors import TraceDiffError
-from .stats import STAT_FIELDS, summarize
+from .stats import summarize
 
 
 SMALL_BLOCK = 1 << 16  # tensors below this many bytes are batched with their index rows
@@ -145,38 +145,23 @@ class Recorder:
         contiguous = np.ascontiguousarray(array)  # one copy at most, shared by stats and bytes
         stats = summarize(contiguous)
         raw = contiguous.reshape(-1).view(np.uint8) if contiguous.size else np.zeros(0, np.uint8)
-        nbytes = raw.size
-        digest = ""
-        offset = self._data_end
-        sample_offset = sample_count = 0
+        digest = fmt.tensor_hash(contiguous)
+        fields = {"kind": fmt.KINDS.index(kind), "call": call, "step": self._step,
+                  "stored": 1 if keep_values else 0, "offset": self._data_end, "nbytes": raw.size,
+                  "sample_offset": 0, "sample_count": 0, "strings_offset": self._strings_end}
         if keep_values:
             self._append_data(raw)
         else:
-            digest = fmt.tensor_hash(contiguous)
-            indices = fmt.sample_indices(contiguous.size)
-            sample = contiguous.reshape(-1)[indices]
-            sample_raw = sample.view(np.uint8) if sample.size else np.zeros(0, np.uint8)
-            sample_offset = self._data_end
-            sample_count = int(sample.size)
-            self._append_data(sample_raw)
-            offset = -1
+            sample = contiguous.reshape(-1)[fmt.sample_indices(contiguous.size)]
+            fields.update(offset=-1, sample_offset=self._data_end, sample_count=int(sample.size))
+            self._append_data(sample.view(np.uint8) if sample.size else np.zeros(0, np.uint8))
+        fields.update(stats)
         texts = (name, dtype_name, json.dumps(list(array.shape)), digest,
                  json.dumps({k: v for k, v in meta.items() if v is not None}, default=str))
         encoded = [text.encode("utf-8") for text in texts]
-        row = np.zeros(1, dtype=self._row_dtype)
-        row["kind"] = fmt.KINDS.index(kind)
-        row["call"] = call
-        row["step"] = self._step
-        row["stored"] = 1 if keep_values else 0
-        row["offset"] = offset
-        row["nbytes"] = nbytes
-        row["sample_offset"] = sample_offset
-        row["sample_count"] = sample_count
-        for field in STAT_FIELDS:
-            row[field] = stats[field]
-        row["strings_offset"] = self._strings_end
         for field, raw_text in zip(fmt.TEXT_FIELDS, encoded):
-            row[f"{field}_len"] = len(raw_text)
+            fields[f"{field}_len"] = len(raw_text)
+        row = tuple(fields[field] for field in self._row_dtype.names)
         block = b"".join(encoded)
         self._strings_end += len(block)
         self._pending_strings.append(block)
@@ -194,7 +179,7 @@ class Recorder:
         self._write_pending_data()
         if not self._pending:
             return
-        rows = np.concatenate(self._pending)
+        rows = np.array(self._pending, dtype=self._row_dtype)
         start, end = self._count, self._count + rows.size
         strings = np.frombuffer(b"".join(self._pending_strings), dtype=np.uint8)
         try:

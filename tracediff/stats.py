@@ -11,7 +11,7 @@ from .dtypes import as_float
 STAT_FIELDS = ("numel", "min", "max", "mean", "std", "l2", "nan", "inf", "zero_frac")
 
 # Elements per pass: small enough that each chunk stays in cache while several reductions read it.
-CHUNK = 1 << 17
+CHUNK = 1 << 18
 
 
 def summarize(array: np.ndarray) -> dict:

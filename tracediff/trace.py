@@ -73,6 +73,12 @@ class Record:
         raw = self._trace._read_bytes(self._offset, self.nbytes, self)
         return raw.view(dtype).reshape(self.shape)
 
+    def check_span(self):
+        """Refuse, as ``read()`` would, a stored record whose bytes the index places outside the
+        data; reads nothing."""
+        if self.stored:
+            self._trace._check_span(self._offset, self.nbytes, self)
+
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         """(flat indices, values) of the seeded sample a record keeps; the whole tensor when stored."""
         indices = fmt.sample_indices(self.numel)
@@ -292,7 +298,7 @@ class Trace:
             raise TraceFormatError(f"{self.path} is damaged: record {index} declares shape {list(shape)}")
         return shape
 
-    def _read_bytes(self, offset, nbytes, record) -> np.ndarray:
+    def _check_span(self, offset, nbytes, record):
         dtype = numpy_dtype(record.dtype)
         expected = math.prod(record.shape) * dtype.itemsize if record.stored else None
         if (offset < 0 or nbytes < 0 or offset + nbytes > self._data_size
@@ -300,6 +306,9 @@ class Trace:
             raise TraceFormatError(
                 f"{self.path} is damaged: record {record.index} ({record.name!r}) points outside "
                 "the stored data; record it again")
+
+    def _read_bytes(self, offset, nbytes, record) -> np.ndarray:
+        self._check_span(offset, nbytes, record)
         if nbytes == 0:
             return np.zeros(0, np.uint8)
         out = np.empty(nbytes, np.uint8)

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from ..format import tensor_hash
+from ..format import hash_algorithm, tensor_hash
 from .context import CheckContext, is_float_record, op_family, values
 from .result import CheckResult, skip
 
@@ -105,8 +105,10 @@ def _passes(ctx: CheckContext) -> list:
 def _fingerprint(records) -> tuple:
     """Identity of a group of records (inputs, parameters): names, shapes and content hashes."""
     out = []
+    # v2 hashes every record; a v1 trace hashed (with SHA-256) its stats-only records alone
+    algorithm = next((hash_algorithm(r.hash) for r in records if r.hash), "xxh3")
     for r in records:
-        digest = r.hash or (tensor_hash(r.read()) if r.stored else "")
+        digest = r.hash or (tensor_hash(r.read(), algorithm) if r.stored else "")
         out.append((r.name, r.shape, r.dtype, digest))
     return tuple(out)
 

@@ -24,7 +24,8 @@ def add_arguments(parser):
                         help="sizes of dynamic axes, e.g. batch=3,seq=7")
     parser.add_argument("--out", required=True, metavar="TRACE", help="trace file to write")
     parser.add_argument("--max-memory", metavar="SIZE",
-                        help="most node outputs held at once, e.g. 512MB (default 256MiB)")
+                        help="most node outputs (and, with --loss, gradients) held at once, "
+                             "e.g. 512MB (default 256MiB)")
     parser.add_argument("--provider", action="append", metavar="NAME",
                         help="onnxruntime execution provider (cuda, cpu, ...); default cpu")
     parser.add_argument("--loss", choices=("cross_entropy", "mse", "sum"),
