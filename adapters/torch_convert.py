@@ -105,14 +105,14 @@ def release_staging():
 class HostWriter:
     """Writes tensors to a Recorder in the order they arrive.
 
-    CPU tensors are written at once, in the hook: nothing is copied, and a later in-place op
-    cannot change what was recorded. CUDA tensors are copied into pooled pinned host buffers
-    with non-blocking copies on the current stream, so the model is not stalled; a background
-    thread waits for each copy (a CUDA event) and writes it while the model runs on. While GPU
-    copies are queued, CPU tensors are staged into the same queue to keep the execution order.
+    Inline (``background=False``), CPU tensors are written at once, in the hook: nothing is
+    copied, and a later in-place op cannot change what was recorded. Otherwise the hook copies
+    each tensor into a staging buffer from ``STAGING`` (pinned, with a non-blocking copy on the
+    current stream and a CUDA event, for a GPU tensor, which always takes this path) and
+    returns; one thread waits for each copy and writes it while the model runs on. CPU tensors
+    that arrive while copies are queued are staged too, to keep the execution order.
     ``drain()`` waits until everything queued is written; at most ``budget`` bytes wait in the
-    queue (the model thread waits beyond that). ``background=True`` sends CPU tensors through
-    the thread too, each copied into a staging buffer from ``STAGING``.
+    queue (the model thread waits beyond that).
     """
 
     def __init__(self, recorder, budget: int = PENDING_BUDGET, background: bool = False):
@@ -147,7 +147,7 @@ class HostWriter:
         self._raise_error()
 
     def close(self, raise_errors: bool = True):
-        """Write what is queued (unless a write failed), stop the thread, free the buffers."""
+        """Write what is queued (unless a write failed) and stop the thread."""
         try:
             if raise_errors:
                 self.drain()
