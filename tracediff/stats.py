@@ -1,6 +1,7 @@
 """Summary statistics computed while writing, so that listing a trace reads no tensor data."""
 from __future__ import annotations
 
+import functools
 import math
 import threading
 
@@ -63,8 +64,8 @@ class _Moments:
         self.lo = min(self.lo, lo)
         self.hi = max(self.hi, hi)
         total = sumsq = m2 = math.inf
-        ones = _ONES.get(chunk.dtype)
-        if ones is not None:
+        if chunk.dtype in _BLAS_TYPES:
+            ones = _ones(chunk.dtype)
             # Two BLAS dots (sum and sum of squares) read the chunk twice and allocate nothing.
             # The variance from them cancels when |mean| dominates the spread: such chunks
             # are centred first. Sums that overflow the chunk's type take the float64 path.
@@ -98,8 +99,12 @@ class _Moments:
                 "l2": math.sqrt(self.sumsq)}
 
 
-_ONES = {np.dtype(np.float32): np.ones(CHUNK, dtype=np.float32),
-         np.dtype(np.float64): np.ones(CHUNK, dtype=np.float64)}
+_BLAS_TYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+@functools.lru_cache(maxsize=None)  # made on first use: opening a trace needs none
+def _ones(dtype) -> np.ndarray:
+    return np.ones(CHUNK, dtype=dtype)
 
 
 _local = threading.local()
