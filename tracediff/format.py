@@ -69,20 +69,17 @@ def text_attribute(value: str):
     return np.array(raw, dtype=h5py.string_dtype("utf-8", max(1, len(raw))))
 
 
+@functools.lru_cache(maxsize=4096)  # a model's tensors repeat a few sizes, step after step
 def sample_indices(numel: int) -> np.ndarray:
     """The flat indices a stats-only record keeps: seeded by the size alone, so two traces of
-    tensors with the same shape sample the same elements and can be compared."""
-    return _sample_indices(int(numel))
-
-
-@functools.lru_cache(maxsize=4096)  # a model's tensors repeat a few sizes, step after step
-def _sample_indices(numel: int) -> np.ndarray:
+    tensors with the same shape sample the same elements and can be compared. Read-only: the
+    array is shared by every caller."""
     if numel <= SAMPLE_SIZE:
         indices = np.arange(numel, dtype=np.int64)
     else:
         rng = np.random.default_rng(numel)
         indices = np.sort(rng.choice(numel, SAMPLE_SIZE, replace=False)).astype(np.int64)
-    indices.flags.writeable = False  # shared by every caller
+    indices.flags.writeable = False
     return indices
 
 

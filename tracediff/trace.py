@@ -245,17 +245,12 @@ class Trace:
     def _read_strings(self, strings, nbytes) -> bytes:
         if nbytes == 0:
             return b""
-        out = np.empty(nbytes, np.uint8)
         try:
-            file_space = strings.id.get_space()
-            file_space.select_hyperslab((0,), (nbytes,))
-            strings.id.read(h5py.h5s.create_simple((nbytes,)), file_space, out)
+            return _read_range(strings, 0, nbytes).tobytes()
         except (OSError, ValueError) as exc:  # HDF5 found a bad checksum, chunk or filter
-            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise TraceFormatError(
-                f"{self.path} is damaged: the index strings cannot be read ({text}); "
+                f"{self.path} is damaged: the index strings cannot be read ({_first_line(exc)}); "
                 "record it again") from None
-        return out.tobytes()
 
     def _build_records(self, count, columns, texts) -> list:
         """Records from the index columns and their text fields (a Python loop over 100,000
@@ -311,17 +306,12 @@ class Trace:
         self._check_span(offset, nbytes, record)
         if nbytes == 0:
             return np.zeros(0, np.uint8)
-        out = np.empty(nbytes, np.uint8)
         try:
-            file_space = self._data.id.get_space()
-            file_space.select_hyperslab((offset,), (nbytes,))
-            self._data.id.read(h5py.h5s.create_simple((nbytes,)), file_space, out)
+            return _read_range(self._data, offset, nbytes)
         except (OSError, ValueError) as exc:  # HDF5 found a bad checksum, chunk or filter
-            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise TraceFormatError(
                 f"{self.path} is damaged: the data of record {record.index} ({record.name!r}) "
-                f"cannot be read ({text}); record it again") from None
-        return out
+                f"cannot be read ({_first_line(exc)}); record it again") from None
 
     # -- metadata -----------------------------------------------------------------------------
     @property
@@ -415,7 +405,7 @@ def _open_h5(path) -> h5py.File:
                 raise
         return h5py.File(path, "r", libver="latest", swmr=True, locking=False)
     except Exception as exc:
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        text = _first_line(exc)
         if "truncated file" in text:
             raise TraceFormatError(
                 f"cannot open trace {path}: the file is truncated (shorter than its header "
@@ -440,6 +430,19 @@ def _plain(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     return value
+
+
+def _read_range(dataset, start: int, count: int) -> np.ndarray:
+    """``count`` bytes of a 1-D uint8 dataset from ``start``, through h5py's low-level API."""
+    out = np.empty(count, np.uint8)
+    file_space = dataset.id.get_space()
+    file_space.select_hyperslab((start,), (count,))
+    dataset.id.read(h5py.h5s.create_simple((count,)), file_space, out)
+    return out
+
+
+def _first_line(exc) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _texts_v1(columns) -> dict:
