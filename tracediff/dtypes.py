@@ -75,8 +75,9 @@ def as_float(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def to_array(value) -> np.ndarray:
-    """Turn anything with ``__array__`` into a NumPy array; refuse ragged and object input."""
+def to_array(value) -> tuple[np.ndarray, str]:
+    """Anything with ``__array__`` as a NumPy array and its logical dtype name; ragged and
+    object input are refused."""
     if isinstance(value, np.ndarray):
         array = value
     else:
@@ -86,5 +87,4 @@ def to_array(value) -> np.ndarray:
             raise TraceDiffError(
                 f"value cannot be recorded: it is ragged ({exc.args[0].splitlines()[0]}); "
                 "pad it to a rectangular shape or record each part separately") from exc
-    logical_name(array.dtype)
-    return array
+    return array, logical_name(array.dtype)

@@ -14,7 +14,7 @@ import numpy as np
 
 from . import format as fmt
 from ._version import __version__
-from .dtypes import logical_name, to_array
+from .dtypes import to_array
 from .errors import TraceDiffError
 from .stats import summarize
 
@@ -135,8 +135,7 @@ class Recorder:
             raise TraceDiffError(f"unknown record kind {kind!r}: use one of {', '.join(fmt.KINDS)}")
         if not isinstance(name, str) or not name:
             raise TraceDiffError(f"record name must be a non-empty string, got {name!r}")
-        array = to_array(value)
-        dtype_name = logical_name(array.dtype)
+        array, dtype_name = to_array(value)
         key = (kind, name)
         if call is None:
             call = self._calls[key]
