@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import TraceDiffError
+from ..errors import TraceDiffError, first_line
 from .onnx_names import parameter_aliases
 from .onnx_vjp import NEEDS_VALUES, RULES
 
@@ -563,7 +563,7 @@ def _prepared(model, feeds, providers, budget=None):
         except Exception as exc:
             raise TraceDiffError(
                 f"cannot convert the model from opset {opset} to {MIN_OPSET} for its gradient "
-                f"graph ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                f"graph ({type(exc).__name__}: {first_line(exc, '')}); "
                 f"re-export it with opset_version={MIN_OPSET}") from None
     ordered = _sorted_nodes(model_copy.graph)
     del model_copy.graph.node[:]

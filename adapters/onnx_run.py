@@ -9,7 +9,7 @@ import tempfile
 import onnx
 import onnxruntime as ort
 
-from ..errors import TraceDiffError
+from ..errors import TraceDiffError, first_line
 from .onnx_plan import group_model, initializer_arrays_nbytes, last_reads
 
 # protobuf cannot serialize 2 GiB; larger groups go to onnxruntime through a file with
@@ -65,8 +65,7 @@ def make_session(model, providers, initializer_nbytes=0):
                             size_threshold=1024)
             return ort.InferenceSession(path, session_options(), providers=providers)
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise TraceDiffError(f"onnxruntime cannot load the model: {text}") from None
+        raise TraceDiffError(f"onnxruntime cannot load the model: {first_line(exc)}") from None
 
 
 def run_groups(model, nodes, groups, feeds, initializers, providers):
@@ -87,8 +86,7 @@ def run_groups(model, nodes, groups, feeds, initializers, providers):
         try:
             values = session.run(group.outputs, {t: carried[t] for t in group.inputs})
         except Exception as exc:
-            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise TraceDiffError(f"onnxruntime failed while running the model: {text}") from None
+            raise TraceDiffError(f"onnxruntime failed while running the model: {first_line(exc)}") from None
         del session
         results = dict(zip(group.outputs, values))
         del values

@@ -15,7 +15,7 @@ import numpy as np
 from . import format as fmt
 from ._version import __version__
 from .dtypes import to_array
-from .errors import TraceDiffError
+from .errors import TraceDiffError, first_line
 from .stats import summarize
 
 
@@ -338,6 +338,6 @@ def _write_error(path, exc) -> str:
         return f"cannot write trace {path}: the disk is full; free space and record again"
     if "Permission denied" in text or "errno = 13" in text or "Read-only" in text:
         return f"cannot write trace {path}: permission denied; choose a writable folder"
-    return f"cannot write trace {path}: {text.splitlines()[0] if text else type(exc).__name__}"
+    return f"cannot write trace {path}: {first_line(exc)}"
 
 

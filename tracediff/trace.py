@@ -13,7 +13,7 @@ import numpy as np
 
 from . import format as fmt
 from .dtypes import numpy_dtype
-from .errors import IncompleteTraceWarning, TraceDiffError, TraceFormatError
+from .errors import IncompleteTraceWarning, TraceDiffError, TraceFormatError, first_line
 from .stats import STAT_FIELDS
 
 MAX_NDIM = 64
@@ -113,7 +113,7 @@ class Trace:
             self._file.close()
             raise TraceFormatError(
                 f"{self.path} is a damaged tracediff trace ({type(exc).__name__}: "
-                f"{str(exc).splitlines()[0] if str(exc) else 'unreadable index'}); record it again") from None
+                f"{first_line(exc, 'unreadable index')}); record it again") from None
 
     def _load(self, warn_incomplete):
         f = self._file
@@ -249,7 +249,7 @@ class Trace:
             return _read_range(strings, 0, nbytes).tobytes()
         except (OSError, ValueError) as exc:  # HDF5 found a bad checksum, chunk or filter
             raise TraceFormatError(
-                f"{self.path} is damaged: the index strings cannot be read ({_first_line(exc)}); "
+                f"{self.path} is damaged: the index strings cannot be read ({first_line(exc)}); "
                 "record it again") from None
 
     def _build_records(self, count, columns, texts) -> list:
@@ -311,7 +311,7 @@ class Trace:
         except (OSError, ValueError) as exc:  # HDF5 found a bad checksum, chunk or filter
             raise TraceFormatError(
                 f"{self.path} is damaged: the data of record {record.index} ({record.name!r}) "
-                f"cannot be read ({_first_line(exc)}); record it again") from None
+                f"cannot be read ({first_line(exc)}); record it again") from None
 
     # -- metadata -----------------------------------------------------------------------------
     @property
@@ -405,7 +405,7 @@ def _open_h5(path) -> h5py.File:
                 raise
         return h5py.File(path, "r", libver="latest", swmr=True, locking=False)
     except Exception as exc:
-        text = _first_line(exc)
+        text = first_line(exc)
         if "truncated file" in text:
             raise TraceFormatError(
                 f"cannot open trace {path}: the file is truncated (shorter than its header "
@@ -439,10 +439,6 @@ def _read_range(dataset, start: int, count: int) -> np.ndarray:
     file_space.select_hyperslab((start,), (count,))
     dataset.id.read(h5py.h5s.create_simple((count,)), file_space, out)
     return out
-
-
-def _first_line(exc) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def _texts_v1(columns) -> dict:

@@ -7,7 +7,7 @@ import sys
 import warnings
 
 from .._version import __version__
-from ..errors import IncompleteTraceWarning, TraceDiffError
+from ..errors import IncompleteTraceWarning, TraceDiffError, first_line
 
 VERBS = {
     "show": "list the records of a trace",
@@ -65,8 +65,7 @@ def main(argv=None) -> int:
         except Exception as exc:  # an unexpected failure is still one line without --debug
             if debug:
                 raise
-            text = str(exc).splitlines()[0] if str(exc) else ""
-            print(f"tracediff {args.verb}: error: {type(exc).__name__}: {text} "
+            print(f"tracediff {args.verb}: error: {type(exc).__name__}: {first_line(exc, '')} "
                   "(run again with --debug for the traceback)", file=sys.stderr)
             return EXIT_ERROR
 
