@@ -74,13 +74,23 @@ class Capture:
 
     def outputs(self, module, path, name, output):
         """Write every tensor of one module (or op) output; hook it for its gradient."""
+        self._write_tensors(output, name, lambda t: module_meta(module, path, t))
+
+    def _write_tensors(self, output, name, meta_of):
+        """``forward`` records of the tensors in ``output`` (this call of ``name``) and gradient
+        hooks on them, as the selection wants; ``meta_of(tensor)`` is asked only for tensors
+        something is kept of."""
         call = self._calls[name]
         self._calls[name] += 1
         for record_name, t in named_tensors(output, name):
-            meta = module_meta(module, path, t)
-            if self.selection.wants("forward", record_name):
+            forward = self.selection.wants("forward", record_name)
+            backward = self.grads and t.requires_grad and self.selection.wants("backward", record_name)
+            if not (forward or backward):
+                continue
+            meta = meta_of(t)
+            if forward:
                 self.writer.write("forward", record_name, t, call=call, **meta)
-            if self.grads and t.requires_grad and self.selection.wants("backward", record_name):
+            if backward:
                 self._watch_grad(t, record_name, call, meta)
 
     def parameters(self, grads=True, trainable=None):
@@ -146,14 +156,8 @@ class Capture:
         name = f"{path or ROOT}/{op_name}#{n}"
         self.busy = True
         try:
-            call = self._calls[name]
-            self._calls[name] += 1
-            for record_name, t in named_tensors(output, name):
-                meta = {"op_type": op_name, "module": path, "training": bool(module.training),
-                        **tensor_meta(t)}
-                if self.selection.wants("forward", record_name):
-                    self.writer.write("forward", record_name, t, call=call, **meta)
-                if self.grads and t.requires_grad and self.selection.wants("backward", record_name):
-                    self._watch_grad(t, record_name, call, meta)
+            self._write_tensors(output, name, lambda t: {
+                "op_type": op_name, "module": path, "training": bool(module.training),
+                **tensor_meta(t)})
         finally:
             self.busy = False
