@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from tracediff.errors import TraceDiffError
+from tracediff.recorder import Summary
 
 # torch dtype -> (same-width integer dtype, ml_dtypes name)
 _VIA_INTEGER = {
@@ -21,6 +22,11 @@ _VIA_INTEGER = {
 for _name in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu"):
     if hasattr(torch, _name):
         _VIA_INTEGER[getattr(torch, _name)] = (torch.uint8, _name)
+
+# dtypes that Tensor.numpy() views as they are (quantized dtypes are not among them)
+_NUMPY_NATIVE = frozenset((
+    torch.float16, torch.float32, torch.float64, torch.complex64, torch.complex128, torch.bool,
+    torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64))
 
 # Host-side bytes a writer may hold before it synchronises and writes.
 PENDING_BUDGET = 256 << 20
@@ -34,6 +40,9 @@ def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     CPU tensors are viewed, not copied: write the array before the tensor changes.
     """
     t = tensor.detach()
+    if t.is_cpu and t.dtype in _NUMPY_NATIVE and t.layout is torch.strided and not (
+            t.is_conj() or t.is_neg()):
+        return t.numpy()  # the common case, checked in the fewest calls
     if t.layout != torch.strided:
         t = t.to_dense()
     if t.is_conj():
@@ -129,9 +138,18 @@ class HostWriter:
 
     def write(self, kind, name, tensor, call=None, **meta):
         t = tensor.detach()
-        if t.device.type == "cpu" and not self.background and not self._queue:
+        on_cpu = t.is_cpu
+        if on_cpu and not self.background and not self._queue:
             self._raise_error()
             self._write_now(kind, name, t, call, meta)
+            return
+        if on_cpu and not self.recorder.values:
+            # Stats-only: the statistics, hash and sample are taken here, before the model can
+            # change the tensor; the thread only appends them. No copy of the tensor is made.
+            self._raise_error()
+            summary = self._describe(kind, name, t)
+            if summary is not None:
+                self._put((kind, name, summary, None, call, meta, None))
             return
         if t.device.type in ("cuda", "cpu") and t.layout == torch.strided and not t.is_quantized:
             host, event, buffer = self._stage(t)
@@ -219,17 +237,24 @@ class HostWriter:
                     STAGING.give(buffer, pinned=event is not None)
                 self._cv.notify_all()
 
-    def _write_now(self, kind, name, t, call, meta):
+    def _write_now(self, kind, name, payload, call, meta):
+        """Append a ``Summary`` made in the hook, or describe and append a tensor."""
+        summary = payload if isinstance(payload, Summary) else self._describe(kind, name, payload)
+        if summary is not None:
+            self.recorder.append(kind, name, summary, call=call, **meta)
+
+    def _describe(self, kind, name, t):
         try:
-            array = to_numpy(t)
+            return self.recorder.describe(to_numpy(t))
         except TraceDiffError as exc:
             # A hook must not break the user's model over one tensor we cannot store.
             if name not in self._warned:
                 self._warned.add(name)
-                warnings.warn(f"tracediff: skipped {kind} {name!r}: {exc}", RuntimeWarning, stacklevel=2)
-            return
-        self.recorder.record(kind, name, array, call=call, **meta)
+                warnings.warn(f"tracediff: skipped {kind} {name!r}: {exc}", RuntimeWarning, stacklevel=3)
+            return None
 
 
-def _nbytes(t) -> int:
-    return t.numel() * t.element_size()
+def _nbytes(payload) -> int:
+    if isinstance(payload, Summary):
+        return payload.stored.size
+    return payload.numel() * payload.element_size()

@@ -2,6 +2,8 @@
 layout, role, framework_dtype, device."""
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -23,7 +25,12 @@ _ROLES = {"weight": "weight", "bias": "bias", "running_mean": "running_mean",
 
 
 def tensor_meta(t: torch.Tensor) -> dict:
-    return {"framework_dtype": str(t.dtype), "device": str(t.device)}
+    return {"framework_dtype": _dtype_name(t.dtype), "device": "cpu" if t.is_cpu else str(t.device)}
+
+
+@functools.lru_cache(maxsize=None)
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype)
 
 
 def activation_layout(module: nn.Module, t: torch.Tensor):

@@ -48,11 +48,13 @@ def open_recorder(module, path, *, values, level, compiled, overwrite=False, dim
         framework_version=torch.__version__, overwrite=overwrite, values=values, meta=meta,
         flush_every=flush_every)
     if background is None:
-        background = spare_cpu()
+        background = values and spare_cpu()
     return recorder, HostWriter(recorder, background=background)
 
 
 def spare_cpu() -> bool:
-    """``background=None``: a writer thread pays off (statistics, hashing and HDF5 writes overlap
-    the model) when torch's threads leave a CPU free for it; otherwise it only adds a copy."""
+    """``background=None`` with full tensors: a writer thread pays off (hashing and HDF5 writes
+    overlap the model) when torch's threads leave a CPU free for it; otherwise it only adds a
+    copy. Stats-only records stay in the hook: the thread would save less than the time the
+    model thread then waits for the GIL."""
     return torch.get_num_threads() < (os.cpu_count() or 1)

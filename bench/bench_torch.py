@@ -97,14 +97,30 @@ def timed(fn):
 
 
 def measure(variants, repeats):
-    """Interleave the variants ``repeats`` times (after one warm-up each); median seconds."""
+    """Interleave the variants ``repeats`` times (after one warm-up each): seconds per round."""
     for fn in variants.values():
         fn()
     times = {name: [] for name in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
             times[name].append(timed(fn))
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def summarise(times, base):
+    """{variant: {"ms", "ratio"}}: ms is the median; ratio is the median over rounds of the
+    variant's time over ``base``'s in the same round (paired, so the shared VM's drift between
+    rounds cancels). ``base`` is a variant name, or a list of per-round times measured apart."""
+    paired = isinstance(base, str)
+    base_times = times[base] if paired else base
+    out = {}
+    for name, t in times.items():
+        if paired:
+            ratio = statistics.median(a / b for a, b in zip(t, base_times))
+        else:
+            ratio = statistics.median(t) / statistics.median(base_times)
+        out[name] = {"ms": 1000 * statistics.median(t), "ratio": ratio}
+    return out
 
 
 def tracediff_variants(model, inputs, loss_fn, folder):
@@ -217,9 +233,7 @@ def run_models(make_variants, repeats):
     for name in ("resnet", "gpt2"):
         model, inputs, loss_fn = build(name)
         model.train()
-        medians = measure(make_variants(model, inputs, loss_fn), repeats)
-        base = medians["plain"]
-        results[name] = {k: {"ms": 1000 * v, "ratio": v / base} for k, v in medians.items()}
+        results[name] = summarise(measure(make_variants(model, inputs, loss_fn), repeats), "plain")
     return results
 
 
@@ -250,13 +264,12 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as folder:
         for name in ("resnet", "gpt2"):
             model, inputs, loss_fn = build(name)
-            medians = measure(tracediff_variants(model, inputs, loss_fn, folder), args.repeats)
-            medians.update(measure(recorder_alone_variants(folder), args.repeats))
-            base = medians["plain"]
-            results[name] = {k: {"ms": 1000 * v, "ratio": v / base} for k, v in medians.items()}
+            times = measure(tracediff_variants(model, inputs, loss_fn, folder), args.repeats)
+            results[name] = summarise(times, "plain")
+            alone = measure(recorder_alone_variants(folder), args.repeats)
+            results[name].update(summarise(alone, times["plain"]))
             loops = measure(loop_variants(model, inputs, loss_fn, folder), max(1, args.repeats // 2))
-            loop_base = next(iter(loops.values()))
-            results[name].update({k: {"ms": 1000 * v, "ratio": v / loop_base} for k, v in loops.items()})
+            results[name].update(summarise(loops, next(iter(loops))))
             results[name]["sizes"] = trace_sizes(folder)
     lens = None
     if args.torchlens_python:
@@ -269,7 +282,8 @@ def main(argv=None):
             lens = {"error": (child.stderr.strip().splitlines() or ["no output"])[-1]}
 
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs visible, {THREADS} thread(s), "
-          f"median of {args.repeats} interleaved repeats, load average {os.getloadavg()[0]:.1f}")
+          f"{args.repeats} interleaved rounds: median ms, median of per-round ratios; "
+          f"load average {os.getloadavg()[0]:.1f}")
     for name, rows in results.items():
         sizes = rows.pop("sizes")
         listed = ", ".join(f"{k} {v['records']} records {v['MB']:.2f} MB" for k, v in sizes.items())

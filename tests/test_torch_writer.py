@@ -11,8 +11,12 @@ from tracediff.errors import TraceDiffError  # noqa: E402
 
 
 @pytest.mark.parametrize("background", [False, True])
-def test_records_keep_order_and_the_value_at_write_time(tmp_path, background):
-    with td.Recorder(tmp_path / "t.h5", framework="torch") as rec:
+@pytest.mark.parametrize("values", [True, False])
+def test_records_keep_order_and_the_value_at_write_time(tmp_path, background, values):
+    """Full tensors are copied in the hook for the thread; stats-only records are summarised
+    in the hook and only appended by the thread. Either way an in-place op after the hook
+    changes nothing that was recorded."""
+    with td.Recorder(tmp_path / "t.h5", framework="torch", values=values) as rec:
         writer = HostWriter(rec, background=background)
         tensors = [torch.full((3, 5), float(i)) for i in range(20)]
         for i, t in enumerate(tensors):
@@ -22,8 +26,29 @@ def test_records_keep_order_and_the_value_at_write_time(tmp_path, background):
     trace = td.open(tmp_path / "t.h5")
     assert [r.name for r in trace] == [f"layer{i}" for i in range(20)]
     for i, r in enumerate(trace):
-        np.testing.assert_array_equal(r.read(), np.full((3, 5), float(i), np.float32))
+        expected = np.full((3, 5), float(i), np.float32)
+        if values:
+            np.testing.assert_array_equal(r.read(), expected)
+        else:
+            assert (r.stats["min"], r.stats["max"], r.stats["mean"]) == (i, i, i)
+            assert r.hash == td.format.tensor_hash(expected)
+            np.testing.assert_array_equal(r.sample()[1], expected.reshape(-1))
         assert r.meta == {"op_type": "Test"}
+
+
+@pytest.mark.parametrize("values, threads_left, expected", [
+    (True, True, True), (True, False, False), (False, True, False), (False, False, False)])
+def test_default_writer_thread_only_for_full_tensors_with_a_cpu_free(
+        tmp_path, monkeypatch, values, threads_left, expected):
+    """background=None: full tensors go through the writer thread when torch leaves a CPU
+    free; stats-only records are summarised and appended in the hook."""
+    from tracediff.adapters import torch_session
+
+    monkeypatch.setattr(torch_session, "spare_cpu", lambda: threads_left)
+    recorder, writer = torch_session.open_recorder(
+        torch.nn.Linear(2, 2), tmp_path / "t.h5", values=values, level="module", compiled=False)
+    recorder.close()
+    assert writer.background is expected
 
 
 def test_a_small_budget_makes_the_model_thread_wait_not_fail(tmp_path):

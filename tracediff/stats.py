@@ -9,9 +9,16 @@ import numpy as np
 
 from .dtypes import as_float
 
+try:  # the compiled one-pass kernel (tracediff/_moments.c); NumPy does the same when it is missing
+    from ._moments import moments as _kernel
+except ImportError:  # pragma: no cover - a build without a C compiler
+    _kernel = None
+
 STAT_FIELDS = ("numel", "min", "max", "mean", "std", "l2", "nan", "inf", "zero_frac")
 
-# Elements per pass: small enough that each chunk stays in cache while several reductions read it.
+# Elements per NumPy pass: small enough that each chunk stays in cache while several reductions
+# read it. The compiled kernel reads float32/float64 arrays whole, in its own cache-sized blocks;
+# other types reach it chunk by chunk, converted.
 CHUNK = 1 << 18
 
 
@@ -25,11 +32,24 @@ def summarize(array: np.ndarray) -> dict:
         return {"numel": 0, "min": math.nan, "max": math.nan, "mean": math.nan, "std": math.nan,
                 "l2": 0.0, "nan": 0, "inf": 0, "zero_frac": 0.0}
     flat = array.reshape(-1)
+    if _kernel is not None and flat.dtype in _KERNEL_TYPES:
+        n, mean, m2, sumsq, lo, hi, nan, inf, zeros = _kernel(np.ascontiguousarray(flat))
+        if n == 0:
+            mean = lo = hi = std = l2 = math.nan
+        else:
+            std, l2 = math.sqrt(max(m2 / n, 0.0)), math.sqrt(sumsq)
+        return {"numel": numel, "min": lo, "max": hi, "mean": mean, "std": std, "l2": l2,
+                "nan": nan, "inf": inf, "zero_frac": zeros / numel}
     is_zero = _scratch()
     moments = _Moments()
     nan = inf = zeros = 0
     for start in range(0, numel, CHUNK):
         chunk = as_float(flat[start:start + CHUNK])  # a float (or complex) chunk from here on
+        if _kernel is not None and chunk.dtype in _KERNEL_TYPES:
+            n, mean, m2, sumsq, lo, hi, n_nan, n_inf, n_zero = _kernel(np.ascontiguousarray(chunk))
+            nan, inf, zeros = nan + n_nan, inf + n_inf, zeros + n_zero
+            moments.fold(n, mean, m2, sumsq, lo, hi)
+            continue
         zeros += int(np.count_nonzero(np.equal(chunk, 0, out=is_zero[:chunk.size])))
         if chunk.dtype.kind == "c":
             chunk = np.abs(chunk)
@@ -47,6 +67,7 @@ def summarize(array: np.ndarray) -> dict:
     return {"numel": numel, **moments.result(), "nan": nan, "inf": inf, "zero_frac": zeros / numel}
 
 
+
 class _Moments:
     """Per-chunk sums folded together with Chan et al.'s pairwise combination (float64)."""
 
@@ -61,8 +82,6 @@ class _Moments:
     def add(self, chunk: np.ndarray, lo: float, hi: float):
         """Fold in a non-empty chunk of finite values whose extremes are ``lo`` and ``hi``."""
         n = int(chunk.size)
-        self.lo = min(self.lo, lo)
-        self.hi = max(self.hi, hi)
         total = sumsq = m2 = math.inf
         if chunk.dtype in _BLAS_TYPES:
             ones = _ones(chunk.dtype)
@@ -83,7 +102,14 @@ class _Moments:
             centered = wide - total / n
             m2 = float(np.dot(centered, centered))
             sumsq = float(np.dot(wide, wide))
-        mean = total / n
+        self.fold(n, total / n, m2, sumsq, lo, hi)
+
+    def fold(self, n: int, mean: float, m2: float, sumsq: float, lo: float, hi: float):
+        """Fold in ``n`` finite values summarised by their moments and extremes."""
+        if n == 0:
+            return
+        self.lo = min(self.lo, lo)
+        self.hi = max(self.hi, hi)
         combined = self.n + n
         delta = mean - self.mean
         self.mean += delta * n / combined
@@ -100,6 +126,7 @@ class _Moments:
 
 
 _BLAS_TYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_KERNEL_TYPES = (np.dtype("=f4"), np.dtype("=f8"))  # native byte order only
 
 
 @functools.lru_cache(maxsize=None)  # made on first use: opening a trace needs none
