@@ -8,7 +8,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: demo test bench clean browser
 
-$(STAMP): pyproject.toml constraints-dev.txt tracediff/_moments.c
+$(STAMP): pyproject.toml constraints-dev.txt tracediff/_moments.c tracediff/_compare.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints-dev.txt -e '.[all,test]'
 	@touch $(STAMP)

@@ -12,12 +12,18 @@ import numpy as np
 from ..dtypes import as_float
 from .tolerances import SCALE_FLOOR
 
+try:  # the compiled one-pass comparison (tracediff/_compare.c); the NumPy path below otherwise
+    from .._compare import at_least as _at_least, compare as _kernel
+except ImportError:  # pragma: no cover - a build without a C compiler
+    _kernel = _at_least = None
+
 CHUNK = 1 << 15            # elements per chunk (256 KiB in float64: stays in cache)
 EXACT_P99_LIMIT = 1 << 20  # above this, p99 and the minimal tolerances are estimated (see compare)
 WORST = 10
 SAME_CHUNK = 1 << 16       # words per step of the identical-bytes check
 P99_SELECT_MIN = 1 << 14   # pools smaller than this go to np.percentile directly
 P99_SAMPLE = 1 << 12       # values sampled to place the threshold of the top percent
+_KERNEL_TYPES = (np.dtype("=f4"), np.dtype("=f8"))
 
 
 def work_dtype(a: np.ndarray, b: np.ndarray) -> np.dtype:
@@ -119,7 +125,7 @@ class Comparison:
         return out
 
 
-@np.errstate(invalid="ignore", over="ignore")  # inf - inf: NaN/Inf are counted, not warned about
+@np.errstate(invalid="ignore", over="ignore", divide="ignore")  # NaN/Inf are counted, not warned about
 def compare(a: np.ndarray, b: np.ndarray, rtol: float, atol: float, *, b_rms=None,
             a_l2=None, b_l2=None, flat_index=None, logical_shape=None) -> Comparison:
     """Compare ``a`` (candidate) with ``b`` (reference), elementwise.
@@ -132,10 +138,12 @@ def compare(a: np.ndarray, b: np.ndarray, rtol: float, atol: float, *, b_rms=Non
     Exact for tensors up to EXACT_P99_LIMIT elements. Above, chunks whose largest difference is
     within tolerance everywhere are sampled (one in eight) for ``max_rel``, ``min_rtol`` and
     ``min_atol``, and ``p99`` comes from about EXACT_P99_LIMIT elements of the sampled chunks;
-    the verdict, mismatch count, maxima, norms and cosine stay exact.
+    the verdict, mismatch count, maxima, norms and cosine stay exact. The compiled kernel
+    (two float32 or two float64 arrays, all finite) takes every statistic but p99 exactly.
     """
     shape = tuple(logical_shape if logical_shape is not None else b.shape)
     work = work_dtype(a, b)
+    rtol, atol = float(rtol), float(atol)
     fa = a.reshape(-1)
     fb = b.reshape(-1)
     n = fb.size
@@ -144,12 +152,20 @@ def compare(a: np.ndarray, b: np.ndarray, rtol: float, atol: float, *, b_rms=Non
     if b_rms is None:
         b_rms = b_l2 / math.sqrt(n) if (b_l2 is not None and n) else rms_of(b)
     floor = SCALE_FLOOR * float(b_rms)
-    rel_floor = atol if atol > 0 else np.finfo(np.float64).tiny
+    rel_floor = atol if atol > 0 else float(np.finfo(np.float64).tiny)
     exact = n <= EXACT_P99_LIMIT
     stride = 1 if exact else int(math.ceil(n / EXACT_P99_LIMIT))
     detail_stride = 1 if exact else 8
     screen = atol + rtol * floor          # no element with |a-b| <= screen can fail
     norms_given = a_l2 is not None and b_l2 is not None and work.kind != "c"
+    if (_kernel is not None and fa.dtype == work and fb.dtype == work and work in _KERNEL_TYPES
+            and _compare_in_one_pass(result, fa, fb, rtol, atol, floor, rel_floor,
+                                     keep=CHUNK if exact else max(1, min(CHUNK, CHUNK * detail_stride // stride)),
+                                     every=detail_stride)):
+        if norms_given:
+            result.sum_aa, result.sum_bb = float(a_l2) ** 2, float(b_l2) ** 2
+            result.sum_ab = 0.5 * (result.sum_aa + result.sum_bb - result.sum_sq)
+        return _to_flat_indices(result, flat_index, n)
     p99_parts = []
     excluded = 0
     # preallocated chunk buffers: fresh temporaries of this size cost a page fault per page
@@ -209,6 +225,31 @@ def compare(a: np.ndarray, b: np.ndarray, rtol: float, atol: float, *, b_rms=Non
         result.p99 = percentile99(pool) if pool.size else 0.0
     result.min_rtol = max(0.0, result.min_rtol)
     result.min_atol = max(0.0, result.min_atol)
+    return _to_flat_indices(result, flat_index, n)
+
+
+def _compare_in_one_pass(result, fa, fb, rtol, atol, floor, rel_floor, keep, every) -> bool:
+    """``compare``'s statistics from the compiled kernel (tracediff/_compare.c): same per-element
+    arithmetic, so the same verdict; every statistic but p99 is exact at any size. False when
+    a NaN or an Inf is found: the NumPy path then counts and places them."""
+    pool = np.empty(sum(min(keep, fa.size - start) for start in range(0, fa.size, CHUNK * every)),
+                    fa.dtype)
+    got = _kernel(np.ascontiguousarray(fa), np.ascontiguousarray(fb), rtol, atol, floor, rel_floor,
+                  pool, CHUNK, every, keep)
+    if got is None:
+        return False
+    (result.max_abs, result.argmax_flat, result.sum_abs, result.sum_sq, result.sum_aa,
+     result.sum_bb, result.sum_ab, result.mismatches, result.min_atol, result.max_rel,
+     result.min_rtol, worst, pooled) = got
+    idx = np.asarray(worst, dtype=np.int64)
+    result.worst_idx, result.worst_a, result.worst_b = idx, fa[idx], fb[idx]
+    result.worst_abs = np.abs(result.worst_a - result.worst_b).astype(np.float64)
+    result.p99 = percentile99(pool[:pooled]) if pooled else 0.0
+    return True
+
+
+def _to_flat_indices(result, flat_index, n):
+    """Positions in a flat sample back to flat indices of the whole tensor."""
     if flat_index is not None:
         result.argmax_flat = int(flat_index[result.argmax_flat]) if n else 0
         result.worst_idx = np.asarray(flat_index)[result.worst_idx] if n else result.worst_idx
@@ -233,7 +274,10 @@ def percentile99(pool: np.ndarray) -> float:
     # a threshold from a sample: about twice as many values above it as needed
     rank = max(0, sample.size - 1 - int(2 * above_count * sample.size / n) - 1)
     threshold = np.partition(sample, rank)[rank]
-    top = pool[pool >= threshold]
+    if _at_least is not None and pool.dtype in _KERNEL_TYPES and pool.flags.c_contiguous:
+        top = pool[:_at_least(pool, float(threshold), above_count)]  # moved to the front
+    else:
+        top = pool[pool >= threshold]
     if top.size < above_count:        # the sample misled: select over everything
         return float(np.percentile(pool, 99, overwrite_input=True))
     first = top.size - above_count     # rank ``below`` within ``top``

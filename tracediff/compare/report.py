@@ -1,6 +1,7 @@
 """The diff report: pairs, first divergences, unmatched records; strict JSON and renderers."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -116,7 +117,7 @@ class Report:
 
     def to_json(self, path=None) -> str:
         """The report as strict JSON (no NaN/Infinity tokens); written to ``path`` if given."""
-        text = json.dumps(self.to_dict(), indent=1, allow_nan=False)
+        text = json_lines(self.to_dict())
         if path is not None:
             _write(path, text)
         return text
@@ -152,6 +153,21 @@ def _write(path, text):
             handle.write(text)
     except OSError as exc:
         raise TraceDiffError(f"cannot write report {path}: {exc.strerror}; choose a writable path") from None
+
+
+def json_lines(report: dict) -> str:
+    """Strict JSON with one top-level field, and one pair, a line: as readable in a diff or a
+    pager as ``indent=1``, but made by the C encoder (``indent`` takes the pure-Python one,
+    0.2-0.4 s for a few hundred pairs)."""
+    dumps = functools.partial(json.dumps, allow_nan=False)
+    fields = []
+    for key, value in report.items():
+        if isinstance(value, list) and value:
+            value_text = "[\n  " + ",\n  ".join(map(dumps, value)) + "\n ]"
+        else:
+            value_text = dumps(value)
+        fields.append(f" {dumps(key)}: {value_text}")
+    return "{\n" + ",\n".join(fields) + "\n}"
 
 
 def strict(value):

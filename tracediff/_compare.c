@@ -1,0 +1,315 @@
+/* The diff engine's comparison of two same-sized float32 or float64 arrays in one pass, for
+ * tracediff.compare.metrics.compare (which keeps the NumPy path for every other case).
+ *
+ * compare(a, b, rtol, atol, floor, rel_floor, pool, chunk, every, keep)
+ *   -> None when a or b holds a NaN or an Inf (the caller then takes the NumPy path), else
+ *      (max_abs, argmax, sum_abs, sum_sq, sum_aa, sum_bb, sum_ab, mismatches, min_atol,
+ *       max_rel, min_rtol, worst, pooled)
+ *
+ * Per element, in the arrays' own precision as NumPy computes it (d = a - b, |d|, the scale
+ * max(|b|, floor), the excess |d| - rtol * scale, ...), so the verdict is the NumPy path's:
+ * an element fails when its excess is above atol. Sums are taken per block in that precision
+ * (vector lanes of BLOCK / lanes terms each) and across blocks in double. ``worst`` lists the
+ * flat indices of the (at most) 10 largest |d|, the earliest first among equals. ``pool``
+ * receives |d| of the first ``keep`` elements of every ``every``-th chunk of ``chunk``
+ * elements (the values the caller takes p99 from); ``pooled`` is how many were written.
+ * at_least(values, threshold, minimum) -> count: the values >= threshold moved to the front,
+ * for the p99 selection.
+ * The GIL is released.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <string.h>
+
+#define WORST 10
+
+typedef struct {
+    double max_abs, sum_abs, sum_sq, sum_aa, sum_bb, sum_ab, min_atol, max_rel, min_rtol;
+    Py_ssize_t argmax, mismatches, pooled;
+    Py_ssize_t worst_idx[WORST];
+    double worst_abs[WORST];
+    int worst_n;
+    int nonfinite;
+} Result;
+
+static void keep_worst(Result *r, Py_ssize_t index, double value)
+{
+    /* insertion into a list sorted by decreasing value; among equals the earlier index stays */
+    int n = r->worst_n;
+    if (n == WORST && value <= r->worst_abs[WORST - 1])
+        return;
+    int at = n < WORST ? n : WORST - 1;
+    while (at > 0 && r->worst_abs[at - 1] < value) {
+        r->worst_abs[at] = r->worst_abs[at - 1];
+        r->worst_idx[at] = r->worst_idx[at - 1];
+        at--;
+    }
+    r->worst_abs[at] = value;
+    r->worst_idx[at] = index;
+    if (n < WORST)
+        r->worst_n = n + 1;
+}
+
+#define BLOCK 1024
+#define SIMD_REDUCTIONS "omp simd reduction(+:bad,fails,s_abs,s_sq,s_aa,s_bb,s_ab) reduction(max:block_max,excess_max,rel_max,ratio_max) reduction(|:zero_over)"
+
+/* Each block of BLOCK elements: one vectorised sweep takes |d| (kept in a block buffer), the
+ * sums and the detail statistics; the rare follow-ups (a new maximum, a new worst element,
+ * the p99 pool) read the block buffer. Elements with d == 0 change no statistic but the sums
+ * (their excess and ratio are <= 0, and the caller's statistics start at 0). */
+#define DEFINE_COMPARE(NAME, T, ABS)                                                           \
+    static TARGETS void NAME(const T *a, const T *b, Py_ssize_t n, double rtol_d,               \
+                             double atol_d, double floor_d, double rel_floor_d, T *pool,        \
+                             Py_ssize_t chunk, Py_ssize_t every, Py_ssize_t keep, Result *r)    \
+    {                                                                                          \
+        const T rtol = (T)rtol_d, atol = (T)atol_d, floor_ = (T)floor_d;                       \
+        const T rel_floor = (T)rel_floor_d;                                                    \
+        const T scale_floor = floor_ > 0 ? floor_ : 0; /* |b| >= 0: max(|b|, 0) is |b| */      \
+        T max_abs = 0, min_atol = 0, max_rel = 0, min_rtol = 0;                                \
+        int zero_scale_over = 0;                                                               \
+        double sum_abs = 0, sum_sq = 0, sum_aa = 0, sum_bb = 0, sum_ab = 0;                     \
+        Py_ssize_t argmax = 0, mismatches = 0, pooled = 0;                                     \
+        T absd[BLOCK];                                                                         \
+        for (Py_ssize_t start = 0; start < n; start += BLOCK) {                                \
+            Py_ssize_t len = n - start < BLOCK ? n - start : BLOCK;                            \
+            const T *x = a + start, *y = b + start;                                            \
+            T bad = 0, block_max = 0, excess_max = min_atol, rel_max = max_rel;                 \
+            T ratio_max = min_rtol;                                                            \
+            int zero_over = 0, fails = 0;                                                      \
+            T s_abs = 0, s_sq = 0, s_aa = 0, s_bb = 0, s_ab = 0;                               \
+            _Pragma(SIMD_REDUCTIONS)                                                           \
+            for (Py_ssize_t i = 0; i < len; i++) {                                             \
+                T xi = x[i], yi = y[i];                                                        \
+                bad += (xi - xi) + (yi - yi); /* NaN when either is NaN or Inf */              \
+                T ad = ABS(xi - yi);                                                           \
+                absd[i] = ad;                                                                  \
+                s_abs += ad;                                                                   \
+                s_sq += ad * ad;                                                               \
+                s_aa += xi * xi;                                                               \
+                s_bb += yi * yi;                                                               \
+                s_ab += xi * yi;                                                               \
+                block_max = ad > block_max ? ad : block_max;                                   \
+                T ab = ABS(yi);                                                                \
+                T scale = ab > scale_floor ? ab : scale_floor;                                 \
+                T excess = ad - scale * rtol;                                                  \
+                excess_max = excess > excess_max ? excess : excess_max;                        \
+                fails += excess > atol;                                                        \
+                T rel = ad / (ab > rel_floor ? ab : rel_floor);                                \
+                rel_max = rel > rel_max ? rel : rel_max;                                       \
+                T over = ad - atol;                                                            \
+                T ratio = over / (scale > 0 ? scale : 1);                                      \
+                ratio = scale > 0 ? ratio : 0;                                                 \
+                ratio_max = ratio > ratio_max ? ratio : ratio_max;                             \
+                zero_over |= (scale == 0) & (over > 0);                                        \
+            }                                                                                  \
+            if (bad != 0 || !isfinite(bad)) {                                                  \
+                r->nonfinite = 1;                                                              \
+                return;                                                                        \
+            }                                                                                  \
+            sum_abs += s_abs;                                                                  \
+            sum_sq += s_sq;                                                                    \
+            sum_aa += s_aa;                                                                    \
+            sum_bb += s_bb;                                                                    \
+            sum_ab += s_ab;                                                                    \
+            mismatches += fails;                                                               \
+            if (block_max > 0) {                                                               \
+                min_atol = excess_max;                                                         \
+                max_rel = rel_max;                                                             \
+                min_rtol = ratio_max;                                                          \
+                zero_scale_over |= zero_over;                                                  \
+            }                                                                                  \
+            if (block_max > max_abs) {                                                         \
+                Py_ssize_t i = 0;                                                              \
+                while (absd[i] != block_max)                                                   \
+                    i++;                                                                       \
+                max_abs = block_max;                                                           \
+                argmax = start + i;                                                            \
+            }                                                                                  \
+            if (block_max > 0 && (r->worst_n < WORST || block_max > r->worst_abs[WORST - 1])) { \
+                for (Py_ssize_t i = 0; i < len; i++)                                           \
+                    if (absd[i] > 0)                                                           \
+                        keep_worst(r, start + i, absd[i]);                                     \
+            }                                                                                  \
+            /* the pool: the first ``keep`` of every ``every``-th chunk */                     \
+            Py_ssize_t in_chunk = start % chunk;                                               \
+            if ((start / chunk) % every == 0 && in_chunk < keep) {                             \
+                Py_ssize_t take = keep - in_chunk < len ? keep - in_chunk : len;               \
+                Py_ssize_t chunk_end = chunk - in_chunk;                                       \
+                if (take > chunk_end)                                                          \
+                    take = chunk_end;                                                          \
+                memcpy(pool + pooled, absd, take * sizeof(T));                                 \
+                pooled += take;                                                                \
+            }                                                                                  \
+        }                                                                                      \
+        r->max_abs = max_abs;                                                                  \
+        r->argmax = argmax;                                                                    \
+        r->sum_abs = sum_abs;                                                                  \
+        r->sum_sq = sum_sq;                                                                    \
+        r->sum_aa = sum_aa;                                                                    \
+        r->sum_bb = sum_bb;                                                                    \
+        r->sum_ab = sum_ab;                                                                    \
+        r->mismatches = mismatches;                                                            \
+        r->min_atol = min_atol;                                                                \
+        r->max_rel = max_rel;                                                                  \
+        r->min_rtol = zero_scale_over ? INFINITY : min_rtol;                                   \
+        r->pooled = pooled;                                                                    \
+    }
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(__APPLE__)
+#define TARGETS __attribute__((target_clones("avx2", "default")))
+#else
+#define TARGETS
+#endif
+
+DEFINE_COMPARE(compare_f32, float, fabsf)
+DEFINE_COMPARE(compare_f64, double, fabs)
+
+static int kind_of(Py_buffer *view)
+{
+    const char *format = view->format ? view->format : "B";
+    if (*format == '<' || *format == '=' || *format == '@')
+        format++;
+    if (strcmp(format, "f") == 0)
+        return 4;
+    if (strcmp(format, "d") == 0)
+        return 8;
+    return 0;
+}
+
+static PyObject *compare(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *a_obj, *b_obj, *pool_obj;
+    double rtol, atol, floor_, rel_floor;
+    Py_ssize_t chunk, every, keep;
+    if (!PyArg_ParseTuple(args, "OOddddOnnn", &a_obj, &b_obj, &rtol, &atol, &floor_, &rel_floor,
+                          &pool_obj, &chunk, &every, &keep))
+        return NULL;
+    if (chunk < 1 || every < 1 || keep < 0 || keep > chunk) {
+        PyErr_SetString(PyExc_ValueError, "compare(): chunk, every and keep out of range");
+        return NULL;
+    }
+    Py_buffer a, b, pool;
+    if (PyObject_GetBuffer(a_obj, &a, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(b_obj, &b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        PyBuffer_Release(&a);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(pool_obj, &pool, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&a);
+        PyBuffer_Release(&b);
+        return NULL;
+    }
+    PyObject *out = NULL;
+    int size = kind_of(&a);
+    Py_ssize_t n = size ? a.len / size : 0;
+    Py_ssize_t pool_needed = 0;
+    for (Py_ssize_t start = 0; start < n; start += chunk * every)
+        pool_needed += n - start < keep ? n - start : keep;
+    if (!size || kind_of(&b) != size || kind_of(&pool) != size || b.len != a.len) {
+        PyErr_SetString(PyExc_TypeError,
+                        "compare() takes two float32 or two float64 arrays of one size, and a pool of that type");
+        goto done;
+    }
+    if (pool.len / size < pool_needed) {
+        PyErr_Format(PyExc_ValueError, "compare(): the pool holds %zd values, %zd are needed",
+                     pool.len / size, pool_needed);
+        goto done;
+    }
+    Result r;
+    memset(&r, 0, sizeof(r));
+    Py_BEGIN_ALLOW_THREADS
+    if (size == 4)
+        compare_f32(a.buf, b.buf, n, rtol, atol, floor_, rel_floor, pool.buf, chunk, every, keep, &r);
+    else
+        compare_f64(a.buf, b.buf, n, rtol, atol, floor_, rel_floor, pool.buf, chunk, every, keep, &r);
+    Py_END_ALLOW_THREADS
+    if (r.nonfinite) {
+        out = Py_NewRef(Py_None);
+        goto done;
+    }
+    PyObject *worst = PyList_New(r.worst_n);
+    if (!worst)
+        goto done;
+    for (int k = 0; k < r.worst_n; k++)
+        PyList_SET_ITEM(worst, k, PyLong_FromSsize_t(r.worst_idx[k]));
+    out = Py_BuildValue("(dndddddnddd" "Nn)", r.max_abs, r.argmax, r.sum_abs, r.sum_sq, r.sum_aa,
+                        r.sum_bb, r.sum_ab, r.mismatches, r.min_atol, r.max_rel, r.min_rtol, worst,
+                        r.pooled);
+done:
+    PyBuffer_Release(&a);
+    PyBuffer_Release(&b);
+    PyBuffer_Release(&pool);
+    return out;
+}
+
+/* The values >= threshold, moved to the front in order, when there are at least ``minimum``
+ * of them; otherwise the values are left as they are. Returns how many there are. */
+#define DEFINE_AT_LEAST(NAME, T)                                                               \
+    static Py_ssize_t NAME(T *values, Py_ssize_t n, T threshold, Py_ssize_t minimum)          \
+    {                                                                                          \
+        Py_ssize_t count = 0;                                                                  \
+        for (Py_ssize_t i = 0; i < n; i++)                                                     \
+            count += values[i] >= threshold;                                                   \
+        if (count < minimum)                                                                   \
+            return count;                                                                      \
+        Py_ssize_t kept = 0;                                                                   \
+        for (Py_ssize_t i = 0; i < n; i++) {                                                   \
+            T v = values[i];                                                                   \
+            values[kept] = v; /* branch-free: kept only when the count moves on */            \
+            kept += v >= threshold;                                                            \
+        }                                                                                      \
+        return count;                                                                          \
+    }
+
+DEFINE_AT_LEAST(at_least_f32, float)
+DEFINE_AT_LEAST(at_least_f64, double)
+
+static PyObject *at_least(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *values_obj;
+    double threshold;
+    Py_ssize_t minimum;
+    if (!PyArg_ParseTuple(args, "Odn", &values_obj, &threshold, &minimum))
+        return NULL;
+    Py_buffer values;
+    if (PyObject_GetBuffer(values_obj, &values, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) < 0)
+        return NULL;
+    PyObject *result = NULL;
+    int size = kind_of(&values);
+    if (!size) {
+        PyErr_SetString(PyExc_TypeError, "at_least() takes writable float32 or float64 values");
+    } else {
+        Py_ssize_t n = values.len / size, count;
+        Py_BEGIN_ALLOW_THREADS
+        if (size == 4)
+            count = at_least_f32(values.buf, n, (float)threshold, minimum);
+        else
+            count = at_least_f64(values.buf, n, threshold, minimum);
+        Py_END_ALLOW_THREADS
+        result = PyLong_FromSsize_t(count);
+    }
+    PyBuffer_Release(&values);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"at_least", at_least, METH_VARARGS,
+     "at_least(values, threshold, minimum) -> count of the values >= threshold (taken in the "
+     "values' type); when there are at least minimum, they are moved to the front, in order."},
+    {"compare", compare, METH_VARARGS,
+     "compare(a, b, rtol, atol, floor, rel_floor, pool, chunk, every, keep): the statistics of "
+     "a - b in one pass, or None when a or b holds a NaN or an Inf."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_compare", NULL, -1, methods,
+                                    NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__compare(void)
+{
+    return PyModule_Create(&module);
+}
