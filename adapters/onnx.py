@@ -67,7 +67,8 @@ def record(model, inputs, path, *, loss=None, target=None, max_memory=None, prov
 
     with Recorder(path, framework="onnx", framework_version=f"onnxruntime {ort.__version__}",
                   dims=dims, model=source, seed=seed, overwrite=overwrite, values=values,
-                  meta=run_meta, flush_every=FLUSH_EVERY) as rec:
+                  meta=run_meta, flush_every=FLUSH_EVERY,
+                  expected_bytes=sum(sizes.values()) if values else 0) as rec:
         for name, array in feeds.items():
             rec.input(name, array, onnx_output=name)
         _record_params(rec, graph, nodes, skip=set(folded), legacy=legacy)

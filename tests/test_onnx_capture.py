@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 
+import h5py
 import numpy as np
 import pytest
 
@@ -17,6 +18,7 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import tracediff as td  # noqa: E402
+from tracediff import format as fmt  # noqa: E402
 from tracediff.adapters import onnx as tdo  # noqa: E402
 from tracediff.errors import TraceDiffError  # noqa: E402
 
@@ -277,3 +279,17 @@ def test_legacy_scopes_decode_to_qualified_module_names(node_names, expected):
     assert [o["scope"] for o in origins] == expected
     calls = [o.get("module_call", 0) for o in origins]
     assert calls == ([0, 0, 1] if len(nodes) == 3 else [0])
+
+
+@pytest.mark.parametrize("length, values, chunk", [(24, True, fmt.LARGE_DATA_CHUNK),
+                                                   (24, False, fmt.DATA_CHUNK),
+                                                   (3, True, fmt.DATA_CHUNK)])
+def test_the_planned_size_picks_the_data_chunk(tmp_path, length, values, chunk):
+    """24 x 4 MiB of planned outputs is a large trace (fewer, larger chunks to write); a few
+    MiB, or statistics only, keep small chunks so that small traces stay small."""
+    x = np.ones(2**20, np.float32)
+    tdo.record(chain_model(length), {"x": x}, tmp_path / "t.h5", values=values)
+    with h5py.File(tmp_path / "t.h5", "r", locking=False) as f:
+        assert f[fmt.DATA].chunks == (chunk,)
+    last = td.open(tmp_path / "t.h5").records("forward")[-1]
+    assert last.stats["numel"] == 2**20 and last.stored is values

@@ -271,3 +271,19 @@ def test_records_batched_between_flushes_keep_their_text(tmp_path):
     assert [r.name for r in trace] == [f"层{i}" for i in range(20)]
     assert [r.meta["index"] for r in trace] == list(range(20))
     assert GLOBAL_HEAP not in path.read_bytes()
+
+
+@pytest.mark.parametrize("expected_bytes, chunk", [(0, fmt.DATA_CHUNK),
+                                                   (fmt.LARGE_TRACE - 1, fmt.DATA_CHUNK),
+                                                   (fmt.LARGE_TRACE, fmt.LARGE_DATA_CHUNK)])
+def test_an_expected_large_trace_gets_large_data_chunks(tmp_path, expected_bytes, chunk):
+    """The chunk size is storage only: what is read back is the same either way."""
+    values = np.arange(300_001, dtype=np.float32)
+    with td.Recorder(tmp_path / "t.h5", expected_bytes=expected_bytes) as rec:
+        rec.forward("big", values)
+        rec.forward("small", np.float64(3.5))
+    with h5py.File(tmp_path / "t.h5", "r", locking=False) as f:
+        assert f[fmt.DATA].chunks == (chunk,)
+    trace = td.open(tmp_path / "t.h5")
+    np.testing.assert_array_equal(trace.get("big").read(), values)
+    assert trace.get("small").read() == 3.5

@@ -41,11 +41,13 @@ class Recorder:
 
     ``values=False`` keeps statistics, a seeded sample of elements and a hash instead of the
     whole tensor. A writer that is killed leaves a file readable up to its last complete record.
+    ``expected_bytes``: an estimate of the bytes the records will hold, if known (a large trace
+    is then written in larger chunks).
     """
 
     def __init__(self, path, framework="numpy", dims=None, *, model="", seed=None,
                  framework_version="", overwrite=False, values=True, meta=None,
-                 flush_every=1):
+                 flush_every=1, expected_bytes=0):
         self.path = os.fspath(path)
         self.values = values
         self._calls = defaultdict(int)
@@ -58,6 +60,7 @@ class Recorder:
         self._pending_data = []
         self._data_written = 0
         self._flush_every = max(1, int(flush_every))
+        self._expected_bytes = int(expected_bytes)
         if os.path.exists(self.path) and not overwrite:
             raise TraceDiffError(
                 f"{self.path} already exists: choose another path or pass overwrite=True")
@@ -96,8 +99,9 @@ class Recorder:
         _write_attributes(f, attrs)
         self._records = f.create_dataset(fmt.RECORDS, shape=(0,), maxshape=(None,),
                                          dtype=fmt.record_dtype(), chunks=(fmt.RECORDS_CHUNK,))
+        chunk = fmt.LARGE_DATA_CHUNK if self._expected_bytes >= fmt.LARGE_TRACE else fmt.DATA_CHUNK
         self._data = f.create_dataset(fmt.DATA, shape=(0,), maxshape=(None,), dtype="u1",
-                                      chunks=(fmt.DATA_CHUNK,))
+                                      chunks=(chunk,))
         self._strings = f.create_dataset(fmt.STRINGS, shape=(0,), maxshape=(None,), dtype="u1",
                                          chunks=(fmt.STRINGS_CHUNK,))
         self._state = f.create_dataset(fmt.STATE, data=np.zeros(2, dtype="<i8"))
