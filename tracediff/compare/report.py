@@ -170,8 +170,17 @@ def json_lines(report: dict) -> str:
     return "{\n" + ",\n".join(fields) + "\n}"
 
 
+_PLAIN = (str, int, bool, type(None))
+
+
 def strict(value):
     """JSON-safe: NaN -> null, +/-Inf -> "inf"/"-inf", NumPy scalars and arrays -> Python."""
+    kind = type(value)
+    if kind in _PLAIN:  # most of a report: answered before any isinstance
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else (None if math.isnan(value) else
+                                                   "inf" if value > 0 else "-inf")
     if isinstance(value, dict):
         return {str(k): strict(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
