@@ -148,7 +148,7 @@ class Recorder:
         self._check_record(kind, name)
         return self.append(kind, name, self.describe(value, values=values), call=call, **meta)
 
-    def describe(self, value, *, values=None) -> "Summary":
+    def describe(self, value, *, values=None) -> Summary:
         """The part of a record that reads the tensor: statistics, hash, and the bytes kept
         (all of them, or a copied sample with ``values=False``). ``append`` does the rest,
         which reads nothing of the tensor and may run later, on another thread."""
@@ -165,7 +165,7 @@ class Recorder:
         return Summary(dtype_name, array.shape, stats, digest, stored, flat.nbytes, keep_values,
                        sample_count)
 
-    def append(self, kind, name, summary: "Summary", *, call=None, **meta) -> int:
+    def append(self, kind, name, summary: Summary, *, call=None, **meta) -> int:
         """Append a record from ``describe``'s summary; returns its index in execution order."""
         self._check_record(kind, name)
         key = (kind, name)
