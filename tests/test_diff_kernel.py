@@ -111,7 +111,10 @@ def test_p99_when_the_sample_misleads_leaves_the_pool_whole(dtype):
     assert percentile99(pool.copy()) == expected
 
 
-def test_kernel_refuses_mixed_types_with_one_line():
+def test_kernel_refuses_mixed_types_and_bad_chunks_with_one_line():
+    f32 = np.zeros(3, np.float32)
     with pytest.raises(TypeError, match="^compare\\(\\) takes two float32 or two float64 arrays"):
-        metrics._kernel(np.zeros(3, np.float32), np.zeros(3, np.float64), 0.0, 0.0, 0.0, 0.0,
-                        np.zeros(3, np.float32), 8, 1, 8)
+        metrics._kernel(f32, np.zeros(3, np.float64), 0.0, 0.0, 0.0, 0.0, f32, 1024, 1, 1024)
+    with pytest.raises(ValueError, match="^compare\\(\\): chunk must be a positive multiple of 1024"):
+        metrics._kernel(f32, f32, 0.0, 0.0, 0.0, 0.0, f32, 1000, 1, 8)
+    assert metrics.CHUNK % 1024 == 0

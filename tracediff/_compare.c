@@ -186,8 +186,10 @@ static PyObject *compare(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOddddOnnn", &a_obj, &b_obj, &rtol, &atol, &floor_, &rel_floor,
                           &pool_obj, &chunk, &every, &keep))
         return NULL;
-    if (chunk < 1 || every < 1 || keep < 0 || keep > chunk) {
-        PyErr_SetString(PyExc_ValueError, "compare(): chunk, every and keep out of range");
+    if (chunk < 1 || chunk % BLOCK || every < 1 || keep < 0 || keep > chunk) {
+        PyErr_Format(PyExc_ValueError,
+                     "compare(): chunk must be a positive multiple of %d, every >= 1, 0 <= keep <= chunk",
+                     BLOCK);
         return NULL;
     }
     Py_buffer a, b, pool;
