@@ -1,6 +1,7 @@
 """Which records to write: include/exclude globs over record names, and a subset of kinds."""
 from __future__ import annotations
 
+import functools
 import re
 
 from tracediff import format as fmt
@@ -39,7 +40,6 @@ class Selection:
                     f"unknown record kind(s) {', '.join(map(repr, unknown))} in kinds=: "
                     f"use a subset of {', '.join(fmt.KINDS)}")
             self.kinds = frozenset(kinds)
-        self._names = {}
 
     def wants_kind(self, kind) -> bool:
         return kind in self.kinds
@@ -47,10 +47,9 @@ class Selection:
     def wants(self, kind, name) -> bool:
         if kind not in self.kinds:
             return False
-        hit = self._names.get(name)
-        if hit is None:
-            hit = self._names[name] = self._match(name)
-        return hit
+        return _matches(name, self.include, self.exclude)
 
-    def _match(self, name) -> bool:
-        return kept({name, re.split(r"[:/]", name, maxsplit=1)[0]}, self.include, self.exclude)
+
+@functools.lru_cache(maxsize=1 << 16)  # shared by the steps of a loop: each makes a Selection
+def _matches(name, include, exclude) -> bool:
+    return kept({name, re.split(r"[:/]", name, maxsplit=1)[0]}, include, exclude)
