@@ -145,8 +145,8 @@ class Recorder:
     # -- the one writer ---------------------------------------------------------------------
     def record(self, kind, name, value, *, call=None, values=None, **meta) -> int:
         """Append one record and flush it; returns its index in execution order."""
-        self._check_record(kind, name)
-        return self.append(kind, name, self.describe(value, values=values), call=call, **meta)
+        self._check_record(kind, name)  # before the tensor is read
+        return self._append(kind, name, self.describe(value, values=values), call, meta)
 
     def describe(self, value, *, values=None) -> Summary:
         """The part of a record that reads the tensor: statistics, hash, and the bytes kept
@@ -168,6 +168,9 @@ class Recorder:
     def append(self, kind, name, summary: Summary, *, call=None, **meta) -> int:
         """Append a record from ``describe``'s summary; returns its index in execution order."""
         self._check_record(kind, name)
+        return self._append(kind, name, summary, call, meta)
+
+    def _append(self, kind, name, summary: Summary, call, meta) -> int:
         key = (kind, name)
         if call is None:
             call = self._calls[key]

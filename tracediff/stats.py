@@ -34,12 +34,8 @@ def summarize(array: np.ndarray) -> dict:
     flat = array.reshape(-1)
     if _kernel is not None and flat.dtype in _KERNEL_TYPES:
         n, mean, m2, sumsq, lo, hi, nan, inf, zeros = _kernel(np.ascontiguousarray(flat))
-        if n == 0:
-            mean = lo = hi = std = l2 = math.nan
-        else:
-            std, l2 = math.sqrt(max(m2 / n, 0.0)), math.sqrt(sumsq)
-        return {"numel": numel, "min": lo, "max": hi, "mean": mean, "std": std, "l2": l2,
-                "nan": nan, "inf": inf, "zero_frac": zeros / numel}
+        return {"numel": numel, **_moment_fields(n, mean, m2, sumsq, lo, hi), "nan": nan,
+                "inf": inf, "zero_frac": zeros / numel}
     is_zero = _scratch()
     moments = _Moments()
     nan = inf = zeros = 0
@@ -118,11 +114,15 @@ class _Moments:
         self.n = combined
 
     def result(self) -> dict:
-        if self.n == 0:
-            return {"min": math.nan, "max": math.nan, "mean": math.nan, "std": math.nan, "l2": math.nan}
-        variance = max(self.m2 / self.n, 0.0)
-        return {"min": self.lo, "max": self.hi, "mean": self.mean, "std": math.sqrt(variance),
-                "l2": math.sqrt(self.sumsq)}
+        return _moment_fields(self.n, self.mean, self.m2, self.sumsq, self.lo, self.hi)
+
+
+def _moment_fields(n, mean, m2, sumsq, lo, hi) -> dict:
+    """min, max, mean, std and l2 of ``n`` finite values from their moments (NaN when n is 0)."""
+    if n == 0:
+        return {"min": math.nan, "max": math.nan, "mean": math.nan, "std": math.nan, "l2": math.nan}
+    return {"min": lo, "max": hi, "mean": mean, "std": math.sqrt(max(m2 / n, 0.0)),
+            "l2": math.sqrt(sumsq)}
 
 
 _BLAS_TYPES = (np.dtype(np.float32), np.dtype(np.float64))
