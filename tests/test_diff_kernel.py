@@ -105,7 +105,7 @@ def test_p99_when_the_sample_misleads_leaves_the_pool_whole(dtype):
     must then fall back to all values, which it can only do if it left them in place."""
     n = 4096 * 100
     pool = np.full(n, 0.5, dtype)
-    pool[::n // metrics.P99_SAMPLE] = 7.0
+    pool[::metrics._sample_step(n)] = 7.0
     pool[1::997] = np.arange(pool[1::997].size, dtype=dtype) / n
     expected = float(np.percentile(pool, 99))
     assert percentile99(pool.copy()) == expected
@@ -114,7 +114,54 @@ def test_p99_when_the_sample_misleads_leaves_the_pool_whole(dtype):
 def test_kernel_refuses_mixed_types_and_bad_chunks_with_one_line():
     f32 = np.zeros(3, np.float32)
     with pytest.raises(TypeError, match="^compare\\(\\) takes two float32 or two float64 arrays"):
-        metrics._kernel(f32, np.zeros(3, np.float64), 0.0, 0.0, 0.0, 0.0, f32, 1024, 1, 1024)
+        metrics._kernel(f32, np.zeros(3, np.float64), 0.0, 0.0, 0.0, 0.0, f32, 1024, 1, 1024, 0.0)
     with pytest.raises(ValueError, match="^compare\\(\\): chunk must be a positive multiple of 1024"):
-        metrics._kernel(f32, f32, 0.0, 0.0, 0.0, 0.0, f32, 1000, 1, 8)
+        metrics._kernel(f32, f32, 0.0, 0.0, 0.0, 0.0, f32, 1000, 1, 8, 0.0)
     assert metrics.CHUNK % 1024 == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kernel_pools_only_the_values_at_or_above_the_threshold_in_order(dtype):
+    rng = np.random.default_rng(5)
+    b = rng.standard_normal(3 * 1024 + 17).astype(dtype)
+    a = b + rng.standard_normal(b.size).astype(dtype)
+    absd = np.abs(a - b)
+    threshold = float(np.sort(absd)[-100])
+    pool = np.full(b.size, -1, dtype)
+    got = metrics._kernel(a, b, 1e-5, 1e-8, 0.0, 1e-300, pool, 1024, 1, 1024, threshold)
+    pooled, kept = got[-2], got[-1]
+    assert pooled == b.size
+    assert kept == int((absd >= dtype(threshold)).sum()) >= 100
+    np.testing.assert_array_equal(pool[:kept], absd[absd >= dtype(threshold)])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_p99_when_the_kernels_threshold_misleads_is_still_exact(dtype, monkeypatch):
+    """Every sampled difference large (fewer than one in a hundred), the rest small: the
+    threshold from the sample keeps fewer values than p99 reads, and compare must go back for
+    all of them."""
+    n = metrics.EXACT_P99_LIMIT
+    b = np.zeros(n, dtype)
+    a = np.full(n, 1e-3, dtype)
+    a[::metrics._sample_step(n)] = 5.0
+    calls = []
+    kernel = metrics._kernel
+    monkeypatch.setattr(metrics, "_kernel", lambda *args: calls.append(args[-1]) or kernel(*args))
+    p99 = compare(a, b, 1e-5, 1e-8).p99
+    assert p99 == float(np.percentile(np.abs(a - b), 99))
+    assert calls[0] > 0 and calls[1:] == [0.0]
+
+
+def test_p99_threshold_sample_is_not_fooled_by_rows(monkeypatch):
+    """Differences that depend on the column, in rows of 256: a sample stride of 64 would see
+    four columns of the 256 and place the threshold wrongly; a prime stride sees them all,
+    so one pass of the kernel is enough."""
+    rows, width = 1024, 256
+    b = np.zeros((rows, width), np.float32)
+    a = np.tile(np.where(np.arange(width) % 64 == 0, 1e-6, 1e-3).astype(np.float32), (rows, 1))
+    a[:, 5] = np.linspace(0.5, 1.0, rows, dtype=np.float32)   # a column of large ones
+    calls = []
+    kernel = metrics._kernel
+    monkeypatch.setattr(metrics, "_kernel", lambda *args: calls.append(args[-1]) or kernel(*args))
+    assert compare(a, b, 1e-5, 1e-8).p99 == float(np.percentile(np.abs(a - b), 99))
+    assert len(calls) == 1

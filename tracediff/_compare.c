@@ -1,18 +1,21 @@
 /* The diff engine's comparison of two same-sized float32 or float64 arrays in one pass, for
  * tracediff.compare.metrics.compare (which keeps the NumPy path for every other case).
  *
- * compare(a, b, rtol, atol, floor, rel_floor, pool, chunk, every, keep)
+ * compare(a, b, rtol, atol, floor, rel_floor, pool, chunk, every, keep, threshold)
  *   -> None when a or b holds a NaN or an Inf (the caller then takes the NumPy path), else
  *      (max_abs, argmax, sum_abs, sum_sq, sum_aa, sum_bb, sum_ab, mismatches, min_atol,
- *       max_rel, min_rtol, worst, pooled)
+ *       max_rel, min_rtol, worst, pooled, kept)
  *
  * Per element, in the arrays' own precision as NumPy computes it (d = a - b, |d|, the scale
  * max(|b|, floor), the excess |d| - rtol * scale, ...), so the verdict is the NumPy path's:
  * an element fails when its excess is above atol. Sums are taken per block in that precision
  * (vector lanes of BLOCK / lanes terms each) and across blocks in double. ``worst`` lists the
- * flat indices of the (at most) 10 largest |d|, the earliest first among equals. ``pool``
- * receives |d| of the first ``keep`` elements of every ``every``-th chunk of ``chunk``
- * elements (the values the caller takes p99 from); ``pooled`` is how many were written.
+ * flat indices of the (at most) 10 largest |d|, the earliest first among equals. The values
+ * the caller takes p99 from are |d| of the first ``keep`` elements of every ``every``-th chunk
+ * of ``chunk`` elements; ``pooled`` counts them. Of those, the ones >= ``threshold`` (taken in
+ * the arrays' type; 0 keeps all) are written to the front of ``pool``, in order; ``kept``
+ * counts them. A threshold near the top percent makes p99 a selection among a few values,
+ * with no second pass over the tensor.
  * at_least(values, threshold, minimum) -> count: the values >= threshold moved to the front,
  * for the p99 selection.
  * The GIL is released.
@@ -26,7 +29,7 @@
 
 typedef struct {
     double max_abs, sum_abs, sum_sq, sum_aa, sum_bb, sum_ab, min_atol, max_rel, min_rtol;
-    Py_ssize_t argmax, mismatches, pooled;
+    Py_ssize_t argmax, mismatches, pooled, kept;
     Py_ssize_t worst_idx[WORST];
     double worst_abs[WORST];
     int worst_n;
@@ -52,6 +55,35 @@ static void keep_worst(Result *r, Py_ssize_t index, double value)
 }
 
 #define BLOCK 1024
+
+/* The values >= threshold, appended to ``out`` in order; returns how many. Eight at a time:
+ * with a threshold near the top percent most groups of eight hold none, and that test
+ * vectorises where the store cannot. */
+#define DEFINE_KEEP_AT_LEAST(T)                                                                \
+    static inline Py_ssize_t keep_at_least_##T(const T *values, Py_ssize_t n, T threshold,     \
+                                               T *out)                                         \
+    {                                                                                          \
+        Py_ssize_t kept = 0, i = 0;                                                            \
+        for (; i + 8 <= n; i += 8) {                                                           \
+            int any = 0;                                                                       \
+            for (int j = 0; j < 8; j++)                                                        \
+                any |= values[i + j] >= threshold;                                             \
+            if (!any)                                                                          \
+                continue;                                                                      \
+            for (int j = 0; j < 8; j++) {                                                      \
+                out[kept] = values[i + j]; /* branch-free: kept when the count moves on */     \
+                kept += values[i + j] >= threshold;                                            \
+            }                                                                                  \
+        }                                                                                      \
+        for (; i < n; i++) {                                                                   \
+            out[kept] = values[i];                                                             \
+            kept += values[i] >= threshold;                                                    \
+        }                                                                                      \
+        return kept;                                                                           \
+    }
+
+DEFINE_KEEP_AT_LEAST(float)
+DEFINE_KEEP_AT_LEAST(double)
 #define SIMD_REDUCTIONS "omp simd reduction(+:bad,fails,s_abs,s_sq,s_aa,s_bb,s_ab) reduction(max:block_max,excess_max,rel_max,ratio_max) reduction(|:zero_over)"
 
 /* Each block of BLOCK elements: one vectorised sweep takes |d| (kept in a block buffer), the
@@ -61,15 +93,17 @@ static void keep_worst(Result *r, Py_ssize_t index, double value)
 #define DEFINE_COMPARE(NAME, T, ABS)                                                           \
     static TARGETS void NAME(const T *a, const T *b, Py_ssize_t n, double rtol_d,               \
                              double atol_d, double floor_d, double rel_floor_d, T *pool,        \
-                             Py_ssize_t chunk, Py_ssize_t every, Py_ssize_t keep, Result *r)    \
+                             Py_ssize_t chunk, Py_ssize_t every, Py_ssize_t keep,               \
+                             double threshold_d, Result *r)                                     \
     {                                                                                          \
         const T rtol = (T)rtol_d, atol = (T)atol_d, floor_ = (T)floor_d;                       \
+        const T threshold = (T)threshold_d;                                                    \
         const T rel_floor = (T)rel_floor_d;                                                    \
         const T scale_floor = floor_ > 0 ? floor_ : 0; /* |b| >= 0: max(|b|, 0) is |b| */      \
         T max_abs = 0, min_atol = 0, max_rel = 0, min_rtol = 0;                                \
         int zero_scale_over = 0;                                                               \
         double sum_abs = 0, sum_sq = 0, sum_aa = 0, sum_bb = 0, sum_ab = 0;                     \
-        Py_ssize_t argmax = 0, mismatches = 0, pooled = 0;                                     \
+        Py_ssize_t argmax = 0, mismatches = 0, pooled = 0, kept = 0;                           \
         T absd[BLOCK];                                                                         \
         for (Py_ssize_t start = 0; start < n; start += BLOCK) {                                \
             Py_ssize_t len = n - start < BLOCK ? n - start : BLOCK;                            \
@@ -138,7 +172,7 @@ static void keep_worst(Result *r, Py_ssize_t index, double value)
                 Py_ssize_t chunk_end = chunk - in_chunk;                                       \
                 if (take > chunk_end)                                                          \
                     take = chunk_end;                                                          \
-                memcpy(pool + pooled, absd, take * sizeof(T));                                 \
+                kept += keep_at_least_##T(absd, take, threshold, pool + kept);                 \
                 pooled += take;                                                                \
             }                                                                                  \
         }                                                                                      \
@@ -154,6 +188,7 @@ static void keep_worst(Result *r, Py_ssize_t index, double value)
         r->max_rel = max_rel;                                                                  \
         r->min_rtol = zero_scale_over ? INFINITY : min_rtol;                                   \
         r->pooled = pooled;                                                                    \
+        r->kept = kept;                                                                        \
     }
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(__APPLE__)
@@ -181,10 +216,10 @@ static PyObject *compare(PyObject *self, PyObject *args)
 {
     (void)self;
     PyObject *a_obj, *b_obj, *pool_obj;
-    double rtol, atol, floor_, rel_floor;
+    double rtol, atol, floor_, rel_floor, threshold;
     Py_ssize_t chunk, every, keep;
-    if (!PyArg_ParseTuple(args, "OOddddOnnn", &a_obj, &b_obj, &rtol, &atol, &floor_, &rel_floor,
-                          &pool_obj, &chunk, &every, &keep))
+    if (!PyArg_ParseTuple(args, "OOddddOnnnd", &a_obj, &b_obj, &rtol, &atol, &floor_, &rel_floor,
+                          &pool_obj, &chunk, &every, &keep, &threshold))
         return NULL;
     if (chunk < 1 || chunk % BLOCK || every < 1 || keep < 0 || keep > chunk) {
         PyErr_Format(PyExc_ValueError,
@@ -224,9 +259,11 @@ static PyObject *compare(PyObject *self, PyObject *args)
     memset(&r, 0, sizeof(r));
     Py_BEGIN_ALLOW_THREADS
     if (size == 4)
-        compare_f32(a.buf, b.buf, n, rtol, atol, floor_, rel_floor, pool.buf, chunk, every, keep, &r);
+        compare_f32(a.buf, b.buf, n, rtol, atol, floor_, rel_floor, pool.buf, chunk, every, keep,
+                    threshold, &r);
     else
-        compare_f64(a.buf, b.buf, n, rtol, atol, floor_, rel_floor, pool.buf, chunk, every, keep, &r);
+        compare_f64(a.buf, b.buf, n, rtol, atol, floor_, rel_floor, pool.buf, chunk, every, keep,
+                    threshold, &r);
     Py_END_ALLOW_THREADS
     if (r.nonfinite) {
         out = Py_NewRef(Py_None);
@@ -237,9 +274,9 @@ static PyObject *compare(PyObject *self, PyObject *args)
         goto done;
     for (int k = 0; k < r.worst_n; k++)
         PyList_SET_ITEM(worst, k, PyLong_FromSsize_t(r.worst_idx[k]));
-    out = Py_BuildValue("(dndddddnddd" "Nn)", r.max_abs, r.argmax, r.sum_abs, r.sum_sq, r.sum_aa,
+    out = Py_BuildValue("(dndddddnddd" "Nnn)", r.max_abs, r.argmax, r.sum_abs, r.sum_sq, r.sum_aa,
                         r.sum_bb, r.sum_ab, r.mismatches, r.min_atol, r.max_rel, r.min_rtol, worst,
-                        r.pooled);
+                        r.pooled, r.kept);
 done:
     PyBuffer_Release(&a);
     PyBuffer_Release(&b);
@@ -303,8 +340,8 @@ static PyMethodDef methods[] = {
      "at_least(values, threshold, minimum) -> count of the values >= threshold (taken in the "
      "values' type); when there are at least minimum, they are moved to the front, in order."},
     {"compare", compare, METH_VARARGS,
-     "compare(a, b, rtol, atol, floor, rel_floor, pool, chunk, every, keep): the statistics of "
-     "a - b in one pass, or None when a or b holds a NaN or an Inf."},
+     "compare(a, b, rtol, atol, floor, rel_floor, pool, chunk, every, keep, threshold): the "
+     "statistics of a - b in one pass, or None when a or b holds a NaN or an Inf."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -14,6 +14,7 @@ import numpy as np
 from . import format as fmt
 from .dtypes import numpy_dtype
 from .errors import IncompleteTraceWarning, TraceDiffError, TraceFormatError, first_line
+from .mapped import MappedBlob
 from .stats import STAT_FIELDS
 
 MAX_NDIM = 64
@@ -65,13 +66,21 @@ class Record:
 
     def read(self) -> np.ndarray:
         """The tensor, bit-exact, with its logical dtype (bfloat16 via ml_dtypes)."""
+        return self._stored(self._trace._read_bytes)
+
+    def view(self) -> np.ndarray:
+        """The tensor as ``read()`` gives it, but read-only and, where the file allows, not
+        copied: the file's own pages mapped (see ``tracediff.mapped``). For reading a large
+        tensor once, as the diff does; the array stays valid after the trace is closed."""
+        return self._stored(self._trace._view_bytes)
+
+    def _stored(self, read_bytes) -> np.ndarray:
         if not self.stored:
             raise TraceDiffError(
                 f"record {self.name!r} ({self.kind}) in {self._trace.path} holds statistics only "
                 "(recorded with values=False); record again with values=True to read it")
         dtype = numpy_dtype(self.dtype)
-        raw = self._trace._read_bytes(self._offset, self.nbytes, self)
-        return raw.view(dtype).reshape(self.shape)
+        return read_bytes(self._offset, self.nbytes, self).view(dtype).reshape(self.shape)
 
     def check_span(self):
         """Refuse, as ``read()`` would, a stored record whose bytes the index places outside the
@@ -151,6 +160,7 @@ class Trace:
                 f"{self.path} is a damaged tracediff trace: index lacks field(s) {', '.join(missing)}")
         self._data = data
         self._data_size = int(data.shape[0])
+        self._mapped = None   # a MappedBlob once a view asked for one, False where none can be
         n = int(records.shape[0])
         committed = n
         closed = False
@@ -302,6 +312,17 @@ class Trace:
                 f"{self.path} is damaged: record {record.index} ({record.name!r}) points outside "
                 "the stored data; record it again")
 
+    def _view_bytes(self, offset, nbytes, record) -> np.ndarray:
+        self._check_span(offset, nbytes, record)
+        if self._mapped is None:
+            self._mapped = (MappedBlob.open(self.path, self._file, self._data) if self.complete
+                            else False) or False
+        raw = self._mapped.view(offset, nbytes) if self._mapped else None
+        if raw is None:
+            raw = self._read_bytes(offset, nbytes, record)
+            raw.flags.writeable = False
+        return raw
+
     def _read_bytes(self, offset, nbytes, record) -> np.ndarray:
         self._check_span(offset, nbytes, record)
         if nbytes == 0:
@@ -361,6 +382,8 @@ class Trace:
         raise KeyError(f"no {kind} record named {name!r} (call {call}) in {self.path}")
 
     def close(self):
+        if self._mapped:
+            self._mapped.close()
         self._file.close()
 
     def __enter__(self):

@@ -10,6 +10,7 @@ import math
 import numpy as np
 
 from ..dtypes import as_float
+from ..primes import primes
 from .tolerances import SCALE_FLOOR
 
 try:  # the compiled one-pass comparison (tracediff/_compare.c); the NumPy path below otherwise
@@ -21,7 +22,7 @@ CHUNK = 1 << 15            # elements per chunk (256 KiB in float64: stays in ca
 EXACT_P99_LIMIT = 1 << 20  # above this, p99 and the minimal tolerances are estimated (see compare)
 WORST = 10
 SAME_CHUNK = 1 << 16       # words per step of the identical-bytes check
-P99_SELECT_MIN = 1 << 14   # pools smaller than this go to np.percentile directly
+P99_SELECT_MIN = 1 << 14   # pools smaller than this are selected among whole
 P99_SAMPLE = 1 << 12       # values sampled to place the threshold of the top percent
 _KERNEL_TYPES = (np.dtype("=f4"), np.dtype("=f8"))
 
@@ -115,14 +116,16 @@ class Comparison:
 
     def worst(self) -> list:
         order = np.argsort(-self.worst_abs, kind="stable")
-        out = []
-        for k in order:
-            if self.worst_abs[k] <= 0:
-                continue
-            out.append({"index": [int(i) for i in np.unravel_index(int(self.worst_idx[k]), self.shape)],
-                        "a": _plain(self.worst_a[k]), "b": _plain(self.worst_b[k]),
-                        "diff": float(self.worst_abs[k])})
-        return out
+        order = order[self.worst_abs[order] > 0]
+        if not order.size:
+            return []
+        flat = np.asarray(self.worst_idx, dtype=np.int64)[order]
+        index = (np.stack(np.unravel_index(flat, self.shape), axis=-1).tolist() if self.shape
+                 else [[] for _ in flat])
+        return [{"index": i, "a": a, "b": b, "diff": d}
+                for i, a, b, d in zip(index, _plain_list(np.asarray(self.worst_a)[order]),
+                                      _plain_list(np.asarray(self.worst_b)[order]),
+                                      self.worst_abs[order].astype(np.float64).tolist())]
 
 
 @np.errstate(invalid="ignore", over="ignore", divide="ignore")  # NaN/Inf are counted, not warned about
@@ -232,20 +235,51 @@ def _compare_in_one_pass(result, fa, fb, rtol, atol, floor, rel_floor, keep, eve
     """``compare``'s statistics from the compiled kernel (tracediff/_compare.c): same per-element
     arithmetic, so the same verdict; every statistic but p99 is exact at any size. False when
     a NaN or an Inf is found: the NumPy path then counts and places them."""
+    fa, fb = np.ascontiguousarray(fa), np.ascontiguousarray(fb)
+    # untouched pages of an np.empty cost nothing: only the values kept are written
     pool = np.empty(sum(min(keep, fa.size - start) for start in range(0, fa.size, CHUNK * every)),
                     fa.dtype)
-    got = _kernel(np.ascontiguousarray(fa), np.ascontiguousarray(fb), rtol, atol, floor, rel_floor,
-                  pool, CHUNK, every, keep)
+    threshold = _top_threshold(fa, fb, pool.size)
+    got = _kernel(fa, fb, rtol, atol, floor, rel_floor, pool, CHUNK, every, keep, threshold)
     if got is None:
         return False
     (result.max_abs, result.argmax_flat, result.sum_abs, result.sum_sq, result.sum_aa,
      result.sum_bb, result.sum_ab, result.mismatches, result.min_atol, result.max_rel,
-     result.min_rtol, worst, pooled) = got
+     result.min_rtol, worst, pooled, kept) = got
     idx = np.asarray(worst, dtype=np.int64)
     result.worst_idx, result.worst_a, result.worst_b = idx, fa[idx], fb[idx]
     result.worst_abs = np.abs(result.worst_a - result.worst_b).astype(np.float64)
-    result.p99 = percentile99(pool[:pooled]) if pooled else 0.0
+    if threshold > 0 and kept < _top_count(pooled):   # the sample misled: keep every value
+        kept = _kernel(fa, fb, rtol, atol, floor, rel_floor, pool, CHUNK, every, keep, 0.0)[-1]
+    if kept == pooled:
+        result.p99 = percentile99(pool[:pooled]) if pooled else 0.0
+    else:
+        result.p99 = _percentile99_of_top(pool[:kept], pooled)
     return True
+
+
+def _top_count(n: int) -> int:
+    """How many of ``n`` values np.percentile(..., 99) reads from the top: those at ranks
+    floor(0.99 (n - 1)) and up."""
+    return n - math.floor((n - 1) * 0.99)
+
+
+def _sample_step(n: int) -> int:
+    """A stride giving about P99_SAMPLE values of ``n``; prime, so that it does not fall in step
+    with a tensor's rows (a stride of 64 over rows of 256 sees four columns only)."""
+    step = n // P99_SAMPLE
+    return next(primes(step)) if step > 1 else 1
+
+
+def _top_threshold(fa, fb, pooled) -> float:
+    """A value of |a - b| with about three times p99's top percent at or above it, placed from a
+    strided sample; 0 (keep every value) for a pool small enough to select among directly."""
+    if pooled < P99_SELECT_MIN:
+        return 0.0
+    step = _sample_step(fa.size)
+    sample = np.abs(fa[::step] - fb[::step])
+    rank = sample.size - 1 - int(3 * _top_count(pooled) * sample.size / pooled)
+    return float(np.partition(sample, rank)[rank]) if rank > 0 else 0.0
 
 
 def _to_flat_indices(result, flat_index, n):
@@ -263,14 +297,12 @@ def percentile99(pool: np.ndarray) -> float:
     the top percent of the values: one pass to pick them out instead of a selection over all
     of them (which took a third of a diff's time). ``pool`` is overwritten."""
     n = pool.size
-    # NumPy's linear method: virtual index, the rank below it and the weight of the one above
-    virtual = (n - 1) * 0.99
-    below = math.floor(virtual)
-    if n < P99_SELECT_MIN or below + 1 >= n:
-        return float(np.percentile(pool, 99, overwrite_input=True))
-    above_count = n - below            # values at ranks below..n-1
-    step = max(1, n // P99_SAMPLE)
-    sample = pool[::step].copy()
+    if n < 2:
+        return float(pool[0]) if n else math.nan
+    above_count = _top_count(n)
+    if n < P99_SELECT_MIN:
+        return _percentile99_of_top(pool, n)   # np.percentile's own path imports numpy.ma
+    sample = pool[::_sample_step(n)].copy()
     # a threshold from a sample: about twice as many values above it as needed
     rank = max(0, sample.size - 1 - int(2 * above_count * sample.size / n) - 1)
     threshold = np.partition(sample, rank)[rank]
@@ -279,8 +311,17 @@ def percentile99(pool: np.ndarray) -> float:
     else:
         top = pool[pool >= threshold]
     if top.size < above_count:        # the sample misled: select over everything
-        return float(np.percentile(pool, 99, overwrite_input=True))
-    first = top.size - above_count     # rank ``below`` within ``top``
+        return _percentile99_of_top(pool, n)
+    return _percentile99_of_top(top, n)
+
+
+def _percentile99_of_top(top: np.ndarray, n: int) -> float:
+    """``np.percentile(pool, 99)`` of a pool of ``n`` values, from ``top``: the pool's values at
+    or above some threshold, at least ``_top_count(n)`` (>= 2) of them. ``top`` is reordered."""
+    # NumPy's linear method: virtual index, the rank below it and the weight of the one above
+    virtual = (n - 1) * 0.99
+    below = math.floor(virtual)
+    first = top.size - (n - below)     # rank ``below`` within ``top``
     top.partition([first, first + 1])
     low, high = top[first], top[first + 1]
     gamma = virtual - below
@@ -388,6 +429,13 @@ def _nonfinite(result, ac, bc, start, flat_index):
     bc = np.where(keep, bc, 0)
     d = ac - bc
     return ac, bc, d, np.abs(d), int((~keep).sum())
+
+
+def _plain_list(values: np.ndarray) -> list:
+    """``_plain`` of each value; NumPy's own numbers convert in one call."""
+    if values.dtype.kind in "fiub" and type(values.dtype).__module__.startswith("numpy"):
+        return values.tolist()
+    return [_plain(v) for v in values]
 
 
 def _plain(value):

@@ -171,6 +171,7 @@ def json_lines(report: dict) -> str:
 
 
 _PLAIN = (str, int, bool, type(None))
+_finite = math.isfinite
 
 
 def strict(value):
@@ -181,10 +182,14 @@ def strict(value):
     if kind is float:
         return value if math.isfinite(value) else (None if math.isnan(value) else
                                                    "inf" if value > 0 else "-inf")
+    # containers answer their plain members inline: a call per value was most of the cost
     if isinstance(value, dict):
-        return {str(k): strict(v) for k, v in value.items()}
+        return {(k if type(k) is str else str(k)):
+                (v if type(v) in _PLAIN or (type(v) is float and _finite(v)) else strict(v))
+                for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [strict(v) for v in value]
+        return [v if type(v) in _PLAIN or (type(v) is float and _finite(v)) else strict(v)
+                for v in value]
     if isinstance(value, np.ndarray):
         return strict(value.tolist())
     if isinstance(value, np.generic):
