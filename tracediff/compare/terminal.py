@@ -2,11 +2,14 @@
 divergence marked, its hint, and the unmatched names."""
 from __future__ import annotations
 
+import sys
+
 from ..report.common import number
 
 STATUS_STYLE = {"ok": "green", "diverged": "bold red", "shape_mismatch": "bold magenta",
                 "dtype_mismatch": "bold magenta", "nonfinite": "bold red", "layout": "yellow"}
 MAX_LISTED = 20
+PLAIN_WIDTH = 160   # the width the rich path gives a console that is not a terminal
 
 
 def summary_line(report) -> str:
@@ -35,17 +38,21 @@ def summary_line(report) -> str:
 
 
 def render(report, console=None, context=3):
+    if console is None and report.ok and not sys.stdout.isatty():
+        lines = plain_ok_lines(report)
+        if all(len(line) <= PLAIN_WIDTH for line in lines):  # rich would not wrap them either
+            sys.stdout.write("".join(line + "\n" for line in lines))
+            return
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     console = console or Console(highlight=False, soft_wrap=False)
     if not console.is_terminal:
-        console.width = max(console.width, 160)
+        console.width = max(console.width, PLAIN_WIDTH)
     ok_style = "bold green" if report.ok else "bold red"
     console.print(Text(summary_line(report), style=ok_style))
-    console.print(Text(f"a = {report.a['path']} ({report.a['framework']})   "
-                       f"b = {report.b['path']} ({report.b['framework']}, reference)", style="dim"))
+    console.print(Text(_paths_line(report), style="dim"))
     fd = report.first_divergence
     shown = False
     for kind, first in (("forward", fd.forward), ("backward", fd.backward), ("param_grad", fd.param_grad)):
@@ -85,13 +92,35 @@ def render(report, console=None, context=3):
         if len(other) > MAX_LISTED:
             console.print(Text(f"  ... and {len(other) - MAX_LISTED} more"))
     if not shown and report.ok:
-        console.print(Text(f"{len(report.pairs)} pairs compared; largest rel_l2 "
-                           f"{number(_largest(report))}", style="dim"))
+        console.print(Text(_compared_line(report), style="dim"))
+    for line in _unmatched_lines(report):
+        console.print(Text(line, style="magenta"))
+
+
+def plain_ok_lines(report) -> list:
+    """What the rich path prints for a report without divergences, unstyled: the usual answer
+    to a script or CI job, which need not wait for rich's import (~50 ms)."""
+    return [summary_line(report), _paths_line(report), _compared_line(report),
+            *_unmatched_lines(report)]
+
+
+def _paths_line(report) -> str:
+    return (f"a = {report.a['path']} ({report.a['framework']})   "
+            f"b = {report.b['path']} ({report.b['framework']}, reference)")
+
+
+def _compared_line(report) -> str:
+    return f"{len(report.pairs)} pairs compared; largest rel_l2 {number(_largest(report))}"
+
+
+def _unmatched_lines(report) -> list:
+    lines = []
     for side in ("a", "b"):
         names = report.unmatched[side]
         if names:
             listed = ", ".join(names[:MAX_LISTED]) + (f", ... ({len(names)} in all)" if len(names) > MAX_LISTED else "")
-            console.print(Text(f"unmatched in {side}: {listed}", style="magenta"))
+            lines.append(f"unmatched in {side}: {listed}")
+    return lines
 
 
 def _name(name, call):
