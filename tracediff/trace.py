@@ -314,9 +314,9 @@ class Trace:
 
     def _view_bytes(self, offset, nbytes, record) -> np.ndarray:
         self._check_span(offset, nbytes, record)
-        if self._mapped is None:
-            self._mapped = (MappedBlob.open(self.path, self._file, self._data) if self.complete
-                            else False) or False
+        if self._mapped is None:  # a writer may still be growing an incomplete trace
+            blob = MappedBlob.open(self.path, self._file, self._data) if self.complete else None
+            self._mapped = blob or False
         raw = self._mapped.view(offset, nbytes) if self._mapped else None
         if raw is None:
             raw = self._read_bytes(offset, nbytes, record)
