@@ -57,8 +57,7 @@ def record(model, inputs, path, *, loss=None, target=None, max_memory=None, prov
     nodes = [graph.node[i] for i in order]
     initializers = {t.name: t for t in graph.initializer}
     known = {name: array.nbytes for name, array in feeds.items()}
-    types = inferred_types(proto, feeds)
-    sizes = estimate_sizes(nodes, types, known)
+    sizes = estimate_sizes(nodes, inferred_types(proto, feeds), known)
     groups = plan_groups(nodes, sizes, budget, feeds, set(initializers))
     legacy = is_legacy_export(proto)
     folded = sorted(folded_initializers(nodes, set(initializers), legacy))
@@ -74,7 +73,7 @@ def record(model, inputs, path, *, loss=None, target=None, max_memory=None, prov
             rec.input(name, array, onnx_output=name)
         _record_params(rec, graph, nodes, skip=set(folded), legacy=legacy)
         names = _record_forward(rec, proto, nodes, order, groups, feeds, initializers,
-                                resolved_providers, legacy, types)
+                                resolved_providers, legacy)
         if loss is not None:
             from .onnx_grad import record_backward
             record_backward(proto, feeds, rec, loss=loss, target=target, names=names,
@@ -116,19 +115,16 @@ def _record_params(rec, graph, nodes, skip, legacy):
         del array
 
 
-def _record_forward(rec, proto, nodes, order, groups, feeds, initializers, providers, legacy,
-                    types):
-    """Write each group's node outputs as they arrive (``rec.forward`` is done with a value
-    before the next group overwrites it: see ``run_groups``); return the tensor -> record map
-    that the gradient recorder pairs its records with."""
+def _record_forward(rec, proto, nodes, order, groups, feeds, initializers, providers, legacy):
+    """Write each group's node outputs as they arrive; return the tensor -> record map that the
+    gradient recorder pairs its records with."""
     graph_outputs = {o.name for o in proto.graph.output}
     origins = node_origins(nodes, graph_outputs, set(initializers), legacy)
     by_node = {}
     for node_index, position, tensor, name in record_names(nodes, order):
         by_node.setdefault(node_index, []).append((tensor, name))
     names = {}
-    for group, results in run_groups(proto, nodes, groups, feeds, initializers, providers,
-                                     types=types):
+    for group, results in run_groups(proto, nodes, groups, feeds, initializers, providers):
         for node_index in group.nodes:
             node = nodes[node_index]
             for tensor, name in by_node.get(node_index, []):

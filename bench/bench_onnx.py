@@ -102,12 +102,10 @@ proto, _ = load_model(sys.argv[1])
 feeds, _ = random_feeds(proto, None, 0)
 nodes = [proto.graph.node[i] for i in topological_order(proto.graph)]
 initializers = {t.name: t for t in proto.graph.initializer}
-types = inferred_types(proto, feeds)
-sizes = estimate_sizes(nodes, types, {k: v.nbytes for k, v in feeds.items()})
+sizes = estimate_sizes(nodes, inferred_types(proto, feeds), {k: v.nbytes for k, v in feeds.items()})
 groups = plan_groups(nodes, sizes, parse_memory(sys.argv[2]), feeds, set(initializers))
 planned = time.perf_counter()
-for group, results in run_groups(proto, nodes, groups, feeds, initializers, resolve_providers(None),
-                                 types=types):
+for group, results in run_groups(proto, nodes, groups, feeds, initializers, resolve_providers(None)):
     del results
 print(f"{planned - start:.3f} {time.perf_counter() - planned:.3f} {len(groups)}")
 """
