@@ -186,6 +186,9 @@ def test_diff_holds_one_pair_of_tensors_at_a_time(tmp_path, monkeypatch):
     import gc
     import weakref
 
+    from tracediff.compare import engine
+
+    monkeypatch.setattr(engine, "MAX_COMPARE_THREADS", 1)   # threads: see test_diff_threads.py
     a, b = simple(tmp_path, 2.0)
     alive, most = [], []
     original = td.Record.view   # the diff reads through views: mapped pages count as memory too

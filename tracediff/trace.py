@@ -5,6 +5,7 @@ import fnmatch
 import json
 import math
 import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 
@@ -161,6 +162,7 @@ class Trace:
         self._data = data
         self._data_size = int(data.shape[0])
         self._mapped = None   # a MappedBlob once a view asked for one, False where none can be
+        self._mapping_lock = threading.Lock()
         n = int(records.shape[0])
         committed = n
         closed = False
@@ -314,9 +316,12 @@ class Trace:
 
     def _view_bytes(self, offset, nbytes, record) -> np.ndarray:
         self._check_span(offset, nbytes, record)
-        if self._mapped is None:  # a writer may still be growing an incomplete trace
-            blob = MappedBlob.open(self.path, self._file, self._data) if self.complete else None
-            self._mapped = blob or False
+        if self._mapped is None:
+            with self._mapping_lock:   # the diff compares pairs on several threads
+                if self._mapped is None:  # a writer may still be growing an incomplete trace
+                    blob = (MappedBlob.open(self.path, self._file, self._data) if self.complete
+                            else None)
+                    self._mapped = blob or False
         raw = self._mapped.view(offset, nbytes) if self._mapped else None
         if raw is None:
             raw = self._read_bytes(offset, nbytes, record)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -24,6 +25,7 @@ PARAM_KINDS = ("param", "param_grad")
 STAT_KEYS = ("max_abs", "max_rel", "mean_abs", "rmse", "rel_l2", "cosine", "mismatch_fraction",
              "argmax_abs", "nan_a", "nan_b", "inf_a", "inf_b", "p99", "sqnr_db", "min_rtol", "min_atol")
 LAYOUT_SEARCH_LIMIT = 1 << 26     # elements: larger same-shape pairs skip the flatten-order search
+MAX_COMPARE_THREADS = 4           # pairs compared at once (their mapped pages are held meanwhile)
 HIST_BIN = 0.25                   # decades per histogram bin
 HIST_CHUNK = 1 << 18
 INTRODUCED_GROWTH = 10.0          # error growing less than this across a layer was inherited
@@ -115,10 +117,10 @@ def _diff(ta, tb, mode, rules, policy, progress, started) -> Report:
     depth = depths(tb)
     pairs = []
     total = len(aligned)
-    for done, item in enumerate(aligned, 1):
-        tol = policy.resolve(item.b.kind, item.a.name, item.b.name, item.a.dtype, item.b.dtype,
-                             depth.get(item.b.index, 1))
-        pair = compare_pair(item.a, item.b, tol, dims)
+    tols = [policy.resolve(item.b.kind, item.a.name, item.b.name, item.a.dtype, item.b.dtype,
+                           depth.get(item.b.index, 1)) for item in aligned]
+    compared = _compare_all([(item.a, item.b, tol) for item, tol in zip(aligned, tols)], dims)
+    for done, (item, pair) in enumerate(zip(aligned, compared), 1):
         pair.match, pair.confidence = item.match, item.confidence
         pairs.append(pair)
         if progress is not None:
@@ -148,6 +150,22 @@ def _diff(ta, tb, mode, rules, policy, progress, started) -> Report:
         unmatched={"a": [r.name for r in unmatched_a], "b": [r.name for r in unmatched_b]},
         unmatched_records={"a": [_brief(r) for r in unmatched_a], "b": [_brief(r) for r in unmatched_b]},
         histogram=histogram, dims=dims, elapsed_s=time.perf_counter() - started)
+
+
+def _compare_all(jobs, dims):
+    """``compare_pair`` of each ``(a, b, tolerance)``, in order. Pairs whose values are read go
+    through the compiled kernel, which releases the GIL and is bound by memory and page
+    faults, so a few threads compare several pairs at once; each pair's result depends on that
+    pair alone."""
+    workers = min(MAX_COMPARE_THREADS, os.cpu_count() or 1, len(jobs))
+    if workers < 2:
+        yield from (compare_pair(a, b, tol, dims) for a, b, tol in jobs)
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="tracediff-compare")
+    try:
+        yield from pool.map(lambda job: compare_pair(job[0], job[1], job[2], dims), jobs)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)   # an error stops the pairs not yet begun
 
 
 def _follow_declared_layouts(pairs, ta, tb):
