@@ -15,8 +15,9 @@ from diff_helpers import rng, write
 
 
 def _traces(tmp_path, planted=None):
-    """Forty float32 pairs of 64k-1M elements (mapped, through the kernel) and some small
-    ones; the candidate nudged everywhere and, at ``planted``, wrong."""
+    """Forty float32 pairs of 64k-1M elements (mapped, through the kernel, on threads) and some
+    small ones (in the main thread); the candidate nudged everywhere and, at ``planted``,
+    wrong."""
     names = [f"layer{i}" for i in range(48)]
     sizes = {name: (int(rng(i).integers(1 << 16, 1 << 20)) if i % 6 else 7) for i, name in enumerate(names)}
     ref = {name: rng(100 + i).standard_normal(sizes[name]).astype(np.float32) for i, name in enumerate(names)}
@@ -51,12 +52,16 @@ def test_threads_hold_a_bounded_number_of_tensors(tmp_path, monkeypatch):
     live, most, lock = [0], [0], threading.Lock()
     original = engine.compare_pair
 
-    def counted(*args):
+    def counted(ra, rb, tol, dims):
+        if rb.nbytes < engine.THREADED_PAIR_BYTES:   # small pairs: compared in the main thread
+            assert threading.current_thread() is threading.main_thread()
+            return original(ra, rb, tol, dims)
+        assert threading.current_thread() is not threading.main_thread()
         with lock:
             live[0] += 1
             most[0] = max(most[0], live[0])
         try:
-            return original(*args)
+            return original(ra, rb, tol, dims)
         finally:
             with lock:
                 live[0] -= 1

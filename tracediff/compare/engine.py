@@ -26,6 +26,7 @@ STAT_KEYS = ("max_abs", "max_rel", "mean_abs", "rmse", "rel_l2", "cosine", "mism
              "argmax_abs", "nan_a", "nan_b", "inf_a", "inf_b", "p99", "sqnr_db", "min_rtol", "min_atol")
 LAYOUT_SEARCH_LIMIT = 1 << 26     # elements: larger same-shape pairs skip the flatten-order search
 MAX_COMPARE_THREADS = 4           # pairs compared at once (their mapped pages are held meanwhile)
+THREADED_PAIR_BYTES = 1 << 16     # smaller pairs are compared faster than a thread hand-off
 HIST_BIN = 0.25                   # decades per histogram bin
 HIST_CHUNK = 1 << 18
 INTRODUCED_GROWTH = 10.0          # error growing less than this across a layer was inherited
@@ -153,19 +154,29 @@ def _diff(ta, tb, mode, rules, policy, progress, started) -> Report:
 
 
 def _compare_all(jobs, dims):
-    """``compare_pair`` of each ``(a, b, tolerance)``, in order. Pairs whose values are read go
-    through the compiled kernel, which releases the GIL and is bound by memory and page
-    faults, so a few threads compare several pairs at once; each pair's result depends on that
-    pair alone."""
-    workers = min(MAX_COMPARE_THREADS, os.cpu_count() or 1, len(jobs))
+    """``compare_pair`` of each ``(a, b, tolerance)``, in order. Pairs whose values are read at
+    size go through the compiled kernel, which releases the GIL and is bound by memory and page
+    faults, so a few threads compare several such pairs at once; the others (settled from the
+    index, stats-only samples, small tensors) are Python work, done in this thread. Each
+    pair's result depends on that pair alone."""
+    heavy = [i for i, (a, b, _) in enumerate(jobs) if _reads_values(a, b)]
+    workers = min(MAX_COMPARE_THREADS, os.cpu_count() or 1, len(heavy))
     if workers < 2:
         yield from (compare_pair(a, b, tol, dims) for a, b, tol in jobs)
         return
     pool = ThreadPoolExecutor(workers, thread_name_prefix="tracediff-compare")
     try:
-        yield from pool.map(lambda job: compare_pair(job[0], job[1], job[2], dims), jobs)
+        futures = {i: pool.submit(compare_pair, *jobs[i], dims) for i in heavy}
+        for i, (a, b, tol) in enumerate(jobs):
+            yield futures[i].result() if i in futures else compare_pair(a, b, tol, dims)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)   # an error stops the pairs not yet begun
+
+
+def _reads_values(a: Record, b: Record) -> bool:
+    """Whether ``compare_pair`` will read both tensors and compare them at size."""
+    return (a.stored and b.stored and b.nbytes >= THREADED_PAIR_BYTES
+            and not (a.hash and a.hash == b.hash))
 
 
 def _follow_declared_layouts(pairs, ta, tb):
