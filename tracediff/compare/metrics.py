@@ -5,6 +5,7 @@ NumPy needs for ``abs(a - b).max()`` on whole arrays (which allocates two full t
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -264,6 +265,7 @@ def _top_count(n: int) -> int:
     return n - math.floor((n - 1) * 0.99)
 
 
+@functools.lru_cache(maxsize=1024)   # a model's tensors repeat a few sizes
 def _sample_step(n: int) -> int:
     """A stride giving about P99_SAMPLE values of ``n``; prime, so that it does not fall in step
     with a tensor's rows (a stride of 64 over rows of 256 sees four columns only)."""
