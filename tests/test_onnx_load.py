@@ -123,3 +123,21 @@ def test_missing_model_and_unloaded_external_proto_are_refused(tmp_path):
     assert str(error.value) == ("ModelProto tensor 'fc.weight' has its data in an external file "
                                 "that was not loaded: pass the model's path instead so its "
                                 "folder is known")
+
+
+@pytest.mark.filterwarnings("ignore:The onnxtxt format is experimental")
+@pytest.mark.parametrize("extension", [".onnx", ".pb", "", ".onnxtxt", ".txtpb", ".json"])
+def test_binary_and_text_models_load_as_onnx_load_reads_them(tmp_path, extension):
+    """Binary models are parsed from the file's mapped pages, text formats by onnx.load: the
+    same ModelProto either way, and the mapping is closed after the parse."""
+    from tracediff.adapters.onnx_load import load_model
+
+    path = str(tmp_path / f"model{extension}")
+    onnx.save(linear_model(), path)
+    proto, source = load_model(path)
+    assert source == path
+    assert proto == onnx.load(path, load_external_data=False)
+    if extension != ".onnxtxt":   # onnx's own text format rounds the weights
+        assert proto == linear_model()
+    os.remove(path)   # nothing of the file is still held
+    assert numpy_helper.to_array(proto.graph.initializer[0]).shape == (6, 4)
