@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 import warnings
@@ -68,6 +69,17 @@ def main(argv=None) -> int:
             print(f"tracediff {args.verb}: error: {type(exc).__name__}: {first_line(exc, '')} "
                   "(run again with --debug for the traceback)", file=sys.stderr)
             return EXIT_ERROR
+
+
+def console_main() -> int:
+    """The ``tracediff`` command and ``python -m tracediff``: ``main()``, then leave the
+    interpreter's exit nothing to search for garbage. The objects left at the end are the
+    imported modules' (numpy, onnx, h5py...); the collections the exit runs over them take
+    ~0.05 s, a tenth of a small command. Freezing leaves them to be freed without that
+    search; in-process callers of ``main()`` are unaffected."""
+    status = main()
+    gc.freeze()
+    return status
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
