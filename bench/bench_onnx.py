@@ -16,10 +16,10 @@ Polygraphy:  polygraphy run MODEL --onnxrt --onnx-outputs '*' --save-outputs ref
              polygraphy run CAND ... --load-outputs ref.json (compares every output).
 Each command runs as its own process; wall time and peak RSS (os.wait4) are per command and
 summed / maxed per tool. ``--repeats N`` runs N rounds of every workflow in turn (tracediff's
-and Polygraphy's alternate) and keeps each command's fastest round; file size is the reference run's file (ref.h5 holds the parameters
-too; ref.json only the outputs). The model is a torch transformer
-(pre-norm blocks: LayerNorm, 4-projection attention, GELU MLP) exported with the TorchScript
-exporter in a separate process, so this process stays small.
+and Polygraphy's alternate) and keeps each command's fastest round. File size is the reference
+run's file (ref.h5 holds the parameters too; ref.json only the outputs). The model is a torch
+transformer (pre-norm blocks: LayerNorm, 4-projection attention, GELU MLP) exported with the
+TorchScript exporter in a separate process, so this process stays small.
 """
 from __future__ import annotations
 
