@@ -93,11 +93,11 @@ onnx.save(proto, sys.argv[6])
 # nothing: the part of a recording that no change to tracediff's own code can remove
 _ORT_ONLY = r"""
 import sys, time
-from tracediff.adapters.onnx_inputs import random_feeds
-from tracediff.adapters.onnx_load import load_model
-from tracediff.adapters.onnx_memory import parse_memory
-from tracediff.adapters.onnx_plan import estimate_sizes, inferred_types, plan_groups, topological_order
-from tracediff.adapters.onnx_run import resolve_providers, run_groups
+from tracediff.adapters.onnx.inputs import random_feeds
+from tracediff.adapters.onnx.load import load_model
+from tracediff.adapters.onnx.memory import parse_memory
+from tracediff.adapters.onnx.plan import estimate_sizes, inferred_types, plan_groups, topological_order
+from tracediff.adapters.onnx.capture import resolve_providers, run_groups
 start = time.perf_counter()
 proto, _ = load_model(sys.argv[1])
 feeds, _ = random_feeds(proto, None, 0)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 import tracediff as td
 from tracediff.adapters import onnx as tdo
-from tracediff.adapters import onnx_grad
+from tracediff.adapters.onnx.grad import graph as onnx_grad
 from timing import median_seconds  # noqa: E402
 
 
@@ -80,9 +80,10 @@ _BOUNDED = textwrap.dedent("""
     import json, sys, time
     import h5py, numpy as np, onnx, onnxruntime  # noqa: F401,E401  (before the baseline)
     import tracediff as td
-    from tracediff.adapters import onnx as tdo, onnx_grad_groups  # noqa: F401
-    from tracediff.adapters.onnx_grad import record_backward
-    from tracediff.adapters.onnx_memory import parse_memory
+    from tracediff.adapters import onnx as tdo  # noqa: F401
+    from tracediff.adapters.onnx.grad import groups  # noqa: F401
+    from tracediff.adapters.onnx.grad.graph import record_backward
+    from tracediff.adapters.onnx.memory import parse_memory
 
     def status(key):
         with open("/proc/self/status") as handle:

@@ -271,7 +271,7 @@ def test_sequence_values_are_carried_between_groups_but_not_recorded(tmp_path):
     (["/conv_1/Conv"], ["conv_1"]),                                    # a name ending in _1
 ])
 def test_legacy_scopes_decode_to_qualified_module_names(node_names, expected):
-    from tracediff.adapters.onnx_modules import node_origins
+    from tracediff.adapters.onnx.origins import node_origins
 
     nodes = [helper.make_node("Relu", [f"i{k}"], [f"o{k}"], name=name)
              for k, name in enumerate(node_names)]

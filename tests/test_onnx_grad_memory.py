@@ -156,8 +156,9 @@ _PEAK_SCRIPT = textwrap.dedent("""
     import numpy as np
     import h5py, onnx, onnxruntime  # noqa: F401,E401  (loaded before the baseline)
     import tracediff as td
-    from tracediff.adapters import onnx as tdo, onnx_grad_groups  # noqa: F401
-    from tracediff.adapters.onnx_grad import record_backward
+    from tracediff.adapters import onnx as tdo  # noqa: F401
+    from tracediff.adapters.onnx.grad import groups  # noqa: F401
+    from tracediff.adapters.onnx.grad.graph import record_backward
 
     def status(key):  # kB, of this process's own memory
         with open("/proc/self/status") as handle:

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import tracediff as td
 from tracediff.adapters import onnx as tdo
-from tracediff.adapters.onnx_grad import META_KEY, gradient_model, record_backward
+from tracediff.adapters.onnx.grad.graph import META_KEY, gradient_model, record_backward
 
 RNG = np.random.default_rng(13)
 W1, W2 = RNG.standard_normal((5, 7)), RNG.standard_normal((7, 3))
@@ -36,7 +36,7 @@ def test_op_without_rule_names_op_and_node():
         gradient_model(_model(_two_layer("Sin")), "sum")
     assert str(info.value) == (
         "no gradient rule for op Sin (node /act/Sin): add one to "
-        "tracediff.adapters.onnx_vjp.RULES or export the model without it; the forward trace "
+        "tracediff.adapters.onnx.grad.vjp.RULES or export the model without it; the forward trace "
         "is written")
 
 

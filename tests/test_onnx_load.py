@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import tracediff as td  # noqa: E402
 from tracediff.adapters import onnx as tdo  # noqa: E402
-from tracediff.adapters import onnx_run  # noqa: E402
+from tracediff.adapters.onnx import capture as onnx_run  # noqa: E402
 from tracediff.errors import TraceDiffError  # noqa: E402
 
 
@@ -130,7 +130,7 @@ def test_missing_model_and_unloaded_external_proto_are_refused(tmp_path):
 def test_binary_and_text_models_load_as_onnx_load_reads_them(tmp_path, extension):
     """Binary models are parsed from the file's mapped pages, text formats by onnx.load: the
     same ModelProto either way, and the mapping is closed after the parse."""
-    from tracediff.adapters.onnx_load import load_model
+    from tracediff.adapters.onnx.load import load_model
 
     path = str(tmp_path / f"model{extension}")
     onnx.save(linear_model(), path)

@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 
 import tracediff as td
-from tracediff.compare import terminal
+from tracediff.report import terminal
 
 from diff_helpers import rng, write
 

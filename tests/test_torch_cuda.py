@@ -8,7 +8,7 @@ from torch import nn  # noqa: E402
 
 import tracediff as td  # noqa: E402
 from tracediff.adapters import torch as tdt  # noqa: E402
-from tracediff.adapters.torch_convert import HostWriter  # noqa: E402
+from tracediff.adapters.torch.convert import HostWriter  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -6,7 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import tracediff as td  # noqa: E402
-from tracediff.adapters.torch_convert import STAGING, HostWriter, release_staging, to_numpy  # noqa: E402
+from tracediff.adapters.torch.convert import STAGING, HostWriter, release_staging, to_numpy  # noqa: E402
 from tracediff.errors import TraceDiffError  # noqa: E402
 
 
@@ -42,7 +42,7 @@ def test_default_writer_thread_only_for_full_tensors_with_a_cpu_free(
         tmp_path, monkeypatch, values, threads_left, expected):
     """background=None: full tensors go through the writer thread when torch leaves a CPU
     free; stats-only records are summarised and appended in the hook."""
-    from tracediff.adapters import torch_session
+    from tracediff.adapters.torch import session as torch_session
 
     monkeypatch.setattr(torch_session, "spare_cpu", lambda: threads_left)
     recorder, writer = torch_session.open_recorder(

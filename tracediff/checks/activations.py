@@ -5,7 +5,8 @@ import math
 
 import numpy as np
 
-from .context import CheckContext, fmt, is_float_record, nonfinite_count, op_family, unit_axis, values
+from ..report.common import fmt
+from .context import CheckContext, is_float_record, nonfinite_count, op_family, unit_axis, values
 from .result import CheckResult, skip
 
 SPREAD_ID, SATURATION_ID, DEAD_ID = "activation_spread", "saturation", "dead_units"

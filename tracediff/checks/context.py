@@ -135,12 +135,3 @@ def unit_axis(record: Record, ctx: CheckContext) -> int:
         return 1
     return ndim - 1
 
-
-def fmt(value) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        return f"{value:.3g}"
-    return str(value)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import math
 
-from .context import CheckContext, fmt, is_float_record, is_weight_like, l2, nonfinite_count
+from ..report.common import fmt
+from .context import CheckContext, is_float_record, is_weight_like, l2, nonfinite_count
 from .result import CheckResult, skip
 
 FLOW_ID = "gradient_flow"

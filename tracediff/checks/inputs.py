@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .context import CheckContext, fmt, is_float_record, nonfinite_count, values
+from ..report.common import fmt
+from .context import CheckContext, is_float_record, nonfinite_count, values
 from .result import CheckResult, skip
 
 ID = "input_data"

@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 import math
 
-from .context import CheckContext, fmt, is_float_record, values
+from ..report.common import fmt
+from .context import CheckContext, is_float_record, values
 from .result import CheckResult, skip
 
 ID = "initial_loss"

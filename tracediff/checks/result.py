@@ -81,7 +81,7 @@ class CheckReport:
         return text
 
     def __str__(self):
-        from .render import plain_text
+        from ..report.check_terminal import plain_text
         return plain_text(self)
 
 

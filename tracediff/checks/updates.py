@@ -5,7 +5,8 @@ import math
 
 import numpy as np
 
-from .context import CheckContext, fmt, is_float_record, is_weight_like, values
+from ..report.common import fmt
+from .context import CheckContext, is_float_record, is_weight_like, values
 from .result import CheckResult, skip
 
 ID = "update_ratio"

@@ -22,7 +22,7 @@ def add_arguments(parser):
 
 def run(args) -> int:
     from ..checks import check
-    from ..checks.render import print_report
+    from ..report.check_terminal import print_report
 
     report = check(args.trace, classes=args.classes, only=args.only)
     if args.json_out == "-":

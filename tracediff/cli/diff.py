@@ -69,7 +69,7 @@ def compare_and_report(a, b, args) -> int:
     """Diff trace ``a`` (candidate) with ``b`` (reference) under the options in ``args``, write
     and print the report; the exit status: 0 nothing diverges, 1 something does."""
     from ..compare import diff
-    from ..compare.terminal import summary_line
+    from ..report.terminal import summary_line
 
     for label, value in (("--rtol", args.rtol), ("--atol", args.atol)):
         if value is not None and not value >= 0:

@@ -137,7 +137,7 @@ class Report:
         return text
 
     def render(self, console=None, context=3) -> None:
-        from .terminal import render
+        from ..report.terminal import render
         render(self, console=console, context=context)
 
     def __repr__(self):

@@ -1,4 +1,4 @@
-"""What the Markdown and HTML renderers share: reading a diff report dict, formatting numbers."""
+"""What the renderers share: reading a diff report dict, formatting numbers."""
 from __future__ import annotations
 
 import math
@@ -23,6 +23,17 @@ def number(value) -> str:
             return "inf" if value > 0 else "-inf"
         return f"{value:.3g}"
     return str(value)
+
+def fmt(value) -> str:
+    """A check's value for people: 3 significant digits, 'n/a' when absent."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return f"{value:.3g}"
+    return str(value)
+
 
 
 def shape(value, dims) -> str:

@@ -1,7 +1,7 @@
 """Vector-Jacobian products of ONNX ops, one function per op type.
 
 ``RULES[op_type](g, node, dys) -> list`` receives the gradient emitter ``g`` (see
-``onnx_grad.Emitter``), the forward node and the gradients of the node's outputs (``None`` where
+``graph.Emitter``), the forward node and the gradients of the node's outputs (``None`` where
 an output does not reach the loss), and returns the gradients of the node's inputs by position
 (``None`` where an input gets none). A rule only emits nodes through ``g``; to support a new op,
 add one function decorated with ``@rule("OpType")``. Rules assume opset >= 18 semantics (the
@@ -15,7 +15,7 @@ import math
 import numpy as np
 from onnx import helper
 
-from ..errors import TraceDiffError
+from ....errors import TraceDiffError
 
 RULES = {}
 # op type -> input positions whose values a rule reads (``g.value``): where such an input is

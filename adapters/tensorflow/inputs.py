@@ -5,7 +5,7 @@ import re
 
 import numpy as np
 
-from ..errors import TraceDiffError
+from ...errors import TraceDiffError
 
 
 def check_model(model):

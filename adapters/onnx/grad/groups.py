@@ -1,6 +1,6 @@
 """Memory-bounded ONNX backward, as gradient checkpointing does it.
 
-The prepared graph is cut into consecutive groups (``onnx_plan.plan_checkpoints``) whose
+The prepared graph is cut into consecutive groups (``plan.plan_checkpoints``) whose
 forward outputs fit half of ``max_memory`` (their gradients take the other half), at the cuts
 that leave the fewest bytes crossing from group to group. Then
 
@@ -15,7 +15,7 @@ that leave the fewest bytes crossing from group to group. Then
   written once the earliest group reading them is done).
 
 Peak memory is about the boundary tensors plus one group's activations and gradients; the cost
-is about one extra forward. The rules and the emitter are ``onnx_grad``'s, unchanged.
+is about one extra forward. The rules and the emitter are ``graph``'s, unchanged.
 """
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ..errors import TraceDiffError
-from .onnx_grad import _LOSS_BUILDERS, GradientPlan, _first_line, _live, differentiate, target_feed
-from .onnx_plan import (estimate_sizes, group_model, last_reads, node_reads, plan_checkpoints,
+from ....errors import TraceDiffError
+from .graph import _LOSS_BUILDERS, GradientPlan, _first_line, _live, differentiate, target_feed
+from ..plan import (estimate_sizes, group_model, last_reads, node_reads, plan_checkpoints,
                         plan_groups, typed_input)
 
 

@@ -3,8 +3,8 @@
 ``record("model.onnx", {"input": x}, "onnx.h5")`` writes ``input`` records for the graph inputs,
 ``param`` records for the float initializers and one ``forward`` record per node output (not
 Constant nodes) in topological order, each with its op type, ONNX tensor name and the torch
-module path the exporter encoded (see ``onnx_names``). Outputs are exposed in groups sized to
-``max_memory`` (see ``onnx_plan``): the capture never holds more than one group's outputs plus
+module path the exporter encoded (see ``meta``). Outputs are exposed in groups sized to
+``max_memory`` (see ``plan``): the capture never holds more than one group's outputs plus
 the tensors later groups still read.
 """
 from __future__ import annotations
@@ -14,15 +14,15 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from ..errors import TraceDiffError
-from ..recorder import Recorder
-from .onnx_inputs import check_feeds, random_feeds
-from .onnx_load import load_model
-from .onnx_memory import parse_memory
-from .onnx_modules import folded_initializers, is_legacy_export, merged_parameters, node_origins
-from .onnx_names import output_layout, param_meta, parameter_aliases, record_names
-from .onnx_plan import estimate_sizes, inferred_types, plan_groups, topological_order
-from .onnx_run import resolve_providers, run_groups
+from ...errors import TraceDiffError
+from ...recorder import Recorder
+from .inputs import check_feeds, random_feeds
+from .load import load_model
+from .memory import parse_memory
+from .origins import folded_initializers, is_legacy_export, merged_parameters, node_origins
+from .meta import output_layout, param_meta, parameter_aliases, record_names
+from .plan import estimate_sizes, inferred_types, plan_groups, topological_order
+from .capture import resolve_providers, run_groups
 
 DEFAULT_MAX_MEMORY = 256 * 2**20
 FLUSH_EVERY = 64   # index rows per flush: flushing each of hundreds of records costs ~20%
@@ -75,7 +75,7 @@ def record(model, inputs, path, *, loss=None, target=None, max_memory=None, prov
         names = _record_forward(rec, proto, nodes, order, groups, feeds, initializers,
                                 resolved_providers, legacy)
         if loss is not None:
-            from .onnx_grad import record_backward
+            from .grad.graph import record_backward
             record_backward(proto, feeds, rec, loss=loss, target=target, names=names,
                             save_grad_model=save_grad_model, providers=resolved_providers,
                             max_memory=budget)

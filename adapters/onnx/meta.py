@@ -1,5 +1,5 @@
 """Record names and per-record metadata of an ONNX trace: node output names, activation
-layouts, parameter roles and layouts (the module paths are in ``onnx_modules``)."""
+layouts, parameter roles and layouts (the module paths are in ``origins``)."""
 from __future__ import annotations
 
 SPATIAL_OPS = {"Conv", "ConvTranspose", "BatchNormalization", "MaxPool", "AveragePool",

@@ -10,7 +10,7 @@ from torch import nn
 from tracediff.errors import TraceDiffError
 from tracediff.recorder import Recorder
 
-from .torch_convert import HostWriter
+from .convert import HostWriter
 
 LEVELS = ("module", "op")
 # Records between index flushes (the Recorder flushes every record by default, ~0.6 ms each).

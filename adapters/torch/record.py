@@ -15,13 +15,13 @@ import torch
 
 from tracediff.errors import TraceDiffError
 
-from .torch_capture import Capture
-from .torch_checks import check_batch_independence, overfit_check
-from .torch_meta import tensor_meta
-from .torch_recording import Recording, recording
-from .torch_select import Selection
-from .torch_session import FLUSH_EVERY, check_level, open_recorder, original_module
-from .torch_structure import split_inputs
+from .capture import Capture
+from .checks import check_batch_independence, overfit_check
+from .meta import tensor_meta
+from .recording import Recording, recording
+from .select import Selection
+from .session import FLUSH_EVERY, check_level, open_recorder, original_module
+from .structure import split_inputs
 
 __all__ = ["record", "recording", "Recording", "check_batch_independence", "overfit_check"]
 

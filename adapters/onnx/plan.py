@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
-from ..errors import TraceDiffError
+from ...errors import TraceDiffError
 
 SMALL_INITIALIZER = 4096   # elements: kept in the weightless copy so shapes can be propagated
 

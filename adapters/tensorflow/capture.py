@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
-from ..select import kept
-from ..structure import named_leaves
-from . import tensorflow_meta as tfmeta
+from ...select import kept
+from ...structure import named_leaves
+from . import meta as tfmeta
 
 ROOT = "<root>"
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
-from ..errors import TraceDiffError
-from ..primes import dims as prime_dims
+from ...errors import TraceDiffError
+from ...primes import dims as prime_dims
 
 
 def graph_inputs(model):

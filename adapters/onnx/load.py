@@ -11,7 +11,7 @@ import os
 import onnx
 from onnx import external_data_helper, serialization
 
-from ..errors import TraceDiffError
+from ...errors import TraceDiffError
 
 
 def load_model(model):

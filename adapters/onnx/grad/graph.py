@@ -2,7 +2,7 @@
 
 ``gradient_model(model, loss)`` appends, to the forward graph, the loss and the gradient of every
 node output and float initializer on the way to it, using one rule per op type from
-``onnx_vjp.RULES``. ``record_backward`` runs that model and writes ``loss``, ``backward`` and
+``vjp.RULES``. ``record_backward`` runs that model and writes ``loss``, ``backward`` and
 ``param_grad`` records, so the numerics stay onnxruntime's.
 """
 from __future__ import annotations
@@ -15,9 +15,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import TraceDiffError, first_line
-from .onnx_names import parameter_aliases
-from .onnx_vjp import NEEDS_VALUES, RULES
+from ....errors import TraceDiffError, first_line
+from ..meta import parameter_aliases
+from .vjp import NEEDS_VALUES, RULES
 
 LOSSES = ("cross_entropy", "mse", "sum")
 MIN_OPSET = 18
@@ -355,7 +355,7 @@ def analyse(model, loss, *, feeds=None, providers=None, max_memory=None) -> Anal
             where = node_names[tuple(node.output)]
             raise TraceDiffError(
                 f"no gradient rule for op {node.op_type} (node {where}): add one to "
-                "tracediff.adapters.onnx_vjp.RULES or export the model without it; the forward "
+                "tracediff.adapters.onnx.grad.vjp.RULES or export the model without it; the forward "
                 "trace is written")
     graph_inputs = {i.name for i in graph.input if i.name not in initializers}
     consts.update(_computed_values(model, path, consts, feeds or {}, providers))
@@ -621,9 +621,9 @@ def _relink_folded_transposes(model):
 def _split_merged_parameters(model):
     """Give each parameter the dynamo optimizer merged with an equal-valued one its own
     Identity copy named as torch names it (as the legacy exporter writes them), so each gets
-    its own gradient (see ``onnx_modules.merged_parameters``)."""
+    its own gradient (see ``origins.merged_parameters``)."""
     try:
-        from .onnx_modules import is_legacy_export, merged_parameters
+        from ..origins import is_legacy_export, merged_parameters
     except ImportError:
         return
     graph = model.graph
@@ -731,7 +731,7 @@ def _probe_shapes(model, feeds, providers, budget=None):
     if not open_shapes:
         return
     if budget is not None:
-        from .onnx_grad_groups import probe_in_groups
+        from .groups import probe_in_groups
 
         found = probe_in_groups(model, feeds, open_shapes, budget, providers)
         if found is not None:
@@ -820,12 +820,12 @@ def record_backward(model, feeds, rec, *, loss, target=None, names=None, save_gr
     records reuse both (tensors missing from it are not written). Without it the tensor name is
     the record name. ``max_memory`` (bytes) bounds the forward activations and gradients held
     at once: when the graph's do not fit, the backward runs group by group as gradient
-    checkpointing does (see ``onnx_grad_groups``); None runs one gradient model.
+    checkpointing does (see ``groups``); None runs one gradient model.
     """
     analysis = analyse(model, loss, feeds=feeds, providers=providers, max_memory=max_memory)
     writer = RecordWriter(model, rec, names, analysis)
     if max_memory is not None:
-        from .onnx_grad_groups import GroupedBackward
+        from .groups import GroupedBackward
 
         grouped = GroupedBackward.plan(analysis, loss, feeds, max_memory)
         if grouped is not None:
@@ -913,7 +913,7 @@ def _folded_initializers(model):
     """Initializers an exporter's constant folding rewrote (a Conv with its BatchNorm fused in):
     the forward adapter writes no ``param`` record for them, and they get no ``param_grad``."""
     try:
-        from .onnx_modules import folded_initializers, is_legacy_export
+        from ..origins import folded_initializers, is_legacy_export
     except ImportError:
         return set()
     names = {t.name for t in model.graph.initializer}
@@ -924,7 +924,7 @@ def _param_metas(model, initializers):
     """The meta the forward adapter gives each initializer's ``param`` record (role, module,
     layout), so a ``param_grad`` carries the same."""
     try:
-        from .onnx_names import param_meta
+        from ..meta import param_meta
     except ImportError:  # a build without the forward adapter: the role from the name suffix
         return {name: {"role": parameter_role(name)} for name in initializers}
     wanted, consumers = set(initializers), defaultdict(list)

@@ -9,8 +9,8 @@ import tempfile
 import onnx
 import onnxruntime as ort
 
-from ..errors import TraceDiffError, first_line
-from .onnx_plan import group_model, initializer_arrays_nbytes, last_reads
+from ...errors import TraceDiffError, first_line
+from .plan import group_model, initializer_arrays_nbytes, last_reads
 
 # protobuf cannot serialize 2 GiB; larger groups go to onnxruntime through a file with
 # external data

@@ -1,7 +1,7 @@
 """The check report on a terminal: a rich table when rich is there, plain lines otherwise."""
 from __future__ import annotations
 
-from .context import fmt
+from .common import fmt
 
 MARK = {"pass": "PASS", "warn": "WARN", "fail": "FAIL", "skip": "skip"}
 STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "skip": "dim"}

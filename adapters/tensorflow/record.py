@@ -16,11 +16,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow's C++ st
 
 import tensorflow as tf  # noqa: E402
 
-from ..errors import TraceDiffError  # noqa: E402
-from ..recorder import Recorder  # noqa: E402
-from . import tensorflow_meta as tfmeta  # noqa: E402
-from .tensorflow_capture import ROOT, LayerCapture, own_variables, selected  # noqa: E402
-from .tensorflow_inputs import check_inputs, check_model, forward_error, named_inputs  # noqa: E402
+from ...errors import TraceDiffError  # noqa: E402
+from ...recorder import Recorder  # noqa: E402
+from . import meta as tfmeta  # noqa: E402
+from .capture import ROOT, LayerCapture, own_variables, selected  # noqa: E402
+from .inputs import check_inputs, check_model, forward_error, named_inputs  # noqa: E402
 
 __all__ = ["record"]
 

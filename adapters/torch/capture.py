@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from .torch_meta import module_meta, parameter_meta, tensor_meta
-from .torch_structure import named_inputs, named_tensors
+from .meta import module_meta, parameter_meta, tensor_meta
+from .structure import named_inputs, named_tensors
 
 ROOT = "<root>"
 
@@ -30,7 +30,7 @@ class Capture:
         self._grad_handles = []
         self.mode = None
         if level == "op":
-            from .torch_ops import OpMode
+            from .ops import OpMode
             self.mode = OpMode(self)
 
     # -- lifecycle ---------------------------------------------------------------------------

@@ -14,10 +14,10 @@ import torch
 
 from tracediff.errors import TraceDiffError
 
-from .torch_capture import Capture
-from .torch_meta import tensor_meta
-from .torch_select import Selection
-from .torch_session import FLUSH_EVERY, check_level, open_recorder, original_module
+from .capture import Capture
+from .meta import tensor_meta
+from .select import Selection
+from .session import FLUSH_EVERY, check_level, open_recorder, original_module
 
 
 class Recording:
