@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 import tracediff as td
 from tracediff.adapters import onnx as tdo
-from tracediff.adapters.onnx.grad import graph as onnx_grad
+from tracediff.adapters.onnx import grad as onnx_grad
 from timing import median_seconds  # noqa: E402
 
 
@@ -82,7 +82,7 @@ _BOUNDED = textwrap.dedent("""
     import tracediff as td
     from tracediff.adapters import onnx as tdo  # noqa: F401
     from tracediff.adapters.onnx.grad import groups  # noqa: F401
-    from tracediff.adapters.onnx.grad.graph import record_backward
+    from tracediff.adapters.onnx.grad import record_backward
     from tracediff.adapters.onnx.memory import parse_memory
 
     def status(key):

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tracediff.adapters.onnx.grad import graph as onnx_grad
+from tracediff.adapters.onnx import grad as onnx_grad
 
 transformers = pytest.importorskip("transformers")
 

@@ -6,7 +6,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import tracediff as td
-from tracediff.adapters.onnx.grad.graph import record_backward
+from tracediff.adapters.onnx.grad import record_backward
 
 RNG = np.random.default_rng(11)
 W = RNG.standard_normal((5, 7))

@@ -158,7 +158,7 @@ _PEAK_SCRIPT = textwrap.dedent("""
     import tracediff as td
     from tracediff.adapters import onnx as tdo  # noqa: F401
     from tracediff.adapters.onnx.grad import groups  # noqa: F401
-    from tracediff.adapters.onnx.grad.graph import record_backward
+    from tracediff.adapters.onnx.grad import record_backward
 
     def status(key):  # kB, of this process's own memory
         with open("/proc/self/status") as handle:

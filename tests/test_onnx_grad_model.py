@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import tracediff as td
 from tracediff.adapters import onnx as tdo
-from tracediff.adapters.onnx.grad.graph import META_KEY, gradient_model, record_backward
+from tracediff.adapters.onnx.grad import META_KEY, gradient_model, record_backward
 
 RNG = np.random.default_rng(13)
 W1, W2 = RNG.standard_normal((5, 7)), RNG.standard_normal((7, 3))

@@ -10,7 +10,7 @@ import pytest
 from onnx.reference import ReferenceEvaluator
 from onnx.reference.op_run import OpRun
 
-from tracediff.adapters.onnx.grad import graph as onnx_grad
+from tracediff.adapters.onnx import grad as onnx_grad
 from tracediff.adapters.onnx.grad.vjp import RULES
 
 from test_onnx_grad_cases import CASES, NO_FLOAT64_IN_ORT, REFERENCE_LACKS

@@ -75,7 +75,7 @@ def record(model, inputs, path, *, loss=None, target=None, max_memory=None, prov
         names = _record_forward(rec, proto, nodes, order, groups, feeds, initializers,
                                 resolved_providers, legacy)
         if loss is not None:
-            from .grad.graph import record_backward
+            from .grad import record_backward
             record_backward(proto, feeds, rec, loss=loss, target=target, names=names,
                             save_grad_model=save_grad_model, providers=resolved_providers,
                             max_memory=budget)
