@@ -1,5 +1,5 @@
-"""PyTorch adapter: record a model's per-module (or per-op) outputs, their gradients, the loss,
-parameters, parameter gradients and buffers into a tracediff trace.
+"""The torch adapter's ``record``: a model's per-module (or per-op) outputs, their gradients,
+the loss, parameters, parameter gradients and buffers into a tracediff trace.
 
     from tracediff.adapters import torch as tdt
     out = tdt.record(model, x, "ref.h5", loss_fn=lambda out: F.cross_entropy(out, y))
@@ -16,15 +16,10 @@ import torch
 from tracediff.errors import TraceDiffError
 
 from .capture import Capture
-from .checks import check_batch_independence, overfit_check
 from .meta import tensor_meta
-from .recording import Recording, recording
 from .select import Selection
 from .session import FLUSH_EVERY, check_level, open_recorder, original_module
 from .structure import split_inputs
-
-__all__ = ["record", "recording", "Recording", "check_batch_independence", "overfit_check"]
-
 
 def record(model, inputs, path, loss_fn=None, *, level="module", include=None, exclude=None,
            kinds=None, values=True, overwrite=False, dims=None, seed=None, model_name=None,

@@ -1,14 +1,13 @@
 """Which adapter records a model handed to ``golden_trace.check``, and the recording itself.
 
-The model's type decides, checked without importing a framework: a torch module can only exist
-once torch is imported, so ``sys.modules`` is asked rather than ``import torch``.
+The model's type decides (``tracediff.adapters.base.framework_of``, which imports no framework).
 """
 from __future__ import annotations
 
 import os
-import sys
 from contextlib import contextmanager
 
+from ..adapters.base import framework_of as adapter_for
 from ..errors import TraceDiffError
 
 ONNX_LOSSES = ("cross_entropy", "mse", "sum")
@@ -16,30 +15,16 @@ ONNX_LOSSES = ("cross_entropy", "mse", "sum")
 
 def framework_of(model) -> str:
     """``torch``, ``tensorflow``, ``onnx`` or ``numpy``; one clear refusal otherwise."""
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(model, torch.nn.Module):
-        return "torch"
-    if _is_keras_layer(model):
-        return "tensorflow"
-    onnx = sys.modules.get("onnx")
-    if onnx is not None and isinstance(model, onnx.ModelProto):
-        return "onnx"
+    framework = adapter_for(model)
+    if framework is not None:
+        return framework
     if isinstance(model, (str, os.PathLike)):
-        if os.fspath(model).endswith(".onnx"):
-            return "onnx"
         raise TraceDiffError(
             f"golden_trace.check: model path {os.fspath(model)!r} is not an .onnx file; give an "
             ".onnx path, an onnx.ModelProto, a torch.nn.Module, a Keras model or a NumPy function")
-    if callable(model):
-        return "numpy"
     raise TraceDiffError(
         f"golden_trace.check: cannot record a {type(model).__name__}; give a torch.nn.Module, a "
         "Keras model, an .onnx path or onnx.ModelProto, or a function fn(rec, inputs)")
-
-
-def _is_keras_layer(model) -> bool:
-    return any(cls.__name__ == "Layer" and cls.__module__.startswith(("keras", "tf_keras"))
-               for cls in type(model).__mro__)
 
 
 def record(model, inputs, path, *, loss_fn=None, values=True, options=None) -> str:

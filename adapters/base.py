@@ -1,0 +1,63 @@
+"""What every adapter provides, and which adapter records a given model.
+
+An adapter is ``tracediff.adapters.<name>``: a module (``numpy``) or a package whose
+``__init__`` is its public surface. Each provides ``record(model, inputs, path, **options)``,
+one run of the model written as a trace (docs/format.md) with the names and metadata of
+docs/conventions.md. Inside a package the same module roles recur (docs/architecture.md):
+
+- ``record.py``  the public ``record``: check the arguments, open the Recorder, run, close;
+- ``capture.py`` the capture of forward values (and their gradients, where the runtime hands
+  them over in the same run);
+- ``meta.py``    record names and metadata: op types, module paths, layouts, parameter roles;
+- ``inputs.py``  checking and naming the model's inputs, with one-line errors.
+
+A runtime adds modules of its own beside these (torch's op mode, ONNX's memory plan and its
+gradient graph in ``onnx/grad/``). Nothing here imports a framework.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Protocol
+
+ADAPTERS = ("numpy", "torch", "tensorflow", "onnx")
+
+
+class Adapter(Protocol):
+    """The surface every adapter module offers."""
+
+    def record(self, model, inputs, path, **options):
+        """Record one run of ``model`` on ``inputs`` into the trace file ``path``."""
+
+
+def load(name: str) -> Adapter:
+    """The adapter module ``tracediff.adapters.<name>`` (this imports its framework)."""
+    if name not in ADAPTERS:
+        raise ValueError(f"unknown adapter {name!r}: one of {', '.join(ADAPTERS)}")
+    return importlib.import_module(f"{__package__}.{name}")
+
+
+def framework_of(model) -> str | None:
+    """The adapter that records ``model`` (``torch``, ``tensorflow``, ``onnx`` or ``numpy`` for
+    a plain function), decided without importing a framework: a torch module can only exist
+    once torch is imported, so ``sys.modules`` is asked. None for anything else, and for a
+    path that is not an ``.onnx`` file."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(model, torch.nn.Module):
+        return "torch"
+    if is_keras_layer(model):
+        return "tensorflow"
+    onnx = sys.modules.get("onnx")
+    if onnx is not None and isinstance(model, onnx.ModelProto):
+        return "onnx"
+    if isinstance(model, (str, os.PathLike)):
+        return "onnx" if os.fspath(model).endswith(".onnx") else None
+    if callable(model):
+        return "numpy"
+    return None
+
+
+def is_keras_layer(model) -> bool:
+    return any(cls.__name__ == "Layer" and cls.__module__.startswith(("keras", "tf_keras"))
+               for cls in type(model).__mro__)
