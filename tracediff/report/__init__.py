@@ -1,5 +1,7 @@
-"""Renderers of a diff report dict (``Report.to_dict()``): Markdown for CI summaries and one
-self-contained HTML file."""
+"""Every rendering of a report, and nothing that makes one: the diff report on a terminal
+(``terminal``), as Markdown for CI summaries (``markdown``) and as one self-contained HTML file
+(``html``) from its dict (``Report.to_dict()``); the check report on a terminal
+(``check_terminal``). Renderers import nothing from compare/, checks/ or the adapters."""
 from .html import render_html
 from .markdown import render_markdown
 
