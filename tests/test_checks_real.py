@@ -40,7 +40,7 @@ def test_healthy_real_architecture_one_training_step_raises_no_alarm(tmp_path, n
     assert alarms(report) == {}
     ran = {c.id for c in report.checks if c.status == "pass"}
     assert {"nonfinite", "initial_loss", "activation_spread", "gradient_flow", "grad_weight_ratio",
-            "frozen_params"} <= ran
+            "frozen_params", "loss_input"} <= ran
 
 
 def test_zero_init_residual_gates_are_named_and_judged_from_step_one(tmp_path):

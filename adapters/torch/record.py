@@ -28,7 +28,7 @@ __all__ = ["record", "recording", "Recording", "check_batch_independence", "over
 
 def record(model, inputs, path, loss_fn=None, *, level="module", include=None, exclude=None,
            kinds=None, values=True, overwrite=False, dims=None, seed=None, model_name=None,
-           params=True, flush_every=FLUSH_EVERY, background=None):
+           params=True, flush_every=FLUSH_EVERY, background=None, loss_meta=None):
     """Run ``model`` once on ``inputs`` and write its trace to ``path``; returns the output.
 
     ``inputs``: a tensor, a tuple/list of positional arguments or a dict of keyword arguments.
@@ -68,7 +68,8 @@ def record(model, inputs, path, loss_fn=None, *, level="module", include=None, e
         if loss_fn is not None:
             loss = _scalar_loss(loss_fn(output))
             if selection.wants("loss", "loss"):
-                writer.write("loss", "loss", loss, loss_fn=_loss_name(loss_fn), **tensor_meta(loss))
+                meta = {"loss_fn": _loss_name(loss_fn), **_loss_meta(loss_fn), **(loss_meta or {})}
+                writer.write("loss", "loss", loss, **meta, **tensor_meta(loss))
             if grads and loss.requires_grad:
                 earlier = _set_aside_grads(module)
                 loss.backward()
@@ -115,6 +116,12 @@ def _accumulate(earlier: dict):
         if p.grad is not None:
             grad.add_(p.grad)  # what autograd's AccumulateGrad does into an existing .grad
         p.grad = grad
+
+
+def _loss_meta(loss_fn) -> dict:
+    """``ignore_index`` of a loss module (nn.CrossEntropyLoss, nn.NLLLoss) passed as loss_fn."""
+    ignore = getattr(loss_fn, "ignore_index", None)
+    return {"ignore_index": int(ignore)} if isinstance(ignore, int) else {}
 
 
 def _loss_name(loss_fn) -> str:

@@ -73,13 +73,14 @@ class Recording:
                 self.recorder.close(complete=complete)
         return False
 
-    def loss(self, value):
+    def loss(self, value, **meta):
         """Record ``value`` as the loss of the step being recorded; ignored between recorded
-        steps and after the step's first loss (one loss record per step)."""
+        steps and after the step's first loss (one loss record per step). ``meta``: what the
+        checks read of the loss (docs/conventions.md), e.g. ``ignore_index=-100, pad_id=0``."""
         if self.step is not None and not self._loss_seen and self.selection.wants("loss", "loss"):
             self._loss_seen = True
             tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
-            self.writer.write("loss", "loss", tensor, **tensor_meta(tensor))
+            self.writer.write("loss", "loss", tensor, **meta, **tensor_meta(tensor))
 
     # -- hooks -------------------------------------------------------------------------------
     def _on_step(self, module, args, kwargs):
@@ -111,7 +112,7 @@ class Recording:
         if self.record_loss:
             loss = _loss_in(output)
             if loss is not None:
-                self.loss(loss)
+                self.loss(loss, **model_loss_meta(self.module))
         if self.params:
             # trainable parameters arrive with their gradients; without autograd, record them now
             self.capture.parameters(grads=False, trainable=None if not torch.is_grad_enabled() else False)
@@ -138,6 +139,13 @@ class Recording:
             handle.remove()
         self._step_handles.clear()
         self.capture.detach()
+
+
+def model_loss_meta(module) -> dict:
+    """What a model's own loss ignores: Hugging Face models' losses skip labels of -100."""
+    if type(module).__module__.startswith("transformers."):
+        return {"ignore_index": -100}
+    return {}
 
 
 def _loss_in(output):

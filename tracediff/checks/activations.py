@@ -180,9 +180,10 @@ def dead_units(ctx: CheckContext) -> CheckResult:
         fractions[r.name] = fraction
     stats_only = [r.name for r in layers if not r.stored]
     if not fractions:
-        return skip(DEAD_ID, f"too few samples per unit to call a unit dead (need {MIN_OBSERVATIONS}: "
-                    "record a larger batch), and no layer with more dead units than chance "
-                    f"allows (binomial tail below {DEAD_LAYER_P:g})", threshold)
+        return CheckResult(DEAD_ID, "pass", f"{len(small)} layer(s) with fewer than {MIN_OBSERVATIONS} "
+                           "samples per unit, judged as a whole: no more dead units than chance "
+                           "allows (record a larger batch to judge units one by one)",
+                           value=0.0, threshold=threshold)
     result = _verdict(DEAD_ID, fractions, threshold, DEAD_WARN, DEAD_FAIL, "dead",
                       "units never positive across the batch (no gradient flows through them)",
                       "lower the learning rate, initialise biases slightly positive or with He scale, "

@@ -5,7 +5,7 @@ import json
 import math
 
 from ..report.common import fmt
-from .context import CheckContext, is_float_record, values
+from .context import CheckContext, data_losses, values
 from .result import CheckResult, skip
 
 ID = "initial_loss"
@@ -22,7 +22,7 @@ CLASSIFICATION_HINTS = ("cross_entropy", "crossentropy", "nll", "categorical", "
 
 def run(ctx: CheckContext) -> CheckResult:
     threshold = f"first loss within {LOW:g}..{HIGH:g} x ln(classes) (fail above {FAIL:g} x)"
-    losses = [r for r in ctx.records("loss") if r.numel == 1 and is_float_record(r)]
+    losses = data_losses(ctx)
     if not losses:
         return skip(ID, "no scalar loss record: record with a loss_fn (or rec.loss(value))", threshold)
     loss_record = losses[0]
