@@ -138,10 +138,24 @@ def bert_mlm():
     return BertForMaskedLM(config), {"input_ids": ids, "labels": labels}, (lambda out: out.loss), 128
 
 
+def bert_classifier():
+    import torch
+    import torch.nn.functional as F
+    from transformers import BertConfig, BertForSequenceClassification
+    config = BertConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=128, max_position_embeddings=32, num_labels=4)
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 128, (BATCH, 16), generator=g)
+    y = torch.randint(0, 4, (BATCH,), generator=g)
+    return BertForSequenceClassification(config), {"input_ids": ids}, \
+        (lambda out: F.cross_entropy(out.logits, y)), 4
+
+
 TORCH_CASES = {"resnet18": resnet18, "convnext_atto": convnext_atto, "vit_tiny": vit_tiny,
                "mobilenet_v2": mobilenet_v2, "efficientnet": efficientnet,
                "efficientnet_relu_se": lambda: efficientnet("relu"),
-               "gpt2": gpt2, "bert_mlm": bert_mlm}
+               "gpt2": gpt2, "bert_mlm": bert_mlm,
+               "bert_classifier": bert_classifier}
 
 
 def keras_step(name, path, size=32):

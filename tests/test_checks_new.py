@@ -134,3 +134,38 @@ def test_weight_frozen_while_its_bias_trains_is_named(tmp_path):
     model[2].requires_grad_(False)           # a whole layer frozen on purpose: no alarm
     tdt.record(model, X, tmp_path / "f.h5", loss_fn=lambda out: F.cross_entropy(out, Y))
     assert td.check(tmp_path / "f.h5")["frozen_params"].status == "pass"
+
+
+def gpt2_padded(mask_padding):
+    pytest.importorskip("transformers")
+    from transformers import GPT2Config, GPT2LMHeadModel
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=32, n_layer=1, n_head=2,
+                                       pad_token_id=0))
+    ids = torch.randint(1, 64, (4, 16))
+    ids[:, 6:] = 0                                  # right padding: 10 of 16 positions
+    labels = ids.clone()
+    if mask_padding:
+        labels[ids == 0] = -100                     # the fix: padding ignored by the loss
+    return model, {"input_ids": ids, "attention_mask": (ids != 0).long(), "labels": labels}
+
+
+@pytest.mark.parametrize("mask_padding, status", [(False, "fail"), (True, "pass")])
+def test_hugging_face_lm_loss_counting_padding_is_caught(tmp_path, mask_padding, status):
+    model, inputs = gpt2_padded(mask_padding)
+    tdt.record(model, inputs, tmp_path / "t.h5", loss_fn=lambda out: out.loss)
+    loss = td.open(tmp_path / "t.h5").records(kind="loss")[0]
+    assert (loss.meta["ignore_index"], loss.meta["pad_id"]) == (-100, 0)   # from the model
+    result = td.check(tmp_path / "t.h5")["labels"]
+    assert result.status == status
+    if status == "fail":
+        assert result.message.startswith("padding counted in the loss: the pad id 0 is 62% of "
+                                         "the targets in `input:labels`")
+
+
+def test_ignore_index_of_a_loss_module_in_the_loss_function_is_recorded(tmp_path):
+    criterion = nn.CrossEntropyLoss(ignore_index=3)
+    tdt.record(head(), X, tmp_path / "t.h5", loss_fn=lambda out: criterion(out, Y))
+    assert td.open(tmp_path / "t.h5").records(kind="loss")[0].meta["ignore_index"] == 3
+    tdt.record(head(), X, tmp_path / "u.h5", loss_fn=lambda out: criterion(out, Y),
+               loss_meta={"ignore_index": 5, "pad_id": 5})
+    assert td.open(tmp_path / "u.h5").records(kind="loss")[0].meta["pad_id"] == 5

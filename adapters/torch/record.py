@@ -18,7 +18,7 @@ from tracediff.errors import TraceDiffError
 from .capture import Capture
 from .checks import check_batch_independence, overfit_check
 from .meta import tensor_meta
-from .recording import Recording, recording
+from .recording import Recording, model_loss, model_loss_meta, recording
 from .select import Selection
 from .session import FLUSH_EVERY, check_level, open_recorder, original_module
 from .structure import split_inputs
@@ -68,7 +68,8 @@ def record(model, inputs, path, loss_fn=None, *, level="module", include=None, e
         if loss_fn is not None:
             loss = _scalar_loss(loss_fn(output))
             if selection.wants("loss", "loss"):
-                meta = {"loss_fn": _loss_name(loss_fn), **_loss_meta(loss_fn), **(loss_meta or {})}
+                own = model_loss_meta(module) if model_loss(output) is loss else {}
+                meta = {"loss_fn": _loss_name(loss_fn), **own, **_loss_meta(loss_fn), **(loss_meta or {})}
                 writer.write("loss", "loss", loss, **meta, **tensor_meta(loss))
             if grads and loss.requires_grad:
                 earlier = _set_aside_grads(module)
@@ -119,9 +120,23 @@ def _accumulate(earlier: dict):
 
 
 def _loss_meta(loss_fn) -> dict:
-    """``ignore_index`` of a loss module (nn.CrossEntropyLoss, nn.NLLLoss) passed as loss_fn."""
-    ignore = getattr(loss_fn, "ignore_index", None)
-    return {"ignore_index": int(ignore)} if isinstance(ignore, int) else {}
+    """``ignore_index`` of the torch loss module (nn.CrossEntropyLoss, nn.NLLLoss) that loss_fn
+    is or calls from its closure (``lambda out: criterion(out, y)``)."""
+    cells = [c.cell_contents for c in (getattr(loss_fn, "__closure__", None) or ())
+             if _filled(c)]
+    for candidate in (loss_fn, *cells):
+        ignore = getattr(candidate, "ignore_index", None)
+        if isinstance(ignore, int) and isinstance(candidate, torch.nn.Module):
+            return {"ignore_index": int(ignore)}
+    return {}
+
+
+def _filled(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:   # a closure variable not assigned yet
+        return False
+    return True
 
 
 def _loss_name(loss_fn) -> str:

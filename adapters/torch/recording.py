@@ -110,7 +110,7 @@ class Recording:
     def _on_forward_end(self, module, args, output):
         self._end_forward()
         if self.record_loss:
-            loss = _loss_in(output)
+            loss = model_loss(output)
             if loss is not None:
                 self.loss(loss, **model_loss_meta(self.module))
         if self.params:
@@ -142,13 +142,18 @@ class Recording:
 
 
 def model_loss_meta(module) -> dict:
-    """What a model's own loss ignores: Hugging Face models' losses skip labels of -100."""
-    if type(module).__module__.startswith("transformers."):
-        return {"ignore_index": -100}
-    return {}
+    """What the checks read of a model's own loss: Hugging Face models' losses skip labels of
+    -100 (``ignore_index``), and their config names the padding token (``pad_id``)."""
+    if not type(module).__module__.startswith("transformers."):
+        return {}
+    meta = {"ignore_index": -100}
+    pad = getattr(getattr(module, "config", None), "pad_token_id", None)
+    if isinstance(pad, int):
+        meta["pad_id"] = pad
+    return meta
 
 
-def _loss_in(output):
+def model_loss(output):
     """The ``loss`` a model returns itself (Hugging Face models given labels)."""
     loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
     return loss if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None

@@ -13,10 +13,10 @@ import numpy as np
 
 from ..report.common import fmt
 from .context import CheckContext, data_losses, values
+from .inputs import MIN_LABELS   # one class among fewer samples happens by chance
 from .result import CheckResult, skip
 
 ID = "labels"
-MIN_LABELS = 8          # one class among fewer samples happens by chance
 DOMINANT = 0.25         # a target id above this share of a language model's targets is suspect
 LABEL_NAMES = ("label", "labels", "target", "targets", "y", "class", "classes")
 
@@ -37,8 +37,7 @@ def run(ctx: CheckContext) -> CheckResult:
     pad = meta.get("pad_id", _trace_meta(ctx).get("pad_token_id"))
     y = values(record).astype(np.int64).reshape(-1)
     kept = y[y != ignore] if ignore is not None else y
-    classes = ctx.classes or (ctx.forward[-1].shape[-1] if ctx.forward and ctx.forward[-1].shape else None)
-    classes = _class_width(ctx) or classes
+    classes = ctx.classes or _class_width(ctx)
     details = {"input": record.name, "ignore_index": ignore, "pad_id": pad, "classes": classes}
     if kept.size and classes and (kept.min() < 0 or kept.max() >= classes):
         bad = kept[(kept < 0) | (kept >= classes)]
