@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from ..report.common import fmt
-from .architecture import Structure
+from .architecture import structure_of
 from .context import CheckContext, is_float_record, nonfinite_count, op_family, unit_axis, values
 from .result import CheckResult, skip
 
@@ -83,7 +83,7 @@ def _propagating(ctx: CheckContext, layers):
     block whose output has their shape and a healthy std, and global poolings (a squeeze-excite
     squeeze: per-sample means of a normalised map, small by design) whose reader is healthy,
     and what a sigmoid/softmax gate is computed from inside its module."""
-    structure = Structure(ctx)
+    structure = structure_of(ctx)
     kept, rescaled = [], {}
     for r in layers:
         std = float(r.stats["std"])

@@ -201,6 +201,14 @@ class Structure:
         return None
 
 
+def structure_of(ctx: CheckContext) -> Structure:
+    """The context's Structure, built once per analysed step and shared by the checks."""
+    key = ("structure", ctx.step)
+    if key not in ctx._by_step:
+        ctx._by_step[key] = Structure(ctx)
+    return ctx._by_step[key]
+
+
 def _is_scale(p) -> bool:
     """A norm weight (role weight of a 1-D parameter) or a layer scale (timm and Keras name it
     ``gamma``, Hugging Face ``layer_scale_parameter``)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 from ..report.common import fmt
-from .architecture import Structure
+from .architecture import structure_of
 from .context import CheckContext, is_float_record, is_weight_like, l2, nonfinite_count
 from .result import CheckResult, skip
 
@@ -88,7 +88,7 @@ def _scale_free(ctx: CheckContext, ratios) -> dict:
     outside = [n for n, v in ratios.items() if not GW_WARN[0] <= v <= GW_WARN[1]]
     if not outside:
         return {}
-    structure = Structure(ctx)
+    structure = structure_of(ctx)
     params = {p.name: p for p in ctx.records("param")}
     out = {}
     for name in outside:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 
-from .architecture import Structure
+from .architecture import structure_of
 from .context import CheckContext, is_float_record, l2, role
 from .result import CheckResult, skip
 
@@ -44,7 +44,7 @@ def run(ctx: CheckContext) -> CheckResult:
     half = _weight_frozen_bias_trains(ctx, frozen, grads)
     note = f" ({len(frozen)} marked requires_grad/trainable=False not counted)" if frozen else ""
     if gated:
-        gates = Structure(ctx).in_forward_order(set(gated.values()))
+        gates = structure_of(ctx).in_forward_order(set(gated.values()))
         note += (f"; cannot judge at step {ctx.step} (zero-initialised gate {_names(gates, 3)}): "
                  f"{len(gated)} parameter(s) behind it have an exactly zero gradient by design, "
                  "until the gate has taken one update (record a second step to judge them)")
@@ -89,7 +89,7 @@ def _behind_gates(ctx, names) -> dict:
     gate closes at this step (they cannot be judged until the gate has moved)."""
     if not names:
         return {}
-    structure = Structure(ctx)
+    structure = structure_of(ctx)
     if not structure.gates():
         return {}
     out = {}

@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from ..report.common import fmt
-from .architecture import Structure
+from .architecture import structure_of
 from .context import CheckContext, is_float_record, is_weight_like, values
 from .result import CheckResult, skip
 
@@ -31,7 +31,7 @@ def run(ctx: CheckContext) -> CheckResult:
             if is_float_record(r) and is_weight_like(r) and (not trained or r.name in trained):
                 history.setdefault(r.name, []).append(r)
     ratios, gated = {}, {}
-    structure = Structure(ctx)
+    structure = structure_of(ctx)
     for name, recs in history.items():
         # behind a zero-init gate the first update is zero by design: judged from the next one
         gate = structure.gate_of(name) if recs[0].step == ctx.step else None
