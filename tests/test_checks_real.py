@@ -105,3 +105,30 @@ def test_healthy_keras_application_training_step_raises_no_alarm(tmp_path, name)
     else:                        # Keras runs the shortcut conv between conv and BatchNorm
         exempt = report["grad_weight_ratio"].details["exempt"]
         assert exempt["conv1_conv/kernel"] == "normalised by `conv1_bn`"
+
+
+def test_a_zero_init_gate_frozen_by_mistake_fails_from_step_one(tmp_path):
+    model, x, loss_fn, classes = real.resnet18()
+    gate = model.resnet.encoder.stages[0].layers[0].layer[1].normalization.weight
+    gate.requires_grad_(False)   # the bug: the gate can never open, its block never trains
+    report = record(tmp_path, (model, x, loss_fn, classes), steps=2)
+    frozen = report["frozen_params"]
+    assert frozen.status == "fail"
+    block = "resnet.encoder.stages.0.layers.0.layer"
+    assert set(frozen.layers[:4]) == {f"{block}.{i}.{p}" for i, p in (
+        (0, "convolution.weight"), (0, "normalization.weight"), (0, "normalization.bias"),
+        (1, "convolution.weight"))}
+    assert frozen.layers[4:] == [f"{block}.1.normalization.weight"]   # frozen while its bias trains
+    assert "cannot judge" not in frozen.message
+    assert (f"`{block}.1.normalization.weight` marked requires_grad=False while the bias of the "
+            "same layer trains") in frozen.message
+
+
+def test_a_pre_norm_transformer_whose_stream_is_too_small_for_its_layernorm_fails(tmp_path):
+    model, inputs, loss_fn, classes = real.gpt2()
+    with torch.no_grad():   # the bug: embeddings 1000x too small, LayerNorm's epsilon swamps them
+        model.transformer.wte.weight.mul_(1e-3)
+        model.transformer.wpe.weight.mul_(1e-3)
+    spread = record(tmp_path, (model, inputs, loss_fn, classes))["activation_spread"]
+    assert (spread.status, spread.layers[0]) == ("fail", "transformer.h.0.ln_1")
+    assert "transformer.h.0.attn.c_proj" in spread.layers   # std 5e-5: not excused as a branch

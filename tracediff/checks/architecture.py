@@ -21,6 +21,8 @@ GATE_SCALE = 1e-4
 # a gate's pre-activation is computed by at most this many records inside one module
 GATE_CHAIN = 4
 GATE_OPS = {"sigmoid", "hardsigmoid", "softmax"}
+# the std a normalisation's output has when it restores scale (weight 1 at initialisation)
+RESTORED = (0.5, 2.0)
 # how many records after a value its normalisation may come (interleaved branches)
 LOOKAHEAD = 6
 AFFINE_CORRELATION = 0.99
@@ -115,15 +117,45 @@ class Structure:
     def healthy_block_around(self, record, low, high):
         """The nearest enclosing module whose output has the record's size (its shape, or a
         permutation of it: ConvNeXt's branch runs channels-last inside a channels-first block)
-        and a std within low..high while the record's is not: the record is a branch that a
-        residual sum (or a normalisation inside the block) brings back to scale."""
+        is a healthy stream (``_stream_healthy``) while the record is not: the record is a
+        residual branch, and the block's sum (the residual stream) is judged. A normalisation's
+        own output is always judged, unless its weight is a gate (zero-init residual)."""
         if record.name == "<root>":
+            return None
+        if is_norm(record) and not any(module_path_of_name(g) == module_path(record) for g in self.gates()):
             return None
         for parent in ancestors(module_path(record)):
             for out in self.by_module.get(parent, ()):
-                if sorted(out.shape) == sorted(record.shape) and low <= float(out.stats.get("std", 0.0)) <= high:
+                if sorted(out.shape) == sorted(record.shape) and self._stream_healthy(out, low, high):
                     return out
         return None
+
+    def _stream_healthy(self, out, low, high) -> bool:
+        """A block output (the residual stream) is healthy when its std is within low..high, or
+        when the normalisation it goes into next restores unit scale (std 0.5..2: a pre-norm
+        transformer's stream, GPT-2's starts at std 0.03 and each block's LayerNorm reads it;
+        a stream so small that the norm's epsilon swamps it comes out below); never on the word
+        of a normalisation that produced it."""
+        if self._normalisation_output(out):
+            return False
+        if low <= float(out.stats.get("std", 0.0)) <= high:
+            return True
+        norm = self.normaliser(out)
+        return norm is not None and RESTORED[0] <= float(norm.stats.get("std", 0.0)) <= RESTORED[1]
+
+    def _normalisation_output(self, record) -> bool:
+        """The record is a normalisation's output under its container's name (GPT-2's model
+        output is ``ln_f``'s): a final norm rescales whatever reaches it, unless the values are
+        so small that its epsilon dominates, so it vouches for no branch inside."""
+        i = self.position.get(record.index)
+        if i is None:
+            return False
+        for earlier in reversed(self.forward[:i]):
+            if earlier.shape != record.shape or earlier.stats != record.stats:
+                return False
+            if is_norm(earlier):
+                return True
+        return False
 
     def rescaled_pool(self, record, low, high):
         """The reader of a global pooling output (one value per sample and channel) when its std

@@ -73,6 +73,8 @@ def run(ctx: CheckContext) -> CheckResult:
         parts.append(f"no gradient for {_names(declared)} (requires_grad=True)")
     if undeclared:
         parts.append(f"no gradient for {_names(undeclared)}")
+    if half:
+        parts.append(f"{_names(half)} marked requires_grad=False while the bias of the same layer trains")
     offenders = zero + declared + undeclared
     # Without requires_grad in the record, "no gradient" may be an intentional freeze: warn.
     status = "fail" if zero or declared else "warn"
