@@ -9,13 +9,13 @@ import numpy as np
 BATCH = 8
 
 
-def torch_step(model, inputs, loss_fn, path, steps=1, lr=1e-3):
+def torch_step(model, inputs, loss_fn, path, steps=1, lr=1e-3, values=True):
     """Record ``steps`` Adam steps of ``model`` (in training mode) with the torch adapter."""
     import torch
     from tracediff.adapters import torch as tdt
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     model.train()
-    with tdt.recording(model, path, every=1, values=True) as session:
+    with tdt.recording(model, path, every=1, values=values) as session:
         for _ in range(steps):
             opt.zero_grad()
             out = model(**inputs) if isinstance(inputs, dict) else model(inputs)

@@ -105,6 +105,8 @@ def test_healthy_keras_application_training_step_raises_no_alarm(tmp_path, name)
     else:                        # Keras runs the shortcut conv between conv and BatchNorm
         exempt = report["grad_weight_ratio"].details["exempt"]
         assert exempt["conv1_conv/kernel"] == "normalised by `conv1_bn`"
+        # its BatchNorm comes after the shortcut's conv and BN: found by its values
+        assert exempt["conv2_block1_3_conv/kernel"] == "normalised by `conv2_block1_3_bn`"
 
 
 def test_a_zero_init_gate_frozen_by_mistake_fails_from_step_one(tmp_path):
@@ -132,3 +134,13 @@ def test_a_pre_norm_transformer_whose_stream_is_too_small_for_its_layernorm_fail
     spread = record(tmp_path, (model, inputs, loss_fn, classes))["activation_spread"]
     assert (spread.status, spread.layers[0]) == ("fail", "transformer.h.0.ln_1")
     assert "transformer.h.0.attn.c_proj" in spread.layers   # std 5e-5: not excused as a branch
+
+
+@pytest.mark.parametrize("name", ["resnet18", "gpt2"])
+def test_statistics_only_training_traces_are_quiet_too(tmp_path, name):
+    # recording()'s default: no tensor values, structure read from statistics alone
+    model, inputs, loss_fn, classes = real.TORCH_CASES[name]()
+    path = real.torch_step(model, inputs, loss_fn, tmp_path / "s.h5", values=False)
+    report = td.check(path, classes=classes)
+    assert alarms(report) == {}
+    assert report["loss_input"].status == "skip"   # it reads the logits' values

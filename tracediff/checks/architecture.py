@@ -210,7 +210,7 @@ class Structure:
 
     def _signal_carrier(self, path):
         """The module itself (a block holding its layer scale) or its nearest ancestor whose
-        output carries a signal; never the model's own output."""
+        output carries a signal (``<root>``, the model's output, is no module path's ancestor)."""
         for candidate in [path, *ancestors(path)]:
             for out in self.by_module.get(candidate, ()):
                 if float(out.stats.get("std", 0.0)) > CARRIER_STD and varies_across_samples(out):
@@ -245,7 +245,7 @@ def _is_scale(p) -> bool:
     """A norm weight (role weight of a 1-D parameter) or a layer scale (timm and Keras name it
     ``gamma``, Hugging Face ``layer_scale_parameter``)."""
     leaf = re.split(r"[./]", p.name)[-1].lower()
-    return role(p) == "weight" or "scale" in leaf or leaf in ("gamma", "ls")
+    return role(p) == "weight" or "scale" in leaf or leaf == "gamma"
 
 
 def module_path_of_name(name: str) -> str:
