@@ -169,3 +169,9 @@ def test_ignore_index_of_a_loss_module_in_the_loss_function_is_recorded(tmp_path
     tdt.record(head(), X, tmp_path / "u.h5", loss_fn=lambda out: criterion(out, Y),
                loss_meta={"ignore_index": 5, "pad_id": 5})
     assert td.open(tmp_path / "u.h5").records(kind="loss")[0].meta["pad_id"] == 5
+
+
+def test_loss_meta_that_is_no_dict_is_a_one_line_error(tmp_path):
+    with pytest.raises(td.TraceDiffError, match=r"^loss_meta must be a dict such as \{'ignore_index': "
+                       r"-100, 'pad_id': 0\}, got int$"):
+        tdt.record(head(), X, tmp_path / "t.h5", loss_fn=lambda out: F.cross_entropy(out, Y), loss_meta=5)

@@ -41,6 +41,9 @@ def record(model, inputs, path, loss_fn=None, *, level="module", include=None, e
     buffer first) while the model runs on. None (default): for full tensors when torch leaves a
     CPU free. GPU tensors always go through the thread. See docs/torch.md.
     """
+    if loss_meta is not None and not isinstance(loss_meta, dict):
+        raise TraceDiffError(f"loss_meta must be a dict such as {{'ignore_index': -100, 'pad_id': 0}}, "
+                             f"got {type(loss_meta).__name__}")
     module, compiled = original_module(model)
     check_level(level)
     selection = Selection(include, exclude, kinds)
