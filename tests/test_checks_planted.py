@@ -11,7 +11,8 @@ import tracediff as td
 from checks_nets import data, mlp_trace
 
 ALL_IDS = ["input_data", "nonfinite", "initial_loss", "activation_spread", "saturation", "dead_units",
-           "gradient_flow", "grad_weight_ratio", "frozen_params", "update_ratio", "train_mode"]
+           "gradient_flow", "grad_weight_ratio", "frozen_params", "update_ratio", "train_mode",
+           "loss_input", "batchnorm_batch", "labels", "regularisation"]
 
 
 def check(tmp_path, name="t.h5", classes=None, **options):

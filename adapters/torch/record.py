@@ -17,13 +17,14 @@ from tracediff.errors import TraceDiffError
 
 from .capture import Capture
 from .meta import tensor_meta
+from .recording import model_loss, model_loss_meta
 from .select import Selection
 from .session import FLUSH_EVERY, check_level, open_recorder, original_module
 from .structure import split_inputs
 
 def record(model, inputs, path, loss_fn=None, *, level="module", include=None, exclude=None,
            kinds=None, values=True, overwrite=False, dims=None, seed=None, model_name=None,
-           params=True, flush_every=FLUSH_EVERY, background=None):
+           params=True, flush_every=FLUSH_EVERY, background=None, loss_meta=None):
     """Run ``model`` once on ``inputs`` and write its trace to ``path``; returns the output.
 
     ``inputs``: a tensor, a tuple/list of positional arguments or a dict of keyword arguments.
@@ -36,6 +37,9 @@ def record(model, inputs, path, loss_fn=None, *, level="module", include=None, e
     buffer first) while the model runs on. None (default): for full tensors when torch leaves a
     CPU free. GPU tensors always go through the thread. See docs/torch.md.
     """
+    if loss_meta is not None and not isinstance(loss_meta, dict):
+        raise TraceDiffError(f"loss_meta must be a dict such as {{'ignore_index': -100, 'pad_id': 0}}, "
+                             f"got {type(loss_meta).__name__}")
     module, compiled = original_module(model)
     check_level(level)
     selection = Selection(include, exclude, kinds)
@@ -63,7 +67,9 @@ def record(model, inputs, path, loss_fn=None, *, level="module", include=None, e
         if loss_fn is not None:
             loss = _scalar_loss(loss_fn(output))
             if selection.wants("loss", "loss"):
-                writer.write("loss", "loss", loss, loss_fn=_loss_name(loss_fn), **tensor_meta(loss))
+                own = model_loss_meta(module) if model_loss(output) is loss else {}
+                meta = {"loss_fn": _loss_name(loss_fn), **own, **_loss_meta(loss_fn), **(loss_meta or {})}
+                writer.write("loss", "loss", loss, **meta, **tensor_meta(loss))
             if grads and loss.requires_grad:
                 earlier = _set_aside_grads(module)
                 loss.backward()
@@ -110,6 +116,26 @@ def _accumulate(earlier: dict):
         if p.grad is not None:
             grad.add_(p.grad)  # what autograd's AccumulateGrad does into an existing .grad
         p.grad = grad
+
+
+def _loss_meta(loss_fn) -> dict:
+    """``ignore_index`` of the torch loss module (nn.CrossEntropyLoss, nn.NLLLoss) that loss_fn
+    is or calls from its closure (``lambda out: criterion(out, y)``)."""
+    cells = [c.cell_contents for c in (getattr(loss_fn, "__closure__", None) or ())
+             if _filled(c)]
+    for candidate in (loss_fn, *cells):
+        ignore = getattr(candidate, "ignore_index", None)
+        if isinstance(ignore, int) and isinstance(candidate, torch.nn.Module):
+            return {"ignore_index": int(ignore)}
+    return {}
+
+
+def _filled(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:   # a closure variable not assigned yet
+        return False
+    return True
 
 
 def _loss_name(loss_fn) -> str:

@@ -73,13 +73,14 @@ class Recording:
                 self.recorder.close(complete=complete)
         return False
 
-    def loss(self, value):
+    def loss(self, value, **meta):
         """Record ``value`` as the loss of the step being recorded; ignored between recorded
-        steps and after the step's first loss (one loss record per step)."""
+        steps and after the step's first loss (one loss record per step). ``meta``: what the
+        checks read of the loss (docs/conventions.md), e.g. ``ignore_index=-100, pad_id=0``."""
         if self.step is not None and not self._loss_seen and self.selection.wants("loss", "loss"):
             self._loss_seen = True
             tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
-            self.writer.write("loss", "loss", tensor, **tensor_meta(tensor))
+            self.writer.write("loss", "loss", tensor, **meta, **tensor_meta(tensor))
 
     # -- hooks -------------------------------------------------------------------------------
     def _on_step(self, module, args, kwargs):
@@ -109,9 +110,9 @@ class Recording:
     def _on_forward_end(self, module, args, output):
         self._end_forward()
         if self.record_loss:
-            loss = _loss_in(output)
+            loss = model_loss(output)
             if loss is not None:
-                self.loss(loss)
+                self.loss(loss, **model_loss_meta(self.module))
         if self.params:
             # trainable parameters arrive with their gradients; without autograd, record them now
             self.capture.parameters(grads=False, trainable=None if not torch.is_grad_enabled() else False)
@@ -140,7 +141,19 @@ class Recording:
         self.capture.detach()
 
 
-def _loss_in(output):
+def model_loss_meta(module) -> dict:
+    """What the checks read of a model's own loss: Hugging Face models' losses skip labels of
+    -100 (``ignore_index``), and their config names the padding token (``pad_id``)."""
+    if not type(module).__module__.startswith("transformers."):
+        return {}
+    meta = {"ignore_index": -100}
+    pad = getattr(getattr(module, "config", None), "pad_token_id", None)
+    if isinstance(pad, int):
+        meta["pad_id"] = pad
+    return meta
+
+
+def model_loss(output):
     """The ``loss`` a model returns itself (Hugging Face models given labels)."""
     loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
     return loss if isinstance(loss, torch.Tensor) and loss.numel() == 1 else None

@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from ..report.common import fmt
+from .architecture import structure_of
 from .context import CheckContext, is_float_record, nonfinite_count, op_family, unit_axis, values
 from .result import CheckResult, skip
 
@@ -29,7 +30,14 @@ SATURATED_UNIT = 0.5     # a unit is saturated when most of its inputs are beyon
 SATURATION_WARN, SATURATION_FAIL = 0.25, 0.5   # fraction of units; "most units" fails
 
 DEAD_WARN, DEAD_FAIL = 0.25, 0.5               # fraction of units never positive
-MIN_OBSERVATIONS = 8  # below this, a healthy unit is never positive with chance 0.5**n > 0.4%
+# A unit is judged alone only with this many observations: a healthy unit on independent samples
+# is never positive with chance 0.5**16 = 1.5e-5. Fewer (an MLP at batch 8, a squeeze-excite
+# ReLU that sees one pooled value per sample, strongly correlated across samples) and the layer
+# is judged as a whole: a healthy unit whose samples agree is still dead with chance at most 1/2
+# (its sign is its weights'), so k dead units of n are beyond chance when the binomial tail
+# P(>= k of n | 1/2) is below DEAD_LAYER_P (a fully dead layer of 10 units or more).
+MIN_OBSERVATIONS = 16
+DEAD_LAYER_P = 1e-3
 
 
 def activation_spread(ctx: CheckContext) -> CheckResult:
@@ -38,6 +46,7 @@ def activation_spread(ctx: CheckContext) -> CheckResult:
     layers = _hidden_layers(ctx)
     if not layers:
         return skip(SPREAD_ID, "no hidden float forward records (the last output is not judged)", threshold)
+    layers, rescaled = _propagating(ctx, layers)
     stds = {r.name: float(r.stats["std"]) for r in layers}
     out_target = [r.name for r in layers if not SPREAD_TARGET[0] <= stds[r.name] <= SPREAD_TARGET[1]]
     warn = [r.name for r in layers if not SPREAD_WARN[0] <= stds[r.name] <= SPREAD_WARN[1]]
@@ -45,7 +54,10 @@ def activation_spread(ctx: CheckContext) -> CheckResult:
     lo, hi = min(stds, key=stds.get), max(stds, key=stds.get)
     span = (f"std from {fmt(stds[lo])} (`{lo}`) to {fmt(stds[hi])} (`{hi}`) over {len(stds)} layer(s); "
             f"{len(out_target)} outside the target {SPREAD_TARGET[0]:g}..{SPREAD_TARGET[1]:g}")
-    details = {"std": stds}
+    details = {"std": stds, "rescaled": rescaled}
+    if rescaled:
+        span += (f"; {len(rescaled)} branch/pre-normalisation output(s) judged where they "
+                 "propagate (after their normalisation or residual sum)")
     if not warn:
         furthest = max(stds, key=lambda n: abs(math.log(stds[n])) if stds[n] > 0 else math.inf)
         details["outside_target"] = out_target
@@ -62,6 +74,32 @@ def activation_spread(ctx: CheckContext) -> CheckResult:
                 "standardise the inputs" if small else
                 "the weights are initialised too large or the inputs are not standardised: use "
                 "He/Glorot scale, normalisation layers"))
+
+
+def _propagating(ctx: CheckContext, layers):
+    """The records whose scale propagates, and {name: why} for those whose scale does not:
+    values a normalisation rescales right after (a Conv before its BatchNorm), residual
+    branches (a zero-init or layer-scaled branch, a transformer's output projection) inside a
+    block whose output has their shape and a healthy std, and global poolings (a squeeze-excite
+    squeeze: per-sample means of a normalised map, small by design) whose reader is healthy,
+    and what a sigmoid/softmax gate is computed from inside its module."""
+    structure = structure_of(ctx)
+    kept, rescaled = [], {}
+    for r in layers:
+        std = float(r.stats["std"])
+        if SPREAD_WARN[0] <= std <= SPREAD_WARN[1]:
+            kept.append(r)
+        elif (norm := structure.normaliser(r)) is not None:
+            rescaled[r.name] = f"normalised by `{norm.name}`"
+        elif (block := structure.healthy_block_around(r, *SPREAD_WARN)) is not None:
+            rescaled[r.name] = f"branch of `{block.name}` (std {fmt(float(block.stats['std']))})"
+        elif (gate := structure.gate_computed(r)) is not None:
+            rescaled[r.name] = f"computes the gate `{gate.name}`"
+        elif (after := structure.rescaled_pool(r, *SPREAD_WARN)) is not None:
+            rescaled[r.name] = f"global pool read by `{after.name}` (std {fmt(float(after.stats['std']))})"
+        else:
+            kept.append(r)
+    return kept, rescaled
 
 
 def _hidden_layers(ctx: CheckContext) -> list:
@@ -121,7 +159,8 @@ def _saturated(ctx, record):
 
 def dead_units(ctx: CheckContext) -> CheckResult:
     threshold = (f"fraction of ReLU units never positive across the batch: warn above {DEAD_WARN:g}, "
-                 f"fail above {DEAD_FAIL:g} (units with >= {MIN_OBSERVATIONS} observations)")
+                 f"fail above {DEAD_FAIL:g} (units with >= {MIN_OBSERVATIONS} observations; layers with fewer "
+                 f"when the binomial tail of their dead units is below {DEAD_LAYER_P:g})")
     layers = [r for r in ctx.forward if op_family(r) == "relu" and is_float_record(r) and r.numel]
     if not layers:
         return skip(DEAD_ID, "no ReLU layers (meta op_type ReLU/Relu)", threshold)
@@ -132,14 +171,19 @@ def dead_units(ctx: CheckContext) -> CheckResult:
             continue
         axis = unit_axis(r, ctx)
         observations = r.numel // max(1, r.shape[axis] if r.shape else 1)
+        fraction = _unit_fraction(ctx, r, values(r) > 0, lambda m: not m.any())
         if observations < MIN_OBSERVATIONS:
-            small.append(r.name)
-            continue
-        fractions[r.name] = _unit_fraction(ctx, r, values(r) > 0, lambda m: not m.any())
+            units = r.shape[axis] if r.shape else 1
+            if _layer_tail(round(fraction * units), units) >= DEAD_LAYER_P:
+                small.append(r.name)
+                continue
+        fractions[r.name] = fraction
     stats_only = [r.name for r in layers if not r.stored]
     if not fractions:
-        return skip(DEAD_ID, f"too few samples per unit to call a unit dead (need {MIN_OBSERVATIONS}: "
-                    "record a larger batch)", threshold)
+        return CheckResult(DEAD_ID, "pass", f"{len(small)} layer(s) with fewer than {MIN_OBSERVATIONS} "
+                           "samples per unit, judged as a whole: no more dead units than chance "
+                           "allows (record a larger batch to judge units one by one)",
+                           value=0.0, threshold=threshold)
     result = _verdict(DEAD_ID, fractions, threshold, DEAD_WARN, DEAD_FAIL, "dead",
                       "units never positive across the batch (no gradient flows through them)",
                       "lower the learning rate, initialise biases slightly positive or with He scale, "
@@ -148,8 +192,16 @@ def dead_units(ctx: CheckContext) -> CheckResult:
         result.message += (f" ({len(stats_only)} layer(s) recorded as statistics only: only a layer "
                            "dead everywhere is visible there)")
     if small:
-        result.message += f" ({len(small)} layer(s) with fewer than {MIN_OBSERVATIONS} samples per unit not judged)"
+        result.message += (f" ({len(small)} layer(s) with fewer than {MIN_OBSERVATIONS} samples per unit "
+                           "judged as a whole only: no more dead units than chance allows)")
     return result
+
+
+def _layer_tail(dead: int, units: int) -> float:
+    """P(at least ``dead`` of ``units`` healthy units dead) when each is dead with chance 1/2."""
+    if 2 * dead <= units:
+        return 1.0   # no more than half: what chance gives
+    return sum(math.comb(units, k) for k in range(dead, units + 1)) / (1 << units)  # exact ints
 
 
 def _unit_fraction(ctx, record, mask, unit_is_bad) -> float:

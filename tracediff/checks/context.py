@@ -135,3 +135,18 @@ def unit_axis(record: Record, ctx: CheckContext) -> int:
         return 1
     return ndim - 1
 
+
+
+REGULARISATION_TERMS = ("regularisation", "regularization")
+
+
+def is_regularisation(record: Record) -> bool:
+    """A loss record of a regularisation term (docs/conventions.md): meta ``term`` says so, or
+    its name starts with ``reg/``."""
+    return str(record.meta.get("term", "")).lower() in REGULARISATION_TERMS or record.name.startswith("reg/")
+
+
+def data_losses(ctx: CheckContext, step=None) -> list:
+    """Scalar float loss records of the step that are not regularisation terms."""
+    return [r for r in ctx.records("loss", step) if r.numel == 1 and is_float_record(r)
+            and not is_regularisation(r)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 from ..report.common import fmt
+from .architecture import structure_of
 from .context import CheckContext, is_float_record, is_weight_like, l2, nonfinite_count
 from .result import CheckResult, skip
 
@@ -78,6 +79,30 @@ def gradient_flow(ctx: CheckContext) -> CheckResult:
                        threshold=threshold, advice=advice, details=details)
 
 
+def _scale_free(ctx: CheckContext, ratios) -> dict:
+    """{weight: why} for weights whose ratio says nothing at initialisation: weights in front of
+    a normalisation are scale-invariant (the loss does not change when they are scaled, so
+    ||g|| ~ 1/||w|| and the ratio only reflects the arbitrary init scale; van Laarhoven 2017),
+    and weights behind a zero-initialised gate or a small layer scale receive a gradient scaled
+    by the gate (ConvNeXt's 1e-6) by design."""
+    outside = [n for n, v in ratios.items() if not GW_WARN[0] <= v <= GW_WARN[1]]
+    if not outside:
+        return {}
+    structure = structure_of(ctx)
+    params = {p.name: p for p in ctx.records("param")}
+    out = {}
+    for name in outside:
+        gate = structure.gate_of(name)
+        if gate is not None and ratios[name] < GW_WARN[0]:
+            out[name] = f"behind the gate `{gate}`"
+            continue
+        layer = structure.module_output(params[name])
+        norm = structure.normaliser(layer) if layer is not None else None
+        if norm is not None:
+            out[name] = f"normalised by `{norm.name}`"
+    return out
+
+
 def _by_depth(ctx: CheckContext) -> list:
     """Float backward records of the analysed step, ordered from the input to the loss."""
     forward_index = {(r.name, r.call): r.index for r in ctx.forward}
@@ -113,15 +138,20 @@ def grad_weight_ratio(ctx: CheckContext) -> CheckResult:
         w, g = l2(p), l2(grads[p.name])
         if w > 0 and g > 0 and math.isfinite(w) and math.isfinite(g):
             ratios[p.name] = g / w
+    exempt = _scale_free(ctx, ratios)
     if not ratios:
         return skip(RATIO_ID, "no weight with both a non-zero value and a non-zero gradient "
                     "(zero or non-finite ones are reported by frozen_params and nonfinite)", threshold)
-    high = sorted((n for n, v in ratios.items() if v > GW_WARN[1]), key=lambda n: -ratios[n])
-    low = sorted((n for n, v in ratios.items() if v < GW_WARN[0]), key=lambda n: ratios[n])
+    high = sorted((n for n, v in ratios.items() if v > GW_WARN[1] and (n not in exempt or v > GW_FAIL_HIGH)),
+                  key=lambda n: -ratios[n])
+    low = sorted((n for n, v in ratios.items() if v < GW_WARN[0] and n not in exempt), key=lambda n: ratios[n])
     lo_name, hi_name = min(ratios, key=ratios.get), max(ratios, key=ratios.get)
     span = (f"||g||/||w|| from {fmt(ratios[lo_name])} (`{lo_name}`) to {fmt(ratios[hi_name])} "
             f"(`{hi_name}`) over {len(ratios)} weight(s)")
-    details = {"ratios": ratios}
+    if exempt:
+        span += (f"; {len(exempt)} weight(s) in front of a normalisation or behind a zero-init gate "
+                 "judged by the fail bound only")
+    details = {"ratios": ratios, "exempt": exempt}
     if not high and not low:
         return CheckResult(RATIO_ID, "pass", span, value=ratios[hi_name], threshold=threshold,
                            details=details)

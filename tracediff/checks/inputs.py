@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..report.common import fmt
-from .context import CheckContext, is_float_record, nonfinite_count, values
+from .context import CheckContext, is_float_record, nonfinite_count
 from .result import CheckResult, skip
 
 ID = "input_data"

@@ -5,7 +5,8 @@ import os
 
 from ..errors import TraceDiffError
 from ..trace import Trace, open_trace
-from . import activations, gradients, inputs, loss, mode, nonfinite, params, updates
+from . import (activations, batchnorm, gradients, inputs, labels, loss, loss_input, mode, nonfinite,
+               params, regularisation, updates)
 from .context import CheckContext
 from .result import CheckReport, CheckResult
 
@@ -22,6 +23,10 @@ CHECKS = {
     "frozen_params": params.run,
     "update_ratio": updates.run,
     "train_mode": mode.run,
+    "loss_input": loss_input.run,
+    "batchnorm_batch": batchnorm.run,
+    "labels": labels.run,
+    "regularisation": regularisation.run,
 }
 
 

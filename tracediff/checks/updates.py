@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from ..report.common import fmt
+from .architecture import structure_of
 from .context import CheckContext, is_float_record, is_weight_like, values
 from .result import CheckResult, skip
 
@@ -29,9 +30,17 @@ def run(ctx: CheckContext) -> CheckResult:
         for r in ctx.trace.records(kind="param", step=step):
             if is_float_record(r) and is_weight_like(r) and (not trained or r.name in trained):
                 history.setdefault(r.name, []).append(r)
-    ratios = {}
+    ratios, gated = {}, {}
+    structure = structure_of(ctx)
     for name, recs in history.items():
-        per_pair = [v for v in _ratios(recs) if math.isfinite(v)]
+        # behind a zero-init gate the first update is zero by design: judged from the next one
+        gate = structure.gate_of(name) if recs[0].step == ctx.step else None
+        pairs = _ratios(recs)
+        if gate is not None and pairs and pairs[0] == 0:
+            pairs = pairs[1:]
+            if not pairs:
+                gated[name] = gate
+        per_pair = [v for v in pairs if math.isfinite(v)]
         if per_pair:
             ratios[name] = float(np.median(per_pair))
     if not ratios:
@@ -39,7 +48,10 @@ def run(ctx: CheckContext) -> CheckResult:
     lo_name, hi_name = min(ratios, key=ratios.get), max(ratios, key=ratios.get)
     span = (f"median update/weight ratio from {fmt(ratios[lo_name])} (`{lo_name}`) to "
             f"{fmt(ratios[hi_name])} (`{hi_name}`) over {len(ratios)} weight(s), steps {steps[0]}..{steps[-1]}")
-    details = {"ratios": ratios}
+    details = {"ratios": ratios, "gated": gated}
+    if gated:
+        span += (f"; {len(gated)} weight(s) behind a zero-initialised gate not judged: their first "
+                 "update is zero by design (record a third step to judge them)")
     high = sorted((n for n, v in ratios.items() if v > WARN[1]), key=lambda n: -ratios[n])
     low = sorted((n for n, v in ratios.items() if v < WARN[0]), key=lambda n: ratios[n])
     if high:
