@@ -196,3 +196,22 @@ def test_a_numpy_port_replays_layer_by_layer(tmp_path):
     assert report.root_causes[0]["hint"].startswith("missing or wrong bias")
     layers["2"] = lambda h: h @ w2.T + b2
     assert td.replay(port, tmp_path / "ref.h5", layers=layers).root_causes == []
+
+
+def test_markdown_and_html_show_the_root_causes(tmp_path):
+    model = mlp(blocks=2)
+    x = torch.randn(3, 7, generator=torch.Generator().manual_seed(6))
+    tdt.record(model, x, tmp_path / "ref.h5")
+    bad = copy.deepcopy(model)
+    with torch.no_grad():
+        bad[4].bias.add_(0.25)
+    report = td.replay(bad, tmp_path / "ref.h5")
+    markdown = report.to_markdown()
+    assert ("### Root causes (replay)\n\n8 pairs run on the reference's inputs, 0 skipped\n\n"
+            "- forward `4`, local rel_l2 ") in markdown
+    assert "| match | local |" in markdown and "| diverged (rel_l2 " in markdown
+    html = report.to_html()
+    assert '<section id="root-causes"><h2>Root causes (replay)</h2>' in html
+    assert '"name":"4","a":"4","status":"diverged","value":' in html and '"cause":true' in html
+    plain = td.diff(tmp_path / "ref.h5", tmp_path / "ref.h5")
+    assert "Root causes" not in plain.to_markdown() and "root-causes" not in plain.to_html()
