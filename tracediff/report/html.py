@@ -168,10 +168,11 @@ def _plot_data(report):
         kind = pair.get("kind")
         if kind in series:
             stats = pair.get("stats") or {}
-            series[kind].append({"name": str(pair.get("b_name")), "a": str(pair.get("a_name")),
-                                 "status": str(pair.get("status")),
-                                 "value": _finite(stats.get(PLOT_METRIC)),
-                                 "cause": (kind, pair.get("a_name"), pair.get("b_name")) in causes})
+            point = {"name": str(pair.get("b_name")), "a": str(pair.get("a_name")),
+                     "status": str(pair.get("status")), "value": _finite(stats.get(PLOT_METRIC))}
+            if (kind, pair.get("a_name"), pair.get("b_name")) in causes:
+                point["cause"] = True
+            series[kind].append(point)
     histogram = {}
     for direction, hist in (report.get("histogram") or {}).items():
         if isinstance(hist, dict) and hist.get("edges") and hist.get("counts"):
