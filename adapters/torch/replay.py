@@ -13,10 +13,11 @@ local error then includes that op.
 
 Running buffers (BatchNorm statistics) are restored afterwards, and the training flags too.
 
-Backward: each call of a module that holds parameters directly is run again on the same
-substituted inputs, and its vector-Jacobian product with the reference's dL/d(its output) gives
-the parameter gradients that call contributes; summed over calls, they are the parameters'
-local gradients.
+Backward: with ``gradients``, the same pass keeps autograd on, and for each call of a module
+that holds parameters directly, the vector-Jacobian product of its output (computed from the
+substituted inputs, which carry no graph) with the reference's dL/d(that output) gives the
+parameter gradients that call contributes; summed over calls, they are the parameters' local
+gradients.
 """
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def replay(model, inputs, reference, wanted, *, gradients=False):
     alive = []
     calls = defaultdict(int)
     local = {}
-    owners = []          # (path, call, args, kwargs) of the modules holding parameters directly
+    owners = []          # (path, call, output) of the modules holding parameters directly
 
     def source_of(t):
         """The record ``t`` holds the value of; None once an in-place op changed it since
@@ -65,21 +66,18 @@ def replay(model, inputs, reference, wanted, *, gradients=False):
             return t
         return torch.from_numpy(value.copy()).to(dtype=t.dtype, device=t.device)
 
-    def pre_hook(path):
-        def hook(sub, hook_args, hook_kwargs):
-            hook_args = tuple(substituted(a) for a in hook_args)
-            hook_kwargs = {k: substituted(v) for k, v in hook_kwargs.items()}
-            if gradients and any(True for _ in sub.parameters(recurse=False)):
-                owners.append((path, calls[path or ROOT], hook_args, hook_kwargs))
-            return hook_args, hook_kwargs
-        return hook
+    def pre_hook(_, hook_args, hook_kwargs):
+        return (tuple(substituted(a) for a in hook_args),
+                {k: substituted(v) for k, v in hook_kwargs.items()})
 
     def forward_hook(path):
         name = path or ROOT
 
-        def hook(_, __, output):
+        def hook(sub, __, output):
             call = calls[name]
             calls[name] += 1
+            if gradients and any(True for _ in sub.parameters(recurse=False)):
+                owners.append((path, call, output))
             for record_name, t in named_tensors(output, name):
                 produced[id(t)] = (("forward", record_name, call), t._version)
                 alive.append(t)
@@ -94,8 +92,9 @@ def replay(model, inputs, reference, wanted, *, gradients=False):
     grads = {}
     with kept_buffers(module):
         try:
-            _run(module, args, kwargs, handles, pre_hook, forward_hook)
-            grads = _parameter_gradients(module, owners, reference)
+            _run(module, args, kwargs, handles, pre_hook, forward_hook, gradients)
+            if gradients:
+                grads = _parameter_gradients(module, owners, reference)
         finally:
             for handle in handles:
                 handle.remove()
@@ -104,15 +103,16 @@ def replay(model, inputs, reference, wanted, *, gradients=False):
     return local, grads
 
 
-def _run(module, args, kwargs, handles, pre_hook, forward_hook):
-    """The substituted forward pass: hooks on every module, dropout off, no autograd."""
+def _run(module, args, kwargs, handles, pre_hook, forward_hook, gradients):
+    """The substituted forward pass: hooks on every module, dropout off, autograd only for
+    the parameter gradients."""
     try:
         for path, sub in module.named_modules():
-            handles.append(sub.register_forward_pre_hook(pre_hook(path), with_kwargs=True))
+            handles.append(sub.register_forward_pre_hook(pre_hook, with_kwargs=True))
             handles.append(sub.register_forward_hook(forward_hook(path)))
             if isinstance(sub, torch.nn.modules.dropout._DropoutNd):
                 sub.eval()
-        with torch.no_grad():
+        with torch.set_grad_enabled(gradients):
             module(*args, **kwargs)
     finally:
         for handle in handles:
@@ -121,25 +121,21 @@ def _run(module, args, kwargs, handles, pre_hook, forward_hook):
 
 
 def _parameter_gradients(module, owners, reference):
-    """``{parameter name: summed local gradient}`` over the recorded calls of the modules that
-    hold parameters; a call whose outputs have no reference gradient contributes nothing."""
+    """``{parameter name: summed local gradient}`` over the calls of the modules that hold
+    parameters; a call whose outputs have no reference gradient contributes nothing."""
     total = {}
-    for path, call, args, kwargs in owners:
+    for path, call, output in owners:
         sub = module.get_submodule(path)
         params = [(f"{path}.{n}" if path else n, p) for n, p in sub.named_parameters(recurse=False)
                   if p.requires_grad]
-        if not params:
+        named = [(n, t) for n, t in named_tensors(output, path or ROOT) if t.requires_grad]
+        seeds = [reference("backward", n, call) for n, _ in named]
+        if not params or not named or any(s is None for s in seeds):
             continue
-        with torch.enable_grad():
-            output = sub(*args, **kwargs)
-            named = [(n, t) for n, t in named_tensors(output, path or ROOT) if t.requires_grad]
-            seeds = [reference("backward", n, call) for n, _ in named]
-            if not named or any(s is None for s in seeds):
-                continue
-            found = torch.autograd.grad(
-                [t for _, t in named], [p for _, p in params],
-                [torch.from_numpy(s.copy()).to(dtype=t.dtype, device=t.device)
-                 for s, (_, t) in zip(seeds, named)], allow_unused=True)
+        found = torch.autograd.grad(
+            [t for _, t in named], [p for _, p in params],
+            [torch.from_numpy(s.copy()).to(dtype=t.dtype, device=t.device)
+             for s, (_, t) in zip(seeds, named)], retain_graph=True, allow_unused=True)
         for (name, _), g in zip(params, found):
             if g is not None:
                 value = to_numpy(g).astype("float64")
