@@ -27,21 +27,23 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
     from ..adapters.base import framework_of
 
     framework = framework_of(candidate)
-    if framework in ("tensorflow", "onnx"):
+    if framework == "tensorflow":
         raise TraceDiffError(
-            f"replay: {framework} candidates are not replayed yet (torch modules and NumPy "
-            "layers are): diff their traces with tracediff diff, or replay a torch port")
-    if framework not in ("torch", "numpy"):
+            "replay: Keras candidates are not replayed yet (torch modules, ONNX models and NumPy "
+            "layers are): diff their traces with tracediff diff")
+    if framework is None:
         raise TraceDiffError(
-            f"replay: cannot replay a {type(candidate).__name__}; give a torch.nn.Module or a "
-            "NumPy function fn(rec, inputs) with layers={name: fn}")
+            f"replay: cannot replay a {type(candidate).__name__}; give a torch.nn.Module, an "
+            ".onnx path or onnx.ModelProto, or a NumPy function fn(rec, inputs) with "
+            "layers={name: fn}")
     if framework == "numpy" and not layers:
         raise TraceDiffError("replay: a NumPy candidate needs layers={name: fn(*inputs)}: "
                              "the functions to run each layer on the reference's inputs")
     reference = ref if isinstance(ref, Trace) else open_trace(ref)
     try:
         _check_replayable(reference)
-        run_inputs = inputs if inputs is not None else _reference_inputs(reference, framework)
+        run_inputs = inputs if inputs is not None else _reference_inputs(reference, framework,
+                                                                          candidate)
         with tempfile.TemporaryDirectory(prefix="tracediff-replay-") as folder:
             path = keep or os.path.join(folder, "candidate.h5")
             _record(framework, candidate, run_inputs, path, loss_fn)
@@ -49,22 +51,28 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
                 report = diff(trace_a, reference, rtol=rtol, atol=atol, align=align,
                               rename=rename, tolerances=tolerances)
                 values = _ReferenceValues(report, trace_a, reference)
-                wanted = {(p.a_name, p.a_call): p for p in report.pairs if p.kind == "forward"}
+                wanted = {}      # a candidate record can pair with several (a block and its last layer)
+                for pair in report.pairs:
+                    if pair.kind == "forward":
+                        wanted.setdefault((pair.a_name, pair.a_call), []).append(pair)
                 if framework == "torch":
                     from ..adapters.torch import replay as torch_replay
                     local, grads = torch_replay.replay(
                         candidate, run_inputs, values, set(wanted),
                         gradients=any(p.kind == "param_grad" for p in report.pairs))
                     why = "not run: a module's output through a functional op, or an op record"
+                elif framework == "onnx":
+                    from ..adapters.onnx import replay as onnx_replay
+                    local, grads = onnx_replay.replay(candidate, values, set(wanted), trace_a), {}
+                    why = "not a node output of the candidate"
                 else:
                     local, grads = _numpy_layers(layers, trace_a, values, wanted), {}
                     why = "no function in layers= for it"
                 policy = _policy(rtol, atol, rename, tolerances)
-                for key, pair in wanted.items():
-                    if key in local:
-                        pair.local = judge(pair, local[key], reference[pair.b_index], policy)
-                    else:
-                        pair.local = skipped(why)
+                for key, pairs in wanted.items():
+                    for pair in pairs:
+                        pair.local = (judge(pair, local[key], reference[pair.b_index], policy)
+                                      if key in local else skipped(why))
                 for pair in report.pairs:
                     if pair.kind == "param_grad":
                         pair.local = (judge(pair, grads[pair.a_name], reference[pair.b_index], policy)
@@ -89,13 +97,21 @@ def _check_replayable(reference):
             "reference again with values=True")
 
 
-def _reference_inputs(reference, framework):
+def _reference_inputs(reference, framework, candidate):
     found = [(r.name, r.read()) for r in reference if r.kind == "input" and r.step == _first_step(reference)]
     if not found:
         raise TraceDiffError(f"replay: {reference.path} holds no input record: pass inputs=")
     if framework == "torch":
         from ..adapters.torch.replay import as_inputs
         return as_inputs(found)
+    if framework == "onnx":
+        from ..adapters.onnx.replay import graph_inputs
+        names = graph_inputs(candidate)
+        if len(names) != len(found):
+            raise TraceDiffError(
+                f"replay: the ONNX model takes {len(names)} input(s) ({', '.join(names)}) but "
+                f"{reference.path} holds {len(found)}: pass inputs={{name: array}}")
+        return dict(zip(names, (value for _, value in found)))
     if len(found) == 1:
         return found[0][1]
     return {name.partition(":")[2] or name: value for name, value in found}
@@ -111,6 +127,11 @@ def _record(framework, candidate, inputs, path, loss_fn):
         from ..adapters.torch.replay import kept_buffers
         with kept_buffers(candidate):
             adapter.record(candidate, inputs, path, loss_fn=loss_fn, overwrite=True)
+    elif framework == "onnx":
+        if loss_fn is not None:
+            raise TraceDiffError("replay: an ONNX candidate replays forward only: drop loss_fn")
+        from ..adapters import onnx as adapter
+        adapter.record(candidate, inputs, path, overwrite=True)
     else:
         from ..adapters import numpy as adapter
         adapter.record(candidate, inputs, path, overwrite=True)
@@ -168,7 +189,7 @@ def _numpy_layers(layers, trace_a, values, wanted):
     """Each NumPy layer function run on the reference's values of the records it consumed."""
     from .dataflow import consumed
     local = {}
-    for (name, call), _ in wanted.items():
+    for name, call in wanted:
         fn = layers.get(name)
         if fn is None:
             continue
