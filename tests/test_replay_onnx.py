@@ -52,3 +52,17 @@ def test_a_perturbed_conv_in_the_export_is_the_only_root_cause(reference):
     downstream = [p for p in report.pairs if p.kind == "forward" and p.diverged
                   and p.b_name != "3"]
     assert downstream and all(p.local["status"] == "ok" for p in downstream)
+
+
+def test_the_cli_replays_an_onnx_file(reference, capsys):
+    from tracediff.cli import main
+    model, x, folder = reference
+    bad = copy.deepcopy(model)
+    with torch.no_grad():
+        bad[7].bias.add_(0.3)
+    path = export(bad, x, folder / "bad_head.onnx")
+    assert main(["replay", str(path), str(folder / "ref.h5"), "--quiet"]) == 1
+    assert main(["replay", str(folder / "missing.onnx"), str(folder / "ref.h5")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"tracediff replay: error: model {folder / 'missing.onnx'} does not exist: "
+                   "give the path of a .onnx file")

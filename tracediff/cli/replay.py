@@ -1,8 +1,8 @@
 """``tracediff replay CANDIDATE REF``: each aligned layer of a candidate model run on the
 reference trace's inputs, its local error judged, every root cause named.
 
-CANDIDATE is ``package.module:object``: a torch module, or a function of no arguments that
-returns one. Exit status 0 when nothing diverges, 1 when something does, 2 on bad input.
+CANDIDATE is ``package.module:object`` (a torch module, or a function of no arguments that
+returns one) or an ``.onnx`` file. Exit status 0 when nothing diverges, 1 when something does, 2 on bad input.
 """
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from .diff import add_options, publish
 
 def add_arguments(parser):
     parser.add_argument("candidate", metavar="CANDIDATE",
-                        help="package.module:object — a torch module, or a function returning one")
+                        help="package.module:object (a torch module, or a function returning one) "
+                             "or a .onnx file")
     parser.add_argument("ref", metavar="REF", help="reference trace (recorded with values)")
     parser.add_argument("--loss", metavar="package.module:fn",
                         help="loss_fn(output) -> scalar, to replay parameter gradients too")
@@ -26,9 +27,12 @@ def add_arguments(parser):
 def run(args) -> int:
     from ..replays import replay
 
-    candidate = load_object(args.candidate, "CANDIDATE")
-    if callable(candidate) and not _is_model(candidate):
-        candidate = candidate()
+    if args.candidate.endswith(".onnx"):
+        candidate = args.candidate
+    else:
+        candidate = load_object(args.candidate, "CANDIDATE")
+        if callable(candidate) and not _is_model(candidate):
+            candidate = candidate()
     loss_fn = load_object(args.loss, "--loss") if args.loss else None
     if not os.path.exists(args.ref):
         raise TraceDiffError(f"replay: reference trace {args.ref} does not exist: give the path "
