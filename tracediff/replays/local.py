@@ -12,18 +12,18 @@ def skipped(why) -> dict:
     return {"status": f"skipped: {why}", "rel_l2": None, "max_abs": None}
 
 
-def judge(pair, local_a, record_b, policy) -> dict:
+def judge(pair, local_a, record_b, policy, layout) -> dict:
     """``local`` of one pair: the candidate layer's output (or parameter gradient) from the
     reference's inputs against the reference's, at the tolerance of a layer one deep (no
-    growth with depth: that growth is what hides a small bug in a deep network)."""
+    growth with depth: that growth is what hides a small bug in a deep network). ``layout``:
+    the rearrangement from the candidate's layout (None: the same; False: none known)."""
     b = record_b.read()
     a = local_a
-    if pair.rearrangement is not None:
-        a = pair.rearrangement.apply(a)
-    elif a.shape != b.shape:
-        if a.size != b.size:
-            return skipped("its shape differs from the reference's")
-        a = a.reshape(b.shape)
+    if layout:
+        a = layout.apply(a)
+    elif tuple(a.shape) != tuple(b.shape):
+        return skipped("its layout against the reference's is unknown (its shapes differ and "
+                       "the values of neither it nor its producer match)")
     tol = policy.resolve(pair.kind, pair.a_name, pair.b_name, pair.dtype_a, pair.dtype_b, 1)
     result = compare(np.asarray(as_float(a)), np.asarray(as_float(b)), tol.rtol, tol.atol)
     stats = result.stats()

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import TraceDiffError
 from ..trace import Trace, open_trace
+from .layouts import assumed
 from .local import judge, root_causes, settle_introduced, skipped
 
 
@@ -27,10 +28,6 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
     from ..adapters.base import framework_of
 
     framework = framework_of(candidate)
-    if framework == "tensorflow":
-        raise TraceDiffError(
-            "replay: Keras candidates are not replayed yet (torch modules, ONNX models and NumPy "
-            "layers are): diff their traces with tracediff diff")
     if framework is None:
         raise TraceDiffError(
             f"replay: cannot replay a {type(candidate).__name__}; give a torch.nn.Module, an "
@@ -61,6 +58,10 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
                         candidate, run_inputs, values, set(wanted),
                         gradients=any(p.kind == "param_grad" for p in report.pairs))
                     why = "not run: a module's output through a functional op, or an op record"
+                elif framework == "tensorflow":
+                    from ..adapters.tensorflow import replay as keras_replay
+                    local, grads = keras_replay.replay(candidate, run_inputs, values, set(wanted)), {}
+                    why = "not run: a layer's output through an op that is no layer"
                 elif framework == "onnx":
                     from ..adapters.onnx import replay as onnx_replay
                     local, grads = onnx_replay.replay(candidate, values, set(wanted), trace_a), {}
@@ -69,15 +70,19 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
                     local, grads = _numpy_layers(layers, trace_a, values, wanted), {}
                     why = "no function in layers= for it"
                 policy = _policy(rtol, atol, rename, tolerances)
+                no_gradient = ("no call of its module had the reference's dL/d(output)"
+                               if framework == "torch" else
+                               "parameter gradients are replayed for torch candidates only")
                 for key, pairs in wanted.items():
                     for pair in pairs:
-                        pair.local = (judge(pair, local[key], reference[pair.b_index], policy)
+                        pair.local = (judge(pair, local[key], reference[pair.b_index], policy,
+                                            values.layouts.get(id(pair), False))
                                       if key in local else skipped(why))
                 for pair in report.pairs:
                     if pair.kind == "param_grad":
-                        pair.local = (judge(pair, grads[pair.a_name], reference[pair.b_index], policy)
-                                      if pair.a_name in grads else
-                                      skipped("no call of its module had the reference's dL/d(output)"))
+                        pair.local = (judge(pair, grads[pair.a_name], reference[pair.b_index], policy,
+                                            pair.rearrangement)
+                                      if pair.a_name in grads else skipped(no_gradient))
                 settle_introduced(report)
                 report.a = {**report.a, "path": keep or f"{type(candidate).__name__} (replayed)"}
                 report.root_causes = root_causes(report.pairs)
@@ -114,6 +119,8 @@ def _reference_inputs(reference, framework, candidate):
         return dict(zip(names, (value for _, value in found)))
     if len(found) == 1:
         return found[0][1]
+    if framework == "tensorflow":
+        return [value for _, value in found]
     return {name.partition(":")[2] or name: value for name, value in found}
 
 
@@ -127,6 +134,9 @@ def _record(framework, candidate, inputs, path, loss_fn):
         from ..adapters.torch.replay import kept_buffers
         with kept_buffers(candidate):
             adapter.record(candidate, inputs, path, loss_fn=loss_fn, overwrite=True)
+    elif framework == "tensorflow":
+        from ..adapters import tensorflow as adapter
+        adapter.record(candidate, inputs, path, loss_fn=loss_fn, overwrite=True)
     elif framework == "onnx":
         if loss_fn is not None:
             raise TraceDiffError("replay: an ONNX candidate replays forward only: drop loss_fn")
@@ -150,9 +160,10 @@ class _ReferenceValues:
 
     def __init__(self, report, trace_a, trace_b):
         self.trace_b = trace_b
+        self.layouts = assumed(report, trace_a)
         self.pairs = {(p.kind, p.a_name, p.a_call): p for p in report.pairs
-                      if p.kind in ("forward", "input", "backward")
-                      and p.status in ("ok", "diverged", "layout", "dtype_mismatch")}
+                      if p.kind in ("forward", "input", "backward") and id(p) in self.layouts
+                      and p.status != "nonfinite"}
         self.dtypes = {(r.kind, r.name, r.call): r.dtype for r in trace_a
                        if r.kind in ("forward", "input", "backward")}
 
@@ -161,12 +172,9 @@ class _ReferenceValues:
         if pair is None:
             return None
         value = self.trace_b[pair.b_index].read()
-        if pair.rearrangement is not None:
-            value = to_candidate_layout(pair.rearrangement, value, pair.shape_a)
-        elif list(value.shape) != list(pair.shape_a):
-            if value.size != int(np.prod(pair.shape_a)):
-                return None
-            value = value.reshape(pair.shape_a)
+        layout = self.layouts[id(pair)]
+        if layout is not None:
+            value = to_candidate_layout(layout, value, pair.shape_a)
         return as_dtype(value, self.dtypes.get((kind, name, call)))
 
 
