@@ -215,3 +215,34 @@ def test_markdown_and_html_show_the_root_causes(tmp_path):
     assert '"name":"4","a":"4","status":"diverged","value":' in html and '"cause":true' in html
     plain = td.diff(tmp_path / "ref.h5", tmp_path / "ref.h5")
     assert "Root causes" not in plain.to_markdown() and "root-causes" not in plain.to_html()
+
+
+def test_extract_writes_a_repro_that_fails_on_the_bug_and_passes_on_the_fix(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    (tmp_path / "ports.py").write_text(
+        "import copy, torch\n"
+        "torch.manual_seed(0)\n"
+        "model = torch.nn.Sequential(torch.nn.Linear(7, 11), torch.nn.Tanh(), torch.nn.Linear(11, 5))\n"
+        "bad = copy.deepcopy(model)\n"
+        "with torch.no_grad():\n"
+        "    bad[2].weight.mul_(1.01)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import ports
+    x = torch.randn(3, 7, generator=torch.Generator().manual_seed(7))
+    tdt.record(ports.model, x, tmp_path / "ref.h5")
+    tdt.record(ports.bad, x, tmp_path / "bad.h5")
+    for spec, folder in (("ports:bad", "repro_bad"), ("ports:model", "repro_good")):
+        assert main(["extract", "bad.h5", "ref.h5", "--layer", "2", "--candidate", spec,
+                     "--out", folder]) == 0
+        assert sorted(p.name for p in (tmp_path / folder).iterdir()) == ["2.h5", "test_2.py"]
+    run = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    failing = subprocess.run(run + ["repro_bad/test_2.py"], capture_output=True, text=True,
+                             cwd=tmp_path)
+    assert failing.returncode == 1
+    assert "AssertionError: 2 of ports:bad on the reference's inputs differs from the reference: " \
+           "local rel_l2 " in failing.stdout
+    passing = subprocess.run(run + ["repro_good/test_2.py"], capture_output=True, text=True,
+                             cwd=tmp_path)
+    assert passing.returncode == 0, passing.stdout

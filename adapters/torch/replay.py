@@ -32,9 +32,11 @@ from .session import original_module
 from .structure import named_inputs, named_tensors, split_inputs
 
 
-def replay(model, inputs, reference, wanted, *, gradients=False):
+def replay(model, inputs, reference, wanted, *, gradients=False, arguments=None):
     """``({(record name, call): local output}, {parameter name: local gradient})`` as NumPy,
-    for the forward records in ``wanted``; the gradients only with ``gradients``.
+    for the forward records in ``wanted``; the gradients only with ``gradients``. With
+    ``arguments`` (a dict), the substituted arguments of each ``(module path, call)`` key it
+    holds are stored in it as ``(args, kwargs)`` of tensors (a one-layer repro's inputs).
 
     ``reference(kind, name, call) -> np.ndarray | None`` gives the reference's value of a
     candidate record, already in the candidate's layout, or None where it has none; the pass
@@ -66,9 +68,14 @@ def replay(model, inputs, reference, wanted, *, gradients=False):
             return t
         return torch.from_numpy(value.copy()).to(dtype=t.dtype, device=t.device)
 
-    def pre_hook(_, hook_args, hook_kwargs):
-        return (tuple(substituted(a) for a in hook_args),
-                {k: substituted(v) for k, v in hook_kwargs.items()})
+    def pre_hook(sub, hook_args, hook_kwargs):
+        hook_args = tuple(substituted(a) for a in hook_args)
+        hook_kwargs = {k: substituted(v) for k, v in hook_kwargs.items()}
+        if arguments is not None:
+            key = (paths[sub], calls[paths[sub]])
+            if key in arguments:
+                arguments[key] = (hook_args, hook_kwargs)
+        return hook_args, hook_kwargs
 
     def forward_hook(path):
         name = path or ROOT
@@ -87,6 +94,7 @@ def replay(model, inputs, reference, wanted, *, gradients=False):
 
     for name, t in named_inputs(args, kwargs):
         produced[id(t)] = (("input", name, 0), t._version)
+    paths = {sub: path or ROOT for path, sub in module.named_modules()}
     modes = {m: m.training for m in module.modules()}
     handles = []
     grads = {}
