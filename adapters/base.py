@@ -9,7 +9,8 @@ docs/conventions.md. Inside a package the same module roles recur (docs/architec
 - ``capture.py`` the capture of forward values (and their gradients, where the runtime hands
   them over in the same run);
 - ``meta.py``    record names and metadata: op types, module paths, layouts, parameter roles;
-- ``inputs.py``  checking and naming the model's inputs, with one-line errors.
+- ``inputs.py``  checking and naming the model's inputs, with one-line errors;
+- ``replay.py``  the model's layers run on a reference trace's values (``td.replay``).
 
 A runtime adds modules of its own beside these (torch's op mode, ONNX's memory plan and its
 gradient graph in ``onnx/grad/``). Nothing here imports a framework.

@@ -9,7 +9,7 @@ from ._version import __version__
 from .errors import IncompleteTraceWarning, TraceDiffError, TraceFormatError
 
 __all__ = [
-    "Recorder", "Trace", "Record", "open", "diff", "check", "gradcheck", "primes",
+    "Recorder", "Trace", "Record", "open", "diff", "replay", "check", "gradcheck", "primes",
     "TraceDiffError", "TraceFormatError", "IncompleteTraceWarning", "__version__",
 ]
 
@@ -29,6 +29,9 @@ def __getattr__(name):
     if name == "diff":
         from .compare import diff
         return diff
+    if name == "replay":
+        from .replays import replay
+        return replay
     if name == "check":
         from .checks import check
         return check

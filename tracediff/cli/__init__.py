@@ -13,6 +13,8 @@ from ..errors import IncompleteTraceWarning, TraceDiffError, first_line
 VERBS = {
     "show": "list the records of a trace",
     "diff": "compare two traces and name the first diverging layer",
+    "replay": "run each layer of a candidate model on a reference trace's inputs: every root cause",
+    "extract": "write a one-layer repro (HDF5 case + pytest file) of a candidate's layer",
     "check": "run the health checks on a trace",
     "record": "record every node output of an ONNX model through onnxruntime",
     "demo": "record planted-bug ports and their references, and diff them",

@@ -69,7 +69,6 @@ def compare_and_report(a, b, args) -> int:
     """Diff trace ``a`` (candidate) with ``b`` (reference) under the options in ``args``, write
     and print the report; the exit status: 0 nothing diverges, 1 something does."""
     from ..compare import diff
-    from ..report.terminal import summary_line
 
     for label, value in (("--rtol", args.rtol), ("--atol", args.atol)):
         if value is not None and not value >= 0:
@@ -80,6 +79,14 @@ def compare_and_report(a, b, args) -> int:
                       rename=args.rename, tolerances=args.tolerances, progress=progress)
     finally:
         progress.close()
+    return publish(report, args)
+
+
+def publish(report, args) -> int:
+    """Write the report where ``args`` asks (--json/--html/--markdown), print it (or only its
+    summary line with --quiet); the exit status: 0 nothing diverges, 1 something does."""
+    from ..report.terminal import summary_line
+
     if args.json_out == "-":
         print(report.to_json())
     elif args.json_out:

@@ -38,6 +38,7 @@ class Pair:
     diverged: bool = False        # counts as a divergence (a layout between declared layouts does not)
     worst: list = field(default_factory=list)
     introduced: dict | None = None
+    local: dict | None = None     # replay: this layer run on the reference's inputs
     rearrangement: object = field(default=None, repr=False, compare=False)   # layout pairs; not in JSON
 
     @property
@@ -61,6 +62,8 @@ class Pair:
         }
         if self.introduced is not None:
             out["introduced"] = self.introduced
+        if self.local is not None:
+            out["local"] = self.local
         return out
 
 
@@ -87,6 +90,8 @@ class Report:
     histogram: dict = field(default_factory=lambda: {"forward": None, "backward": None})
     dims: dict = field(default_factory=dict)
     elapsed_s: float = 0.0
+    root_causes: list | None = None       # replay: the layers wrong on the reference's inputs
+    replayed: bool = False
 
     @property
     def ok(self) -> bool:
@@ -106,7 +111,25 @@ class Report:
             "histogram": self.histogram,
             "dims": self.dims,
             "summary": self.summary_counts(),
+            "root_causes": self.root_causes,
+            "replay": self.replay_summary(),
         })
+
+    def replay_summary(self) -> dict | None:
+        """How many forward pairs were replayed, how many skipped and why; None without replay."""
+        if not self.replayed:
+            return None
+        skipped = {}
+        replayed = 0
+        for p in self.pairs:
+            if p.local is None:
+                continue
+            if p.local["status"].startswith("skipped"):
+                why = p.local["status"].partition(": ")[2]
+                skipped[why] = skipped.get(why, 0) + 1
+            else:
+                replayed += 1
+        return {"replayed": replayed, "skipped": sum(skipped.values()), "skipped_why": skipped}
 
     def summary_counts(self) -> dict:
         counts = {s: 0 for s in STATUSES}

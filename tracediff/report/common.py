@@ -134,3 +134,25 @@ def match(pair: dict) -> str:
     if isinstance(confidence, (int, float)) and not isinstance(confidence, bool) and confidence < 1:
         return f"{how} ({confidence:.2f})"
     return str(how)
+
+
+def local(pair: dict) -> str:
+    """A replayed pair's local verdict: ``diverged (rel_l2 0.0101)``; '' where not replayed."""
+    found = pair.get("local") or {}
+    if not found:
+        return ""
+    status = str(found.get("status", ""))
+    if status.startswith("skipped"):
+        return status
+    return f"{status} (rel_l2 {number(found.get('rel_l2'))})"
+
+
+def replay_summary(report: dict) -> str:
+    """``24 pairs run on the reference's inputs, 2 skipped (2: why)``."""
+    summary = report.get("replay") or {}
+    out = (f"{summary.get('replayed', 0)} pairs run on the reference's inputs, "
+           f"{summary.get('skipped', 0)} skipped")
+    why = summary.get("skipped_why") or {}
+    if why:
+        out += " (" + "; ".join(f"{n}: {reason}" for reason, n in why.items()) + ")"
+    return out

@@ -33,6 +33,7 @@ def render_html(report: dict, *, title: str = "tracediff report", limit: int = T
         '<svg id="histogram" width="900" height="240" role="img" '
         'aria-label="histogram of the first divergence error"></svg></section>',
         _first_divergence(report.get("first_divergence") or {}, dims),
+        _root_causes(report),
         _pairs_table(report.get("pairs") or [], dims, limit),
         _unmatched(report.get("unmatched") or {}),
     ]
@@ -106,11 +107,25 @@ def _worst(pair):
             f"<th>a</th><th>b</th><th>|a−b|</th></tr>{rows}</table>")
 
 
+def _root_causes(report):
+    causes = report.get("root_causes")
+    if causes is None:
+        return ""
+    items = "".join(
+        f"<li>{esc(c.get('kind'))} <code>{esc(common.pair_label(c))}</code>, local rel_l2 "
+        f"{esc(common.number(c.get('local_rel_l2')))}{': ' + esc(c['hint']) if c.get('hint') else ''}</li>"
+        for c in causes) or "<li>none: every replayed layer matches on the reference's inputs</li>"
+    return (f'<section id="root-causes"><h2>Root causes (replay)</h2>'
+            f'<p class="note">{esc(common.replay_summary(report))}</p><ol>{items}</ol></section>')
+
+
 def _pairs_table(pairs, dims, limit):
     shown, left_out = common.pairs_diverged_first(pairs, limit)
+    replayed = any(pair.get("local") for pair in pairs)
     head = ("<tr><th>kind</th><th>a</th><th>b</th><th>status</th><th>shape a</th><th>shape b</th>"
             + "".join(f"<th>{esc(k)}</th>" for k in common.STAT_COLUMNS)
-            + "<th>tolerance</th><th>match</th><th>hint</th></tr>")
+            + "<th>tolerance</th><th>match</th><th>hint</th>"
+            + ("<th>local</th>" if replayed else "") + "</tr>")
     rows = []
     for pair in shown:
         stats = pair.get("stats") or {}
@@ -119,6 +134,8 @@ def _pairs_table(pairs, dims, limit):
                  common.shape(pair.get("shape_a"), dims), common.shape(pair.get("shape_b"), dims)]
         cells += [common.number(stats.get(k)) for k in common.STAT_COLUMNS]
         cells += [common.tolerance(pair), common.match(pair), pair.get("hint") or ""]
+        if replayed:
+            cells.append(common.local(pair))
         rows.append(f'<tr class="{"ok" if status == "ok" else "bad"}" data-status="{esc(status)}">'
                     + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
     more = f"<p>{left_out} more pairs not shown (all in the JSON report).</p>" if left_out else ""
@@ -145,14 +162,17 @@ def _finite(value):
 
 def _plot_data(report):
     first = report.get("first_divergence") or {}
+    causes = {(c.get("kind"), c.get("a_name"), c.get("b_name")) for c in report.get("root_causes") or []}
     series = {"forward": [], "backward": []}
     for pair in report.get("pairs") or []:
         kind = pair.get("kind")
         if kind in series:
             stats = pair.get("stats") or {}
-            series[kind].append({"name": str(pair.get("b_name")), "a": str(pair.get("a_name")),
-                                 "status": str(pair.get("status")),
-                                 "value": _finite(stats.get(PLOT_METRIC))})
+            point = {"name": str(pair.get("b_name")), "a": str(pair.get("a_name")),
+                     "status": str(pair.get("status")), "value": _finite(stats.get(PLOT_METRIC))}
+            if (kind, pair.get("a_name"), pair.get("b_name")) in causes:
+                point["cause"] = True
+            series[kind].append(point)
     histogram = {}
     for direction, hist in (report.get("histogram") or {}).items():
         if isinstance(hist, dict) and hist.get("edges") and hist.get("counts"):
@@ -270,7 +290,12 @@ _SCRIPT = r"""
                               fill: p.status === "ok" ? colors[k] : "#d62728"}, svg);
         var t = el("title", {}, c);
         t.textContent = k + " " + (p.a === p.name ? p.name : p.a + " \u2194 " + p.name) +
-          ": " + (p.value === null ? "n/a" : p.value.toExponential(2)) + " (" + p.status + ")";
+          ": " + (p.value === null ? "n/a" : p.value.toExponential(2)) + " (" + p.status + ")" +
+          (p.cause ? ", a root cause" : "");
+        if (p.cause) {
+          el("circle", {cx: X(p.x), cy: Y(p.value), r: 8, fill: "none", stroke: "#d62728",
+                        "stroke-width": 2, "class": "root-cause"}, svg);
+        }
       });
       el("rect", {x: W - right + 12, y: top + row * 18, width: 12, height: 4, fill: colors[k]}, svg);
       label(svg, W - right + 28, top + row * 18 + 6, k + " (" + s.length + ")");

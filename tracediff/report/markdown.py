@@ -22,6 +22,7 @@ def render_markdown(report: dict, *, limit: int = TABLE_LIMIT) -> str:
                  f"**b** (reference): {code(b.get('path', '?'))} ({text(b.get('framework') or '?')})")
     lines.append("")
     lines += _first_divergence(report.get("first_divergence") or {}, dims)
+    lines += _root_causes(report)
     lines += _pairs_table(report.get("pairs") or [], dims, limit)
     lines += _unmatched(report.get("unmatched") or {})
     return "\n".join(lines).rstrip() + "\n"
@@ -56,13 +57,30 @@ def _first_divergence(first: dict, dims: dict) -> list:
     return lines
 
 
+def _root_causes(report: dict) -> list:
+    """Replay's root causes, worst first; nothing in a plain diff (``root_causes`` null)."""
+    causes = report.get("root_causes")
+    if causes is None:
+        return []
+    lines = ["### Root causes (replay)", "", text(common.replay_summary(report)), ""]
+    if not causes:
+        return lines + ["None: every replayed layer matches on the reference's inputs.", ""]
+    for cause in causes:
+        hint = f": {text(cause['hint'])}" if cause.get("hint") else ""
+        lines.append(f"- {text(cause.get('kind', ''))} {code(common.pair_label(cause))}, "
+                     f"local rel_l2 {common.number(cause.get('local_rel_l2'))}{hint}")
+    return lines + [""]
+
+
 def _pairs_table(pairs: list, dims: dict, limit: int) -> list:
     shown, left_out = common.pairs_diverged_first(pairs, limit)
     lines = [f"### Pairs ({len(pairs)}, diverged first)", ""]
     if not pairs:
         return lines + ["No pairs were aligned.", ""]
-    lines.append("| kind | a | b | status | shape a | shape b | max_abs | max_rel | rel_l2 | cosine | match |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    replayed = any(pair.get("local") for pair in pairs)
+    lines.append("| kind | a | b | status | shape a | shape b | max_abs | max_rel | rel_l2 | cosine | match |"
+                 + (" local |" if replayed else ""))
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if replayed else ""))
     for pair in shown:
         stats = pair.get("stats") or {}
         cells = [text(pair.get("kind", "")), code(pair.get("a_name")), code(pair.get("b_name")),
@@ -70,6 +88,8 @@ def _pairs_table(pairs: list, dims: dict, limit: int) -> list:
                  code(common.shape(pair.get("shape_a"), dims)), code(common.shape(pair.get("shape_b"), dims))]
         cells += [common.number(stats.get(key)) for key in common.STAT_COLUMNS]
         cells.append(text(common.match(pair)))
+        if replayed:
+            cells.append(text(common.local(pair)))
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     if left_out:
         lines.append("")

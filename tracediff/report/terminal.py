@@ -93,6 +93,8 @@ def render(report, console=None, context=3):
             console.print(Text(f"  ... and {len(other) - MAX_LISTED} more"))
     if not shown and report.ok:
         console.print(Text(_compared_line(report), style="dim"))
+    for line in replay_lines(report):
+        console.print(Text(line, style="bold red" if report.root_causes else "cyan"))
     for line in _unmatched_lines(report):
         console.print(Text(line, style="magenta"))
 
@@ -101,7 +103,28 @@ def plain_ok_lines(report) -> list:
     """What the rich path prints for a report without divergences, unstyled: the usual answer
     to a script or CI job, which need not wait for rich's import (~50 ms)."""
     return [summary_line(report), _paths_line(report), _compared_line(report),
-            *_unmatched_lines(report)]
+            *replay_lines(report), *_unmatched_lines(report)]
+
+
+def replay_lines(report) -> list:
+    """The root causes replay found (none without replay), worst first."""
+    summary = report.replay_summary()
+    if summary is None:
+        return []
+    head = (f"replay: {summary['replayed']} pairs run on the reference's inputs, "
+            f"{summary['skipped']} skipped")
+    if summary["skipped_why"]:
+        head += " (" + "; ".join(f"{n}: {why}" for why, n in summary["skipped_why"].items()) + ")"
+    causes = report.root_causes or []
+    if not causes:
+        return [head, "no root cause: every replayed layer matches on the reference's inputs"]
+    lines = [head, f"{len(causes)} root cause(s), worst first:"]
+    for cause in causes[:MAX_LISTED]:
+        a, b = cause["a_name"], cause["b_name"]
+        hint = f": {cause['hint']}" if cause.get("hint") else ""
+        lines.append(f"  {cause['kind']} {b if a == b else f'{a} <-> {b}'} local rel_l2 "
+                     f"{number(cause['local_rel_l2'])}{hint}")
+    return lines
 
 
 def _paths_line(report) -> str:

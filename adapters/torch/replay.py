@@ -1,0 +1,178 @@
+"""Replay of a torch model: every module run on the reference's values of what it consumes.
+
+One forward pass of the whole model, without autograd and with dropout off (it differs by
+design), every other module in the mode it was recorded in, with a forward pre-hook on every
+module: a tensor argument that is the output of another module in this pass
+(or a model input) is replaced by the reference's value of the record it pairs with, so the
+module computes its output from the reference's inputs. Its output is its *local* result: its
+difference from the reference's output is the module's own error, not the error it inherited.
+Keyword arguments are substituted the same way, so modules called with masks or positions
+(attention) keep them. A tensor made by a functional op between two modules (``x.flatten(1)``,
+``out += identity``) has no record: it is computed from substituted values, so the consumer's
+local error then includes that op.
+
+Running buffers (BatchNorm statistics) are restored afterwards, and the training flags too.
+
+Backward: with ``gradients``, the same pass keeps autograd on, and for each call of a module
+that holds parameters directly, the vector-Jacobian product of its output (computed from the
+substituted inputs, which carry no graph) with the reference's dL/d(that output) gives the
+parameter gradients that call contributes; summed over calls, they are the parameters' local
+gradients.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+
+import torch
+
+from .capture import ROOT
+from .convert import to_numpy
+from .session import original_module
+from .structure import named_inputs, named_tensors, split_inputs
+
+
+def replay(model, inputs, reference, wanted, *, gradients=False, arguments=None):
+    """``({(record name, call): local output}, {parameter name: local gradient})`` as NumPy,
+    for the forward records in ``wanted``; the gradients only with ``gradients``. With
+    ``arguments`` (a dict), the substituted arguments of each ``(module path, call)`` key it
+    holds are stored in it as ``(args, kwargs)`` of tensors (a one-layer repro's inputs).
+
+    ``reference(kind, name, call) -> np.ndarray | None`` gives the reference's value of a
+    candidate record, already in the candidate's layout, or None where it has none; the pass
+    uses it for every tensor a module consumes, and for dL/d(output) in the backward.
+    """
+    module, _ = original_module(model)
+    args, kwargs = split_inputs(inputs)
+    produced = {}        # id(tensor) -> ((kind, record name, call), version when recorded)
+                         # ``alive`` keeps the ids unique
+    alive = []
+    calls = defaultdict(int)
+    local = {}
+    owners = []          # (path, call, output) of the modules holding parameters directly
+
+    def source_of(t):
+        """The record ``t`` holds the value of; None once an in-place op changed it since
+        (``out += identity`` on a block's output: it no longer holds the recorded value)."""
+        found = produced.get(id(t)) if isinstance(t, torch.Tensor) else None
+        if found is None or found[1] != t._version:
+            return None
+        return found[0]
+
+    def substituted(t):
+        source = source_of(t)
+        if source is None:
+            return t
+        value = reference(*source)
+        if value is None or tuple(value.shape) != tuple(t.shape):
+            return t
+        return torch.from_numpy(value.copy()).to(dtype=t.dtype, device=t.device)
+
+    def pre_hook(sub, hook_args, hook_kwargs):
+        hook_args = tuple(substituted(a) for a in hook_args)
+        hook_kwargs = {k: substituted(v) for k, v in hook_kwargs.items()}
+        if arguments is not None:
+            key = (paths[sub], calls[paths[sub]])
+            if key in arguments:
+                arguments[key] = (hook_args, hook_kwargs)
+        return hook_args, hook_kwargs
+
+    def forward_hook(path):
+        name = path or ROOT
+
+        def hook(sub, __, output):
+            call = calls[name]
+            calls[name] += 1
+            if gradients and any(True for _ in sub.parameters(recurse=False)):
+                owners.append((path, call, output))
+            for record_name, t in named_tensors(output, name):
+                produced[id(t)] = (("forward", record_name, call), t._version)
+                alive.append(t)
+                if (record_name, call) in wanted:
+                    local[(record_name, call)] = to_numpy(t).copy()
+        return hook
+
+    for name, t in named_inputs(args, kwargs):
+        produced[id(t)] = (("input", name, 0), t._version)
+    paths = {sub: path or ROOT for path, sub in module.named_modules()}
+    modes = {m: m.training for m in module.modules()}
+    handles = []
+    grads = {}
+    with kept_buffers(module):
+        try:
+            _run(module, args, kwargs, handles, pre_hook, forward_hook, gradients)
+            if gradients:
+                grads = _parameter_gradients(module, owners, reference)
+        finally:
+            for handle in handles:
+                handle.remove()
+            for m, training in modes.items():
+                m.training = training
+    return local, grads
+
+
+def _run(module, args, kwargs, handles, pre_hook, forward_hook, gradients):
+    """The substituted forward pass: hooks on every module, dropout off, autograd only for
+    the parameter gradients."""
+    try:
+        for path, sub in module.named_modules():
+            handles.append(sub.register_forward_pre_hook(pre_hook, with_kwargs=True))
+            handles.append(sub.register_forward_hook(forward_hook(path)))
+            if isinstance(sub, torch.nn.modules.dropout._DropoutNd):
+                sub.eval()
+        with torch.set_grad_enabled(gradients):
+            module(*args, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+        handles.clear()
+
+
+def _parameter_gradients(module, owners, reference):
+    """``{parameter name: summed local gradient}`` over the calls of the modules that hold
+    parameters; a call whose outputs have no reference gradient contributes nothing."""
+    total = {}
+    for path, call, output in owners:
+        sub = module.get_submodule(path)
+        params = [(f"{path}.{n}" if path else n, p) for n, p in sub.named_parameters(recurse=False)
+                  if p.requires_grad]
+        named = [(n, t) for n, t in named_tensors(output, path or ROOT) if t.requires_grad]
+        seeds = [reference("backward", n, call) for n, _ in named]
+        if not params or not named or any(s is None for s in seeds):
+            continue
+        found = torch.autograd.grad(
+            [t for _, t in named], [p for _, p in params],
+            [torch.from_numpy(s.copy()).to(dtype=t.dtype, device=t.device)
+             for s, (_, t) in zip(seeds, named)], retain_graph=True, allow_unused=True)
+        for (name, _), g in zip(params, found):
+            if g is not None:
+                value = to_numpy(g).astype("float64")
+                total[name] = total[name] + value if name in total else value
+    return total
+
+
+@contextlib.contextmanager
+def kept_buffers(model):
+    """A context in which ``model``'s buffers (BatchNorm running statistics) may change: they
+    are put back on leaving, so a replay leaves the user's model as it found it."""
+    module, _ = original_module(model)
+    saved = {name: b.detach().clone() for name, b in module.named_buffers()}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for name, b in module.named_buffers():
+                if name in saved:
+                    b.copy_(saved[name])
+
+
+def as_inputs(values):
+    """The reference's input records (``[(name, array)]``) as the ``inputs`` torch's ``record``
+    takes: one tensor, positional tensors ``input:0, input:1...``, or keywords ``input:<key>``."""
+    tensors = [(name, torch.from_numpy(value.copy())) for name, value in values]
+    if len(tensors) == 1:
+        return tensors[0][1]
+    keys = [name.partition(":")[2] for name, _ in tensors]
+    if all(key.isdigit() for key in keys):
+        return tuple(t for _, t in tensors)
+    return {key: t for key, (_, t) in zip(keys, tensors)}

@@ -1,0 +1,67 @@
+"""Replay benchmark: ``td.replay`` of a 100-layer torch model against one recording of it.
+
+    .venv/bin/python bench/bench_replay.py [--layers 50] [--width 256] [--batch 32] [--repeat 3]
+
+The model is a torch MLP of ``layers`` Linear + ReLU pairs (2 x layers modules, so 100 layers
+by default) with a cross-entropy loss. ``record`` is one training-step recording (forward,
+backward, parameters); ``replay`` is everything ``td.replay`` does: record the candidate on the
+reference's inputs, align and compare it, run every module on the reference's values and
+every parameter-holding module's VJP. The target (issue 21): replay at most 2x one recording.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import tracediff as td  # noqa: E402
+from tracediff.adapters import torch as tdt  # noqa: E402
+from timing import median_seconds  # noqa: E402
+
+
+def build(layers, width):
+    torch.manual_seed(0)
+    blocks = []
+    for _ in range(layers):
+        blocks += [torch.nn.Linear(width, width), torch.nn.ReLU()]
+    return torch.nn.Sequential(*blocks, torch.nn.Linear(width, 10))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=50)
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    model = build(args.layers, args.width)
+    x = torch.randn(args.batch, args.width)
+    y = torch.randint(0, 10, (args.batch,))
+
+    def loss_fn(out):
+        return F.cross_entropy(out, y)
+
+    with tempfile.TemporaryDirectory() as folder:
+        ref = os.path.join(folder, "ref.h5")
+        t_record = median_seconds(lambda: tdt.record(model, x, ref, loss_fn=loss_fn, overwrite=True),
+                                  args.repeat)
+        t_replay = median_seconds(lambda: td.replay(model, ref, loss_fn=loss_fn), args.repeat)
+        report = td.replay(model, ref, loss_fn=loss_fn)
+    modules = 2 * args.layers + 1
+    print(f"{modules} modules, width {args.width}, batch {args.batch}, torch threads "
+          f"{torch.get_num_threads()}")
+    print(f"record  {t_record:.3f} s (median of {args.repeat})")
+    print(f"replay  {t_replay:.3f} s (median of {args.repeat}): x{t_replay / t_record:.2f} one "
+          f"recording; {report.replay_summary()['replayed']} pairs replayed, "
+          f"{len(report.root_causes)} root causes")
+
+
+if __name__ == "__main__":
+    main()

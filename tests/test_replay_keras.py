@@ -1,0 +1,42 @@
+"""Layer replay of Keras ports against their torch references: each layer run on the torch
+reference's values (rearranged to channels-last), every porting bug its own root cause."""
+import os
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+torch = pytest.importorskip("torch")
+pytest.importorskip("tensorflow")
+
+import tracediff as td  # noqa: E402
+from test_tensorflow_vs_torch import (cnn_reference, images, keras_cnn, keras_loss,  # noqa: E402,F401
+                                      keras_mlp, mlp_reference, features)
+
+
+def nhwc(images):
+    return images.transpose(0, 2, 3, 1)
+
+
+def test_a_correct_channels_last_port_has_no_root_cause(cnn_reference, images):
+    reference, path, _ = cnn_reference
+    report = td.replay(keras_cnn(reference), path, inputs=nhwc(images), loss_fn=keras_loss)
+    assert report.ok and report.root_causes == []
+    assert report.replay_summary()["skipped_why"] == {
+        "parameter gradients are replayed for torch candidates only": 6}
+
+
+def test_two_porting_bugs_are_two_root_causes(cnn_reference, images):
+    """A tanh for the ReLU, and the Dense kernel not reordered for the NHWC flatten: the diff
+    names the first; replay names both, each at its layer."""
+    reference, path, _ = cnn_reference
+    port = keras_cnn(reference, reorder_flatten=False, activation="tanh")
+    report = td.replay(port, path, inputs=nhwc(images), loss_fn=keras_loss)
+    assert report.first_divergence.forward.a_name == "act"
+    assert sorted(c["a_name"] for c in report.root_causes) == ["act", "fc"]
+
+
+def test_a_keras_port_of_an_mlp_replays_clean(mlp_reference, features):
+    reference, path, _ = mlp_reference
+    assert td.replay(keras_mlp(reference), path).root_causes == []
+    causes = td.replay(keras_mlp(reference, activation="sigmoid"), path).root_causes
+    assert [c["a_name"] for c in causes] == ["act"]

@@ -1,0 +1,32 @@
+"""``tracediff extract A B --layer NAME --candidate SPEC --out DIR``: a one-layer repro of
+layer NAME of the candidate (SPEC, ``package.module:object``, whose trace is A) on the
+reference B's inputs: an HDF5 case and a pytest file that fails while the layer is wrong."""
+from __future__ import annotations
+
+import sys
+
+from .replay import _is_model, load_object
+
+
+def add_arguments(parser):
+    parser.add_argument("a", metavar="A", help="the candidate's trace")
+    parser.add_argument("b", metavar="B", help="the reference trace (recorded with values)")
+    parser.add_argument("--layer", required=True, help="the candidate's record name of the layer")
+    parser.add_argument("--call", type=int, default=0, help="which call of the layer (default 0)")
+    parser.add_argument("--candidate", required=True, metavar="SPEC",
+                        help="package.module:object: the torch model A was recorded from")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the repro")
+    parser.add_argument("--rtol", type=float, help="relative tolerance (default: per dtype)")
+    parser.add_argument("--atol", type=float, help="absolute tolerance (default: per dtype)")
+
+
+def run(args) -> int:
+    from ..replays.extract import extract
+
+    model = load_object(args.candidate, "--candidate")
+    if callable(model) and not _is_model(model):
+        model = model()
+    case, test = extract(args.a, args.b, args.layer, model, args.out, spec=args.candidate,
+                         call=args.call, rtol=args.rtol, atol=args.atol)
+    print(f"wrote {case} and {test}: run `pytest {test}`", file=sys.stdout)
+    return 0

@@ -1,0 +1,79 @@
+"""A replayed layer's local error, judged at depth 1, and the root causes of a report."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..compare import hints
+from ..compare.metrics import compare
+from ..dtypes import as_float
+
+
+def skipped(why) -> dict:
+    return {"status": f"skipped: {why}", "rel_l2": None, "max_abs": None}
+
+
+def judge(pair, local_a, record_b, policy, layout) -> dict:
+    """``local`` of one pair: the candidate layer's output (or parameter gradient) from the
+    reference's inputs against the reference's, at the tolerance of a layer one deep (no
+    growth with depth: that growth is what hides a small bug in a deep network). ``layout``:
+    the rearrangement from the candidate's layout (None: the same; False: none known)."""
+    b = record_b.read()
+    a = local_a
+    if layout:
+        a = layout.apply(a)
+    elif tuple(a.shape) != tuple(b.shape):
+        return skipped("its layout against the reference's is unknown (its shapes differ and "
+                       "the values of neither it nor its producer match)")
+    tol = policy.resolve(pair.kind, pair.a_name, pair.b_name, pair.dtype_a, pair.dtype_b, 1)
+    result = compare(np.asarray(as_float(a)), np.asarray(as_float(b)), tol.rtol, tol.atol)
+    stats = result.stats()
+    local = {"status": "ok" if result.passed else "diverged", "rel_l2": stats.get("rel_l2"),
+             "max_abs": stats.get("max_abs"), "tolerance": tol.to_dict()}
+    if not result.passed:
+        local["hint"] = hints.explain(np.asarray(as_float(hints.leading(a)), np.float64),
+                                      np.asarray(as_float(hints.leading(b)), np.float64))
+    return local
+
+
+def root_causes(pairs) -> list:
+    """Every pair whose local error exceeds its tolerance, worst first. A container (a block,
+    the model's ``<root>``) whose output carries a wrong child's local error is not a cause of
+    its own: only one whose children are all right on the reference's inputs (the error is in
+    the container's own glue, an ``out += identity`` say) is listed."""
+    found = [p for p in pairs if getattr(p, "local", None) and p.local["status"] == "diverged"]
+    paths = [_module_path(p.a_name) for p in found]
+    found = [p for p, path in zip(found, paths)
+             if not any(other != path and _contains(path, other) for other in paths)]
+    found.sort(key=lambda p: -(p.local["rel_l2"] or 0.0))
+    return [{"a_name": p.a_name, "b_name": p.b_name, "kind": p.kind,
+             "local_rel_l2": p.local["rel_l2"], "hint": p.local.get("hint") or p.hint}
+            for p in found]
+
+
+def _module_path(name) -> tuple:
+    """``encoder.layers.0:last_hidden_state`` -> ("encoder", "layers", "0"); ``<root>`` -> ()."""
+    name = name.partition(":")[0]
+    return () if name in ("", "<root>") else tuple(name.replace("/", ".").split("."))
+
+
+def _contains(outer, inner) -> bool:
+    return len(inner) > len(outer) and inner[:len(outer)] == outer
+
+
+def settle_introduced(report) -> None:
+    """Where replay ran, its verdict replaces the growth heuristic of a first divergence: a
+    layer wrong on the reference's inputs introduced the error, one right on them inherited it."""
+    for pair in (report.first_divergence.forward, report.first_divergence.backward,
+                 report.first_divergence.param_grad):
+        if pair is None or pair.local is None or pair.local["status"].startswith("skipped"):
+            continue
+        rel = pair.local["rel_l2"]
+        if pair.local["status"] == "diverged":
+            verdict, reason = "introduced here", (
+                f"replay: on the reference's inputs this layer is still off (local rel_l2 {rel:.3g})")
+        else:
+            verdict, reason = "inherited", (
+                f"replay: on the reference's inputs this layer matches (local rel_l2 {rel:.3g}): "
+                "the error comes from upstream")
+        pair.introduced = {**(pair.introduced or {}), "verdict": verdict, "reason": reason,
+                           "local_rel_l2": rel}

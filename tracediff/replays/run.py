@@ -1,0 +1,211 @@
+"""``td.replay``: record the candidate on the reference's inputs, align it with the reference,
+then run each aligned candidate layer on the reference's values of what it consumes, and judge
+that layer's *local* error."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from ..errors import TraceDiffError
+from ..trace import Trace, open_trace
+from .layouts import assumed
+from .local import judge, root_causes, settle_introduced, skipped
+
+
+def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None, atol=None,
+           align="auto", rename=None, tolerances=None, keep=None):
+    """Replay ``candidate`` (a torch module, or a NumPy ``fn(rec, inputs)`` with ``layers``)
+    against the reference trace ``ref``; return the diff report, its forward pairs carrying
+    ``local`` and the report ``root_causes``.
+
+    ``inputs``: what the candidate is run on (default: the reference's own ``input`` records).
+    ``layers``: NumPy only, ``{layer name: fn(*inputs) -> output}`` for the layers to replay.
+    ``keep``: a path to keep the candidate's trace at (default: a temporary file).
+    """
+    from ..compare import diff
+    from ..adapters.base import framework_of
+
+    framework = framework_of(candidate)
+    if framework is None:
+        raise TraceDiffError(
+            f"replay: cannot replay a {type(candidate).__name__}; give a torch.nn.Module, an "
+            ".onnx path or onnx.ModelProto, or a NumPy function fn(rec, inputs) with "
+            "layers={name: fn}")
+    if framework == "numpy" and not layers:
+        raise TraceDiffError("replay: a NumPy candidate needs layers={name: fn(*inputs)}: "
+                             "the functions to run each layer on the reference's inputs")
+    reference = ref if isinstance(ref, Trace) else open_trace(ref)
+    try:
+        _check_replayable(reference)
+        run_inputs = inputs if inputs is not None else _reference_inputs(reference, framework,
+                                                                          candidate)
+        with tempfile.TemporaryDirectory(prefix="tracediff-replay-") as folder:
+            path = keep or os.path.join(folder, "candidate.h5")
+            _record(framework, candidate, run_inputs, path, loss_fn)
+            with open_trace(path) as trace_a:
+                report = diff(trace_a, reference, rtol=rtol, atol=atol, align=align,
+                              rename=rename, tolerances=tolerances)
+                values = _ReferenceValues(report, trace_a, reference)
+                wanted = {}      # a candidate record can pair with several (a block and its last layer)
+                for pair in report.pairs:
+                    if pair.kind == "forward":
+                        wanted.setdefault((pair.a_name, pair.a_call), []).append(pair)
+                if framework == "torch":
+                    from ..adapters.torch import replay as torch_replay
+                    local, grads = torch_replay.replay(
+                        candidate, run_inputs, values, set(wanted),
+                        gradients=any(p.kind == "param_grad" for p in report.pairs))
+                    why = "not run: a module's output through a functional op, or an op record"
+                elif framework == "tensorflow":
+                    from ..adapters.tensorflow import replay as keras_replay
+                    local, grads = keras_replay.replay(candidate, run_inputs, values, set(wanted)), {}
+                    why = "not run: a layer's output through an op that is no layer"
+                elif framework == "onnx":
+                    from ..adapters.onnx import replay as onnx_replay
+                    local, grads = onnx_replay.replay(candidate, values, set(wanted), trace_a), {}
+                    why = "not a node output of the candidate"
+                else:
+                    local, grads = _numpy_layers(layers, trace_a, values, wanted), {}
+                    why = "no function in layers= for it"
+                policy = _policy(rtol, atol, rename, tolerances)
+                no_gradient = ("no call of its module had the reference's dL/d(output)"
+                               if framework == "torch" else
+                               "parameter gradients are replayed for torch candidates only")
+                for key, pairs in wanted.items():
+                    for pair in pairs:
+                        pair.local = (judge(pair, local[key], reference[pair.b_index], policy,
+                                            values.layouts.get(id(pair), False))
+                                      if key in local else skipped(why))
+                for pair in report.pairs:
+                    if pair.kind == "param_grad":
+                        pair.local = (judge(pair, grads[pair.a_name], reference[pair.b_index], policy,
+                                            pair.rearrangement)
+                                      if pair.a_name in grads else skipped(no_gradient))
+                settle_introduced(report)
+                report.a = {**report.a, "path": keep or f"{type(candidate).__name__} (replayed)"}
+                report.root_causes = root_causes(report.pairs)
+                report.replayed = True
+    finally:
+        if reference is not ref:
+            reference.close()
+    return report
+
+
+def _check_replayable(reference):
+    stats_only = [r.name for r in reference if r.kind in ("forward", "input") and not r.stored]
+    if stats_only:
+        raise TraceDiffError(
+            f"replay: {reference.path} holds statistics only for {stats_only[0]!r} (recorded "
+            "with values=False): replay runs layers on the reference's tensors; record the "
+            "reference again with values=True")
+
+
+def _reference_inputs(reference, framework, candidate):
+    found = [(r.name, r.read()) for r in reference if r.kind == "input" and r.step == _first_step(reference)]
+    if not found:
+        raise TraceDiffError(f"replay: {reference.path} holds no input record: pass inputs=")
+    if framework == "torch":
+        from ..adapters.torch.replay import as_inputs
+        return as_inputs(found)
+    if framework == "onnx":
+        from ..adapters.onnx.replay import graph_inputs
+        names = graph_inputs(candidate)
+        if len(names) != len(found):
+            raise TraceDiffError(
+                f"replay: the ONNX model takes {len(names)} input(s) ({', '.join(names)}) but "
+                f"{reference.path} holds {len(found)}: pass inputs={{name: array}}")
+        return dict(zip(names, (value for _, value in found)))
+    if len(found) == 1:
+        return found[0][1]
+    if framework == "tensorflow":
+        return [value for _, value in found]
+    return {name.partition(":")[2] or name: value for name, value in found}
+
+
+def _first_step(reference):
+    return next(iter(reference)).step
+
+
+def _record(framework, candidate, inputs, path, loss_fn):
+    if framework == "torch":
+        from ..adapters import torch as adapter
+        from ..adapters.torch.replay import kept_buffers
+        with kept_buffers(candidate):
+            adapter.record(candidate, inputs, path, loss_fn=loss_fn, overwrite=True)
+    elif framework == "tensorflow":
+        from ..adapters import tensorflow as adapter
+        adapter.record(candidate, inputs, path, loss_fn=loss_fn, overwrite=True)
+    elif framework == "onnx":
+        if loss_fn is not None:
+            raise TraceDiffError("replay: an ONNX candidate replays forward only: drop loss_fn")
+        from ..adapters import onnx as adapter
+        adapter.record(candidate, inputs, path, overwrite=True)
+    else:
+        from ..adapters import numpy as adapter
+        adapter.record(candidate, inputs, path, overwrite=True)
+
+
+def _policy(rtol, atol, rename, tolerances):
+    from ..compare.engine import _rules, _tolerances
+    from ..compare.tolerances import TolerancePolicy
+    rules = _rules(rename)
+    return TolerancePolicy(rtol, atol, list(rules.tolerances) + _tolerances(tolerances))
+
+
+class _ReferenceValues:
+    """``values(kind, name, call)``: the reference's value of a candidate record, rearranged
+    into the candidate's layout; None where the record has no usable pair."""
+
+    def __init__(self, report, trace_a, trace_b):
+        self.trace_b = trace_b
+        self.layouts = assumed(report, trace_a)
+        self.pairs = {(p.kind, p.a_name, p.a_call): p for p in report.pairs
+                      if p.kind in ("forward", "input", "backward") and id(p) in self.layouts
+                      and p.status != "nonfinite"}
+        self.dtypes = {(r.kind, r.name, r.call): r.dtype for r in trace_a
+                       if r.kind in ("forward", "input", "backward")}
+
+    def __call__(self, kind, name, call):
+        pair = self.pairs.get((kind, name, call))
+        if pair is None:
+            return None
+        value = self.trace_b[pair.b_index].read()
+        layout = self.layouts[id(pair)]
+        if layout is not None:
+            value = to_candidate_layout(layout, value, pair.shape_a)
+        return as_dtype(value, self.dtypes.get((kind, name, call)))
+
+
+def to_candidate_layout(rearrangement, b, shape_a):
+    """The inverse of ``rearrangement.apply``: a reference tensor in the candidate's layout."""
+    inverse = np.argsort(rearrangement.perm)
+    atoms = np.ascontiguousarray(b.reshape(rearrangement.b_atoms).transpose(inverse))
+    return atoms.reshape(tuple(shape_a))
+
+
+def as_dtype(value, dtype):
+    """``value`` cast to the candidate record's dtype name, where NumPy knows it."""
+    try:
+        return value.astype(np.dtype(dtype)) if dtype else value
+    except TypeError:
+        return value
+
+
+def _numpy_layers(layers, trace_a, values, wanted):
+    """Each NumPy layer function run on the reference's values of the records it consumed."""
+    from .dataflow import consumed
+    local = {}
+    for name, call in wanted:
+        fn = layers.get(name)
+        if fn is None:
+            continue
+        record = next(r for r in trace_a if r.kind == "forward" and r.name == name
+                      and r.call == call)
+        sources = consumed(trace_a, record)
+        arguments = [values(*source) for source in sources]
+        if not sources or any(a is None for a in arguments):
+            continue
+        local[(name, call)] = np.asarray(fn(*arguments))
+    return local
