@@ -22,7 +22,7 @@ def test_a_correct_channels_last_port_has_no_root_cause(cnn_reference, images):
     report = td.replay(keras_cnn(reference), path, inputs=nhwc(images), loss_fn=keras_loss)
     assert report.ok and report.root_causes == []
     assert report.replay_summary()["skipped_why"] == {
-        "parameter gradients are replayed for torch candidates only": 6}
+        "parameter gradients are replayed for torch and NumPy candidates only": 6}
 
 
 def test_two_porting_bugs_are_two_root_causes(cnn_reference, images):

@@ -67,12 +67,13 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
                     local, grads = onnx_replay.replay(candidate, values, set(wanted), trace_a), {}
                     why = "not a node output of the candidate"
                 else:
-                    local, grads = _numpy_layers(layers, trace_a, values, wanted), {}
+                    local, grads = _numpy_layers(layers, trace_a, values, wanted)
                     why = "no function in layers= for it"
                 policy = _policy(rtol, atol, rename, tolerances)
-                no_gradient = ("no call of its module had the reference's dL/d(output)"
-                               if framework == "torch" else
-                               "parameter gradients are replayed for torch candidates only")
+                no_gradient = {
+                    "torch": "no call of its module had the reference's dL/d(output)",
+                    "numpy": "no layer with a backward in layers= gave it a gradient",
+                }.get(framework, "parameter gradients are replayed for torch and NumPy candidates only")
                 for key, pairs in wanted.items():
                     for pair in pairs:
                         pair.local = (judge(pair, local[key], reference[pair.b_index], policy,
@@ -194,12 +195,15 @@ def as_dtype(value, dtype):
 
 
 def _numpy_layers(layers, trace_a, values, wanted):
-    """Each NumPy layer function run on the reference's values of the records it consumed."""
+    """Each NumPy layer run on the reference's values of the records it consumed: ``(local
+    outputs, local parameter gradients)``. A layer is a function ``fn(*inputs)``, or an object
+    with ``forward(*inputs)`` and ``backward(d_output) -> (d_inputs, {parameter record name:
+    gradient})``, whose backward then runs on the reference's dL/d(its output)."""
     from .dataflow import consumed
-    local = {}
+    local, grads = {}, {}
     for name, call in wanted:
-        fn = layers.get(name)
-        if fn is None:
+        layer = layers.get(name)
+        if layer is None:
             continue
         record = next(r for r in trace_a if r.kind == "forward" and r.name == name
                       and r.call == call)
@@ -207,5 +211,12 @@ def _numpy_layers(layers, trace_a, values, wanted):
         arguments = [values(*source) for source in sources]
         if not sources or any(a is None for a in arguments):
             continue
-        local[(name, call)] = np.asarray(fn(*arguments))
-    return local
+        forward = getattr(layer, "forward", layer)
+        local[(name, call)] = np.asarray(forward(*arguments))
+        seed = values("backward", name, call) if hasattr(layer, "backward") else None
+        if seed is not None:
+            _, parameter_grads = layer.backward(seed)
+            for param, grad in (parameter_grads or {}).items():
+                grad = np.asarray(grad, np.float64)
+                grads[param] = grads[param] + grad if param in grads else grad
+    return local, grads
