@@ -25,7 +25,9 @@ def assumed(report, trace_a) -> dict:
         if pair.kind not in KINDS:
             continue
         same_shape = list(pair.shape_a) == list(pair.shape_b)
-        if pair.rearrangement is not None:
+        if pair.rearrangement is not None and pair.diverged and same_shape:
+            out[id(pair)] = None     # a layout no declaration explains is the mistake itself
+        elif pair.rearrangement is not None:
             out[id(pair)] = pair.rearrangement
         elif same_shape and not pair.diverged:
             out[id(pair)] = None

@@ -12,11 +12,15 @@ def skipped(why) -> dict:
     return {"status": f"skipped: {why}", "rel_l2": None, "max_abs": None}
 
 
-def judge(pair, local_a, record_b, policy, layout) -> dict:
+def judge(pair, local_a, record_b, policy, layout, by=None) -> dict:
     """``local`` of one pair: the candidate layer's output (or parameter gradient) from the
     reference's inputs against the reference's, at the tolerance of a layer one deep (no
     growth with depth: that growth is what hides a small bug in a deep network). ``layout``:
-    the rearrangement from the candidate's layout (None: the same; False: none known)."""
+    the rearrangement from the candidate's layout (None: the same; False: none known). A
+    layout the diff found but no declared layout explains (a flatten in the wrong order, a
+    transposed weight gradient) is this layer's own mistake: the local result is ``diverged``
+    with the diff's hint even where the permutation makes the values agree. ``by``: the layer
+    whose backward computed it, for a replayed dL/d(input)."""
     b = record_b.read()
     a = local_a
     if layout:
@@ -24,6 +28,17 @@ def judge(pair, local_a, record_b, policy, layout) -> dict:
     elif tuple(a.shape) != tuple(b.shape):
         return skipped("its layout against the reference's is unknown (its shapes differ and "
                        "the values of neither it nor its producer match)")
+    if pair.status == "layout" and pair.diverged and layout:
+        local = _compared(pair, a, b, policy)
+        local.update(status="diverged", hint=pair.hint)
+        return local
+    local = _compared(pair, a, b, policy)
+    if by is not None:
+        local["by"] = by
+    return local
+
+
+def _compared(pair, a, b, policy) -> dict:
     tol = policy.resolve(pair.kind, pair.a_name, pair.b_name, pair.dtype_a, pair.dtype_b, 1)
     result = compare(np.asarray(as_float(a)), np.asarray(as_float(b)), tol.rtol, tol.atol)
     stats = result.stats()
@@ -36,18 +51,35 @@ def judge(pair, local_a, record_b, policy, layout) -> dict:
 
 
 def root_causes(pairs) -> list:
-    """Every pair whose local error exceeds its tolerance, worst first. A container (a block,
-    the model's ``<root>``) whose output carries a wrong child's local error is not a cause of
-    its own: only one whose children are all right on the reference's inputs (the error is in
-    the container's own glue, an ``out += identity`` say) is listed."""
+    """Every pair whose local error exceeds its tolerance, worst first, one entry a mistake:
+
+    - a container (a block, the model's ``<root>``) whose output carries a wrong child's local
+      error is not a cause of its own: only one whose children are all right on the reference's
+      inputs (the error is in the container's own glue, an ``out += identity`` say) is listed;
+    - a layer whose forward is wrong has a backward and parameter gradients consistent with
+      that mistake: its dL/d(input) and its parameters' gradients are not listed again.
+    """
     found = [p for p in pairs if getattr(p, "local", None) and p.local["status"] == "diverged"]
-    paths = [_module_path(p.a_name) for p in found]
-    found = [p for p, path in zip(found, paths)
-             if not any(other != path and _contains(path, other) for other in paths)]
-    found.sort(key=lambda p: -(p.local["rel_l2"] or 0.0))
+    forward = [p for p in found if p.kind == "forward"]
+    paths = [_module_path(p.a_name) for p in forward]
+    wrong = {path for p, path in zip(forward, paths)
+             if not any(other != path and _contains(path, other) for other in paths)}
+    kept = [p for p in found if _own_cause(p, wrong)]
+    kept.sort(key=lambda p: -(p.local["rel_l2"] or 0.0))
     return [{"a_name": p.a_name, "b_name": p.b_name, "kind": p.kind,
              "local_rel_l2": p.local["rel_l2"], "hint": p.local.get("hint") or p.hint}
-            for p in found]
+            for p in kept]
+
+
+def _own_cause(pair, wrong_layers) -> bool:
+    """Whether a diverged local result is a mistake of its own, not one of ``wrong_layers``
+    (the module paths of the layers whose forward is a root cause) seen again."""
+    if pair.kind == "forward":
+        return _module_path(pair.a_name) in wrong_layers
+    if pair.kind == "param_grad" and _module_path(pair.a_name)[:-1] in wrong_layers:
+        return False     # the gradient of a wrong layer's own parameter
+    by = pair.local.get("by")
+    return by is None or _module_path(by) not in wrong_layers
 
 
 def _module_path(name) -> tuple:

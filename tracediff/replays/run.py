@@ -52,23 +52,8 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
                 for pair in report.pairs:
                     if pair.kind == "forward":
                         wanted.setdefault((pair.a_name, pair.a_call), []).append(pair)
-                if framework == "torch":
-                    from ..adapters.torch import replay as torch_replay
-                    local, grads = torch_replay.replay(
-                        candidate, run_inputs, values, set(wanted),
-                        gradients=any(p.kind == "param_grad" for p in report.pairs))
-                    why = "not run: a module's output through a functional op, or an op record"
-                elif framework == "tensorflow":
-                    from ..adapters.tensorflow import replay as keras_replay
-                    local, grads = keras_replay.replay(candidate, run_inputs, values, set(wanted)), {}
-                    why = "not run: a layer's output through an op that is no layer"
-                elif framework == "onnx":
-                    from ..adapters.onnx import replay as onnx_replay
-                    local, grads = onnx_replay.replay(candidate, values, set(wanted), trace_a), {}
-                    why = "not a node output of the candidate"
-                else:
-                    local, grads = _numpy_layers(layers, trace_a, values, wanted)
-                    why = "no function in layers= for it"
+                local, grads, input_grads, why = _run_layers(
+                    framework, candidate, run_inputs, values, wanted, report, trace_a, layers)
                 policy = _policy(rtol, atol, rename, tolerances)
                 no_gradient = {
                     "torch": "no call of its module had the reference's dL/d(output)",
@@ -80,6 +65,10 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
                                             values.layouts.get(id(pair), False))
                                       if key in local else skipped(why))
                 for pair in report.pairs:
+                    if pair.kind == "backward" and (pair.a_name, pair.a_call) in input_grads:
+                        by, value = input_grads[(pair.a_name, pair.a_call)]
+                        pair.local = judge(pair, value, reference[pair.b_index], policy,
+                                           values.layouts.get(id(pair), False), by=by)
                     if pair.kind == "param_grad":
                         pair.local = (judge(pair, grads[pair.a_name], reference[pair.b_index], policy,
                                             pair.rearrangement)
@@ -92,6 +81,26 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
         if reference is not ref:
             reference.close()
     return report
+
+
+def _run_layers(framework, candidate, run_inputs, values, wanted, report, trace_a, layers):
+    """The adapter's replay: ``(local outputs, local parameter gradients, local dL/d of
+    consumed records, why a pair without a local output was skipped)``."""
+    if framework == "torch":
+        from ..adapters.torch import replay as torch_replay
+        local, grads = torch_replay.replay(
+            candidate, run_inputs, values, set(wanted),
+            gradients=any(p.kind == "param_grad" for p in report.pairs))
+        return local, grads, {}, "not run: a module's output through a functional op, or an op record"
+    if framework == "tensorflow":
+        from ..adapters.tensorflow import replay as keras_replay
+        return (keras_replay.replay(candidate, run_inputs, values, set(wanted)), {}, {},
+                "not run: a layer's output through an op that is no layer")
+    if framework == "onnx":
+        from ..adapters.onnx import replay as onnx_replay
+        return (onnx_replay.replay(candidate, values, set(wanted), trace_a), {}, {},
+                "not a node output of the candidate")
+    return (*_numpy_layers(layers, trace_a, values, wanted), "no function in layers= for it")
 
 
 def _check_replayable(reference):
@@ -196,27 +205,39 @@ def as_dtype(value, dtype):
 
 def _numpy_layers(layers, trace_a, values, wanted):
     """Each NumPy layer run on the reference's values of the records it consumed: ``(local
-    outputs, local parameter gradients)``. A layer is a function ``fn(*inputs)``, or an object
-    with ``forward(*inputs)`` and ``backward(d_output) -> (d_inputs, {parameter record name:
-    gradient})``, whose backward then runs on the reference's dL/d(its output)."""
+    outputs, local parameter gradients, local input gradients)``. A layer is a function
+    ``fn(*inputs)``, or an object with ``forward(*inputs)`` and ``backward(d_output) ->
+    (d_inputs, {parameter record name: gradient})``, whose backward then runs on the
+    reference's dL/d(its output). ``d_inputs`` (one array, or one per input) is dL/d of the
+    records the layer consumed; it is judged only for a record no other layer consumes (the
+    reference's gradient of a fan-out sums over its consumers)."""
     from .dataflow import consumed
-    local, grads = {}, {}
+    forward_records = [r for r in trace_a if r.kind == "forward"]
+    sources = {(r.name, r.call): consumed(trace_a, r) for r in forward_records}
+    consumers = {}
+    for found in sources.values():
+        for source in found:
+            consumers[source] = consumers.get(source, 0) + 1
+    local, grads, input_grads = {}, {}, {}
     for name, call in wanted:
         layer = layers.get(name)
-        if layer is None:
+        if layer is None or not sources.get((name, call)):
             continue
-        record = next(r for r in trace_a if r.kind == "forward" and r.name == name
-                      and r.call == call)
-        sources = consumed(trace_a, record)
-        arguments = [values(*source) for source in sources]
-        if not sources or any(a is None for a in arguments):
+        arguments = [values(*source) for source in sources[(name, call)]]
+        if any(a is None for a in arguments):
             continue
         forward = getattr(layer, "forward", layer)
         local[(name, call)] = np.asarray(forward(*arguments))
         seed = values("backward", name, call) if hasattr(layer, "backward") else None
-        if seed is not None:
-            _, parameter_grads = layer.backward(seed)
-            for param, grad in (parameter_grads or {}).items():
-                grad = np.asarray(grad, np.float64)
-                grads[param] = grads[param] + grad if param in grads else grad
-    return local, grads
+        if seed is None:
+            continue
+        d_inputs, parameter_grads = layer.backward(seed)
+        for param, grad in (parameter_grads or {}).items():
+            grad = np.asarray(grad, np.float64)
+            grads[param] = grads[param] + grad if param in grads else grad
+        if not isinstance(d_inputs, (tuple, list)):
+            d_inputs = (d_inputs,)
+        for source, d in zip(sources[(name, call)], d_inputs):
+            if source[0] == "forward" and consumers.get(source) == 1 and d is not None:
+                input_grads[(source[1], source[2])] = (name, np.asarray(d))
+    return local, grads, input_grads
