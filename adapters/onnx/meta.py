@@ -29,13 +29,30 @@ def output_layout(op_type, shape):
     return None
 
 
-def param_meta(name, shape, consumers):
+# The role of an op's parameter inputs, by input position, for initializers whose names say none
+_INPUT_ROLES = {
+    "Conv": {1: "weight", 2: "bias"}, "ConvTranspose": {1: "weight", 2: "bias"},
+    "Gemm": {1: "weight", 2: "bias"},
+    "BatchNormalization": {1: "weight", 2: "bias", 3: "running_mean", 4: "running_var"},
+    "InstanceNormalization": {1: "weight", 2: "bias"},
+    "LayerNormalization": {1: "weight", 2: "bias"}, "GroupNormalization": {1: "weight", 2: "bias"},
+    "PRelu": {1: "weight"},
+}
+
+
+def param_meta(name, shape, consumers, owner=None):
     """``role``, ``layout`` and ``module`` of an initializer from its name and its consumers
-    (``[(op_type, input position, node attributes dict)]``)."""
+    (``[(op_type, input position, node attributes dict)]``). ``owner``: the module (or record)
+    of the node that reads it, the ``module`` of a parameter whose name says nothing of one."""
     meta = {}
     leaf = name.rsplit(".", 1)[-1]
     if "." in name and not name.startswith("onnx::"):
         meta["module"] = name.rsplit(".", 1)[0]
+    elif owner:
+        meta["module"] = owner
+        leaf = ""
+        for op_type, position, _ in consumers:
+            leaf = leaf or _INPUT_ROLES.get(op_type, {}).get(position, "")
     if leaf in ("running_mean", "running_var", "bias"):
         meta["role"] = leaf
     elif leaf.startswith("weight_hh"):
