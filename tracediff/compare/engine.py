@@ -14,6 +14,7 @@ from ..errors import TraceDiffError
 from ..format import hash_algorithm
 from ..trace import Record, Trace, open_trace
 from . import hints, layout
+from .findings import findings
 from .align import ALIGN_MODES, align as align_records
 from .metrics import compare, identical, rms_of, same_bytes
 from .report import FirstDivergence, Pair, Report
@@ -150,7 +151,8 @@ def _diff(ta, tb, mode, rules, policy, progress, started) -> Report:
         pairs=pairs, first_divergence=first,
         unmatched={"a": [r.name for r in unmatched_a], "b": [r.name for r in unmatched_b]},
         unmatched_records={"a": [_brief(r) for r in unmatched_a], "b": [_brief(r) for r in unmatched_b]},
-        histogram=histogram, dims=dims, elapsed_s=time.perf_counter() - started)
+        histogram=histogram, dims=dims, elapsed_s=time.perf_counter() - started,
+        findings=findings(aligned, pairs, ta, tb))
 
 
 def _compare_all(jobs, dims):

@@ -87,6 +87,7 @@ class Report:
     histogram: dict = field(default_factory=lambda: {"forward": None, "backward": None})
     dims: dict = field(default_factory=dict)
     elapsed_s: float = 0.0
+    findings: list = field(default_factory=list)   # inputs and settings that differ (findings.py)
 
     @property
     def ok(self) -> bool:
@@ -100,6 +101,7 @@ class Report:
         return strict({
             "schema": SCHEMA, "ok": self.ok, "a": self.a, "b": self.b,
             "first_divergence": self.first_divergence.to_dict(),
+            "findings": self.findings,
             "pairs": [p.to_dict() for p in self.pairs],
             "unmatched": self.unmatched,
             "unmatched_records": self.unmatched_records,
