@@ -17,10 +17,11 @@ def resnet50_path():
     return path if os.path.exists(path) else None
 
 
-def resnet50_with_weights(seed=0, image=64):
+def resnet50_with_weights(seed=0, image=64, batch=1):
     """onnx's ResNet-50 with its ``ConstantOfShape`` weights replaced by random initializers
-    (He-scaled kernels, BatchNorm statistics near the identity), taking ``image`` x ``image``
-    inputs (the final average pool shrunk to the last map), as ``onnx.ModelProto``."""
+    (He-scaled kernels, BatchNorm statistics near the identity), taking ``batch`` images of
+    ``image`` x ``image`` pixels (the final average pool shrunk to the last map, the flatten's
+    fixed batch of 1 set to ``batch``), as ``onnx.ModelProto``."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -43,12 +44,19 @@ def resnet50_with_weights(seed=0, image=64):
             for attr in node.attribute:
                 if attr.name == "kernel_shape":
                     attr.ints[:] = [side, side]
+    reshaped = {node.input[1] for node in graph.node if node.op_type == "Reshape"}
+    for t in graph.initializer:
+        if t.name in reshaped:
+            shape = numpy_helper.to_array(t).copy()
+            shape[0] = batch
+            t.CopyFrom(numpy_helper.from_array(shape, t.name))
     used = {t for node in graph.node for t in node.input}
     kept = [t for t in graph.initializer if t.name in used and t.name not in weights]
     del graph.initializer[:]
     graph.initializer.extend(kept + [numpy_helper.from_array(w, name) for name, w in weights.items()])
     inputs = [i for i in graph.input if i.name not in weights and i.name not in shapes]
     data = inputs[0]
+    data.type.tensor_type.shape.dim[0].dim_value = batch
     data.type.tensor_type.shape.dim[2].dim_value = image
     data.type.tensor_type.shape.dim[3].dim_value = image
     del graph.input[:]

@@ -39,8 +39,8 @@ def traces(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("onnx2torch")
     model_path = str(out / "resnet50.onnx")
-    onnx.save(resnet50_with_weights(seed=0, image=32), model_path)
-    x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    onnx.save(resnet50_with_weights(seed=0, image=32, batch=2), model_path)
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     np.save(out / "x.npy", x)
     proc = subprocess.run([sys.executable, SIDE, model_path, str(out / "x.npy"), str(out), *FRACTIONS],
                           capture_output=True, text=True, timeout=300)
@@ -54,6 +54,8 @@ def test_onnx2torch_resnet50_is_clean_with_its_parameters_paired(traces):
     out, _ = traces
     report = td.diff(str(out / "clean.h5"), str(out / "ort.h5"))
     assert report.ok, report.first_divergence
+    # onnx2torch copies each node's epsilon, momentum and pads: no setting differs
+    assert report.findings == []
     params = [p for p in report.pairs if p.kind == "param"]
     assert len(params) == PARAMS
     assert all(p.status == "ok" for p in params)
@@ -78,3 +80,14 @@ def test_onnx2torch_perturbed_weight_is_named_at_its_layer(traces, fraction):
     assert report.first_divergence.forward.a_name == layer
     diverged = [p.a_name for p in report.pairs if p.kind == "param" and p.status != "ok"]
     assert diverged == [f"{layer}.weight"]
+
+
+def test_onnx2torch_model_left_in_training_mode_is_a_finding(traces):
+    """onnx2torch returns its module in training mode: every BatchNorm normalises with the
+    batch's statistics. The finding names that before the first layer that diverges."""
+    out, _ = traces
+    report = td.diff(str(out / "training.h5"), str(out / "ort.h5"))
+    assert not report.ok
+    (finding,) = [f for f in report.findings if f["kind"] == "training"]
+    assert (finding["a_name"], finding["layers"]) == ("n1", 53)      # the first of 53 BatchNorms
+    assert finding["message"].startswith("n1 (and 52 more layer(s)): a runs in training mode")

@@ -21,7 +21,7 @@ from .load import load_model
 from .memory import parse_memory
 from .origins import (folded_initializers, is_legacy_export, merged_parameters, node_origins,
                       reader_owners)
-from .meta import output_layout, param_meta, parameter_aliases, record_names
+from .meta import node_settings, output_layout, param_meta, parameter_aliases, record_names
 from .plan import estimate_sizes, inferred_types, plan_groups, topological_order
 from .capture import resolve_providers, run_groups
 
@@ -130,13 +130,14 @@ def _record_forward(rec, proto, nodes, by_node, origins, groups, feeds, initiali
     for group, results in run_groups(proto, nodes, groups, feeds, initializers, providers):
         for node_index in group.nodes:
             node = nodes[node_index]
+            settings = node_settings(node)
             for tensor, name in by_node.get(node_index, []):
                 value = results.get(tensor)
                 if not isinstance(value, np.ndarray):
                     continue  # sequences, maps and absent optionals are not tensors to trace
                 meta = {"op_type": node.op_type, "onnx_output": tensor,
                         "layout": output_layout(node.op_type, value.shape),
-                        **origins[node_index]}
+                        **origins[node_index], **settings}
                 if tensor in graph_outputs:
                     meta["graph_output"] = True
                 meta = {k: v for k, v in meta.items() if v is not None}

@@ -3,7 +3,8 @@
 raises if called stands in for it, so it must not reach the test process.
 
 usage: onnx2torch_side.py MODEL.onnx INPUT.npy OUT_DIR FRACTION...
-Writes OUT_DIR/clean.h5 and, per FRACTION, OUT_DIR/perturbed_<FRACTION>.h5 with the weight of the
+Writes OUT_DIR/training.h5 (the converted model as onnx2torch returns it: in training mode),
+OUT_DIR/clean.h5 (in eval mode) and, per FRACTION, OUT_DIR/perturbed_<FRACTION>.h5 with the weight of the
 conv/linear layer at that fraction of the depth scaled by (1 + 0.01 N(0, 1)), and prints one JSON
 line ``{fraction: layer name}``.
 """
@@ -34,7 +35,11 @@ def main(model_path, input_path, out_dir, *fractions):
     from tracediff.adapters import torch as tdt
 
     x = torch.from_numpy(np.load(input_path))
-    model = onnx2torch.convert(model_path).eval()   # converted modules start in training mode
+    model = onnx2torch.convert(model_path)
+    assert model.training                   # converted modules start in training mode
+    tdt.record(model, x, os.path.join(out_dir, "training.h5"))
+    # converted afresh: a forward in training mode has updated BatchNorm's running statistics
+    model = onnx2torch.convert(model_path).eval()
     tdt.record(model, x, os.path.join(out_dir, "clean.h5"))
     layers = [name for name, m in model.named_modules()
               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
