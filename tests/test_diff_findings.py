@@ -45,6 +45,10 @@ def test_inputs_that_differ_are_named_before_any_layer(cnn, case, expected):
     document = json.loads(report.to_json())
     assert document["findings"][0]["message"] == report.findings[0]["message"]
     assert list(document).index("findings") < list(document).index("pairs")
+    page = report.to_html()
+    assert page.index('id="findings"') < page.index('id="first-divergence"')
+    markdown = report.to_markdown()
+    assert markdown.index("**finding** (inputs)") < markdown.index("### First divergence")
 
 
 def test_training_mode_and_eps_are_named(cnn):
