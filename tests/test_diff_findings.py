@@ -90,22 +90,30 @@ def test_tanh_gelu_against_exact_is_named(tmp_path):
     assert "a uses the tanh approximation of GELU, b exact (erf) GELU" in finding["message"]
 
 
-def test_keras_same_padding_against_torch_is_named(tmp_path):
-    """Keras Conv2D(strides=2, padding="same") on an even size pads one pixel, after; torch's
-    padding=1 pads one on each side: the outputs are shifted, and the finding says why."""
+def test_keras_same_padding_and_batchnorm_defaults_against_torch_are_named(tmp_path):
+    """A Keras port of Conv2d(stride=2, padding=1) + BatchNorm2d at Keras' defaults:
+    Conv2D(strides=2, padding="same") on an even size pads one pixel, after, where torch pads
+    one on each side (the outputs are shifted); BatchNormalization's epsilon 1e-3 and momentum
+    0.99 are not torch's 1e-5 and 0.1. Each is a finding naming its layer."""
     keras = pytest.importorskip("keras")
     from tracediff.adapters import tensorflow as tdtf
 
     torch.manual_seed(0)
-    conv = torch.nn.Conv2d(3, 5, 3, stride=2, padding=1)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 5, 3, stride=2, padding=1), torch.nn.BatchNorm2d(5)).eval()
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32)
-    tdt.record(torch.nn.Sequential(conv), torch.from_numpy(x), str(tmp_path / "torch.h5"))
+    tdt.record(model, torch.from_numpy(x), str(tmp_path / "torch.h5"))
     inputs = keras.Input((8, 8, 3))
-    kmodel = keras.Model(inputs, keras.layers.Conv2D(5, 3, strides=2, padding="same", name="conv")(inputs))
-    kmodel.get_layer("conv").set_weights([conv.weight.detach().numpy().transpose(2, 3, 1, 0),
-                                          conv.bias.detach().numpy()])
+    conv = keras.layers.Conv2D(5, 3, strides=2, padding="same", name="conv")
+    bn = keras.layers.BatchNormalization(name="bn")
+    kmodel = keras.Model(inputs, bn(conv(inputs)))
+    conv.set_weights([model[0].weight.detach().numpy().transpose(2, 3, 1, 0), model[0].bias.detach().numpy()])
+    bn.set_weights([t.detach().numpy() for t in (model[1].weight, model[1].bias, model[1].running_mean,
+                                                  model[1].running_var)])
     tdtf.record(kmodel, x.transpose(0, 2, 3, 1), str(tmp_path / "keras.h5"))
     report = td.diff(str(tmp_path / "keras.h5"), str(tmp_path / "torch.h5"))
-    padding = [f for f in report.findings if f["kind"] == "padding"]
-    assert padding and (padding[0]["a_name"], padding[0]["b_name"]) == ("conv", "0")
-    assert "a pads [[0, 1], [0, 1]], b [[1, 1], [1, 1]]" in padding[0]["message"]
+    found = {f["kind"]: f for f in report.findings}
+    assert (found["padding"]["a_name"], found["padding"]["b_name"]) == ("conv", "0")
+    assert "a pads [[0, 1], [0, 1]], b [[1, 1], [1, 1]]" in found["padding"]["message"]
+    assert (found["eps"]["a_name"], found["eps"]["b_name"]) == ("bn", "1")
+    assert "eps differs: a 0.001, b 1e-05" in found["eps"]["message"]
+    assert "momentum differs: a 0.01, b 0.1" in found["momentum"]["message"]
