@@ -11,6 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 $(STAMP): pyproject.toml constraints-dev.txt tracediff/_moments.c tracediff/_compare.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints-dev.txt -e '.[all,test]'
+	$(PY) -m pip install -q --no-deps -c constraints-dev.txt onnx2torch tf-keras onnx2keras
 	@touch $(STAMP)
 
 # The demo's ports have planted bugs, so tracediff exits 1 (divergence found): that is success here.

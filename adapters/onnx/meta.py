@@ -29,13 +29,63 @@ def output_layout(op_type, shape):
     return None
 
 
-def param_meta(name, shape, consumers):
+# The role of an op's parameter inputs, by input position, for initializers whose names say none
+_INPUT_ROLES = {
+    "Conv": {1: "weight", 2: "bias"}, "ConvTranspose": {1: "weight", 2: "bias"},
+    "Gemm": {1: "weight", 2: "bias"},
+    "BatchNormalization": {1: "weight", 2: "bias", 3: "running_mean", 4: "running_var"},
+    "InstanceNormalization": {1: "weight", 2: "bias"},
+    "LayerNormalization": {1: "weight", 2: "bias"}, "GroupNormalization": {1: "weight", 2: "bias"},
+    "PRelu": {1: "weight"},
+}
+
+
+_NORMS = ("BatchNormalization", "LayerNormalization", "InstanceNormalization", "GroupNormalization")
+_PADDED = ("Conv", "ConvTranspose", "MaxPool", "AveragePool", "LpPool")
+
+
+def node_settings(node) -> dict:
+    """The settings a port must copy, in the units the torch and Keras adapters record
+    (docs/conventions.md): ``eps`` of a normalisation, ``momentum`` of a BatchNormalization in
+    torch's convention (ONNX's 0.9 is 0.1), ``training`` of a BatchNormalization or Dropout,
+    ``pad`` (``[begin, end]`` per spatial axis) of an explicitly padded convolution or pooling."""
+    attrs = {a.name: a for a in node.attribute}
+    meta = {}
+    if node.op_type in _NORMS:
+        eps = attrs["epsilon"].f if "epsilon" in attrs else 1e-5
+        meta["eps"] = float(f"{eps:.7g}")              # a float32 attribute: 1e-5 is 9.99999975e-06
+    if node.op_type == "BatchNormalization":
+        momentum = attrs["momentum"].f if "momentum" in attrs else 0.9
+        meta["momentum"] = float(f"{1 - momentum:.7g}")
+        # training_mode (opset 14+), else the running statistics among the outputs (opset < 14)
+        meta["training"] = bool(attrs["training_mode"].i) if "training_mode" in attrs else \
+            sum(1 for t in node.output if t) > 1
+    if node.op_type == "Dropout" and len(node.input) < 3:
+        meta["training"] = False          # no training_mode input: an inference Dropout
+    if node.op_type in _PADDED:
+        auto = attrs["auto_pad"].s.decode() if "auto_pad" in attrs else "NOTSET"
+        pads = list(attrs["pads"].ints) if "pads" in attrs else None
+        rank = len(attrs["kernel_shape"].ints) if "kernel_shape" in attrs else \
+            (len(pads) // 2 if pads else 0)
+        if auto in ("NOTSET", "VALID") and rank:
+            pads = pads if pads and auto == "NOTSET" else [0] * (2 * rank)
+            meta["pad"] = [[pads[k], pads[k + rank]] for k in range(rank)]
+    return meta
+
+
+def param_meta(name, shape, consumers, owner=None):
     """``role``, ``layout`` and ``module`` of an initializer from its name and its consumers
-    (``[(op_type, input position, node attributes dict)]``)."""
+    (``[(op_type, input position, node attributes dict)]``). ``owner``: the module (or record)
+    of the node that reads it, the ``module`` of a parameter whose name says nothing of one."""
     meta = {}
     leaf = name.rsplit(".", 1)[-1]
     if "." in name and not name.startswith("onnx::"):
         meta["module"] = name.rsplit(".", 1)[0]
+    elif owner:
+        meta["module"] = owner
+        leaf = ""
+        for op_type, position, _ in consumers:
+            leaf = leaf or _INPUT_ROLES.get(op_type, {}).get(position, "")
     if leaf in ("running_mean", "running_var", "bias"):
         meta["role"] = leaf
     elif leaf.startswith("weight_hh"):

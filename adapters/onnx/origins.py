@@ -62,6 +62,52 @@ def node_origins(nodes, graph_outputs, initializer_names, legacy):
     return origins
 
 
+def reader_owners(nodes, origins, record_names):
+    """``{initializer: owner}``: the owner of each tensor a node reads, for the initializers
+    whose names say nothing of their module (``gpu_0/conv1_w_0``, ``onnx::Conv_123``).
+
+    A parameter belongs to the node that reads it (the first one, when several do): the torch
+    module the exporter filed that node under (``scope``), else the node's own record name, so
+    the parameter pairs with the parameter of whatever the node is paired with.
+    ``record_names``: each node's record name (its first output's).
+    """
+    out = {}
+    for index, node in enumerate(nodes):
+        origin = origins[index]
+        if origin.get("folded"):
+            continue   # a fused constant: not the parameter of any one module
+        scope = origin.get("scope")
+        owner = scope if scope and scope != ROOT else record_names.get(index)
+        if not owner:
+            continue
+        for tensor in node.input:
+            if tensor and says_nothing_of_module(tensor):
+                out.setdefault(tensor, owner)
+    return out
+
+
+def says_nothing_of_module(name) -> bool:
+    """An initializer name that is no ``<module>.<leaf>`` path (``gpu_0/conv1_w_0``,
+    ``onnx::Conv_123``, ``W``)."""
+    return "." not in name or name.startswith("onnx::")
+
+
+def parameter_owners(model, legacy):
+    """:func:`reader_owners` of a whole ``onnx.ModelProto`` (the gradient recorder's view)."""
+    from .meta import record_names
+    from .plan import topological_order
+
+    graph = model.graph
+    order = topological_order(graph)
+    nodes = [graph.node[i] for i in order]
+    origins = node_origins(nodes, {o.name for o in graph.output},
+                           {t.name for t in graph.initializer}, legacy)
+    names = {}
+    for index, _, _, name in record_names(nodes, order):
+        names.setdefault(index, name)
+    return reader_owners(nodes, origins, names)
+
+
 def _ancestors(scope):
     """``a``, ``a.b``, ``a.b.c`` for ``a.b.c``; nothing for the root or an unknown scope."""
     if not scope:

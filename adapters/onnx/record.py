@@ -19,8 +19,9 @@ from ...recorder import Recorder
 from .inputs import check_feeds, random_feeds
 from .load import load_model
 from .memory import parse_memory
-from .origins import folded_initializers, is_legacy_export, merged_parameters, node_origins
-from .meta import output_layout, param_meta, parameter_aliases, record_names
+from .origins import (folded_initializers, is_legacy_export, merged_parameters, node_origins,
+                      reader_owners)
+from .meta import node_settings, output_layout, param_meta, parameter_aliases, record_names
 from .plan import estimate_sizes, inferred_types, plan_groups, topological_order
 from .capture import resolve_providers, run_groups
 
@@ -71,9 +72,14 @@ def record(model, inputs, path, *, loss=None, target=None, max_memory=None, prov
                   expected_bytes=sum(sizes.values()) if values else 0) as rec:
         for name, array in feeds.items():
             rec.input(name, array, onnx_output=name)
-        _record_params(rec, graph, nodes, skip=set(folded), legacy=legacy)
-        names = _record_forward(rec, proto, nodes, order, groups, feeds, initializers,
-                                resolved_providers, legacy)
+        origins = node_origins(nodes, {o.name for o in graph.output}, set(initializers), legacy)
+        by_node = {}
+        for node_index, _, tensor, name in record_names(nodes, order):
+            by_node.setdefault(node_index, []).append((tensor, name))
+        owners = reader_owners(nodes, origins, {i: outs[0][1] for i, outs in by_node.items()})
+        _record_params(rec, graph, nodes, skip=set(folded), legacy=legacy, owners=owners)
+        names = _record_forward(rec, proto, nodes, by_node, origins, groups, feeds, initializers,
+                                resolved_providers)
         if loss is not None:
             from .grad import record_backward
             record_backward(proto, feeds, rec, loss=loss, target=target, names=names,
@@ -81,11 +87,12 @@ def record(model, inputs, path, *, loss=None, target=None, max_memory=None, prov
                             max_memory=budget)
 
 
-def _record_params(rec, graph, nodes, skip, legacy):
+def _record_params(rec, graph, nodes, skip, legacy, owners):
     """A ``param`` record per float initializer and per copy of one standing for another torch
     parameter (a legacy Identity alias, a merged equal-valued parameter), except those an
     exporter's folding rewrote (they are not the torch model's parameters; the run's meta
-    lists them)."""
+    lists them). ``owners``: the module of the parameters named after no module (see
+    ``origins.reader_owners``)."""
     floats = {t.name: t for t in graph.initializer
               if t.data_type in _FLOAT_TYPES and t.name not in skip}
     merged = merged_parameters(nodes, set(floats), legacy,
@@ -111,29 +118,26 @@ def _record_params(rec, graph, nodes, skip, legacy):
         # a parameter the exporter stored once for several equal-valued ones: each its own record
         for name in [tensor.name] + copies.get(tensor.name, []):
             rec.param(name, array, onnx_output=name,
-                      **param_meta(name, array.shape, consumers.get(name, [])))
+                      **param_meta(name, array.shape, consumers.get(name, []), owners.get(name)))
         del array
 
 
-def _record_forward(rec, proto, nodes, order, groups, feeds, initializers, providers, legacy):
+def _record_forward(rec, proto, nodes, by_node, origins, groups, feeds, initializers, providers):
     """Write each group's node outputs as they arrive; return the tensor -> record map that the
     gradient recorder pairs its records with."""
     graph_outputs = {o.name for o in proto.graph.output}
-    origins = node_origins(nodes, graph_outputs, set(initializers), legacy)
-    by_node = {}
-    for node_index, position, tensor, name in record_names(nodes, order):
-        by_node.setdefault(node_index, []).append((tensor, name))
     names = {}
     for group, results in run_groups(proto, nodes, groups, feeds, initializers, providers):
         for node_index in group.nodes:
             node = nodes[node_index]
+            settings = node_settings(node)
             for tensor, name in by_node.get(node_index, []):
                 value = results.get(tensor)
                 if not isinstance(value, np.ndarray):
                     continue  # sequences, maps and absent optionals are not tensors to trace
                 meta = {"op_type": node.op_type, "onnx_output": tensor,
                         "layout": output_layout(node.op_type, value.shape),
-                        **origins[node_index]}
+                        **origins[node_index], **settings}
                 if tensor in graph_outputs:
                     meta["graph_output"] = True
                 meta = {k: v for k, v in meta.items() if v is not None}

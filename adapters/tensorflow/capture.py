@@ -63,11 +63,15 @@ def _children(layer):
 
 
 def own_variables(layer) -> list:
-    """Variables created by ``layer`` itself, not by its sublayers."""
-    own = getattr(layer, "_trainable_variables", None)
-    if own is None:
-        return list(getattr(layer, "weights", []))
-    return list(own) + list(getattr(layer, "_non_trainable_variables", []))
+    """Variables created by ``layer`` itself, not by its sublayers (Keras 3 keeps them in
+    ``_trainable_variables``, tf-keras (Keras 2) in ``_trainable_weights``)."""
+    for trainable, frozen in (("_trainable_variables", "_non_trainable_variables"),
+                              ("_trainable_weights", "_non_trainable_weights")):
+        own = getattr(layer, trainable, None)
+        if own is not None:
+            return list(own) + list(getattr(layer, frozen, None) or [])
+    return list(getattr(layer, "weights", []))
+
 
 
 def selected(names, include, exclude) -> bool:
@@ -159,7 +163,8 @@ class LayerCapture:
         input_layouts = {self.input_layout(t) for t in inputs} - {None}
         training = kwargs.get("training")
         base_meta = {"op_type": type(layer).__name__, "module": "" if path == ROOT else path,
-                     "training": self.training if training is None else bool(training)}
+                     "training": self.training if training is None else bool(training),
+                     **tfmeta.config_meta(layer, tuple(inputs[0].shape) if inputs else None)}
         for suffix, tensor in structured(outputs):
             if not hasattr(tensor, "numpy"):
                 continue

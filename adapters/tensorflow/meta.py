@@ -95,8 +95,17 @@ def param_layout(layer, weight_name: str, rank: int) -> str | None:
     return None
 
 
-def param_meta(layer, path: str, variable) -> dict:
+def weight_name(variable) -> str:
+    """A weight's own name: ``kernel`` (Keras 3's ``variable.name``; tf-keras names it
+    ``dense/kernel:0``, its layer's scope and an output index around it)."""
     name = variable.name
+    if name.endswith(":0"):
+        name = name[:-2]
+    return name.rsplit("/", 1)[-1]
+
+
+def param_meta(layer, path: str, variable) -> dict:
+    name = weight_name(variable)
     rank = len(variable.shape)
     return {
         "role": ROLES.get(name), "layout": param_layout(layer, name, rank),
@@ -104,3 +113,42 @@ def param_meta(layer, path: str, variable) -> dict:
         "trainable": bool(getattr(variable, "trainable", True)),
         "framework_dtype": str(getattr(variable, "dtype", "")),
     }
+
+
+def config_meta(layer, input_shape=None) -> dict:
+    """The settings a port must copy that the values alone do not name (docs/conventions.md):
+    ``eps`` of a normalisation, ``momentum`` of a BatchNorm in torch's convention (the weight of
+    the new batch: Keras' 0.99 is 0.01), ``pad`` (``[before, after]`` per spatial axis) of a
+    ``"same"`` convolution or pooling, which pads more after than before when it must pad an odd
+    amount (stride 2 on an even size)."""
+    meta = {}
+    epsilon = getattr(layer, "epsilon", None)
+    if isinstance(epsilon, (int, float)) and not isinstance(epsilon, bool):
+        meta["eps"] = float(epsilon)
+    momentum = getattr(layer, "momentum", None)
+    if "BatchNormalization" in class_names(layer) and isinstance(momentum, (int, float)):
+        meta["momentum"] = round(1.0 - float(momentum), 12)
+    if getattr(layer, "padding", None) == "same" and input_shape is not None:
+        pad = same_padding(layer, input_shape)
+        if pad:
+            meta["pad"] = pad
+    return meta
+
+
+def same_padding(layer, input_shape):
+    """``[[before, after], ...]`` that TensorFlow's ``"same"`` padding adds on each spatial
+    axis of an input of ``input_shape``, or None when the layer's geometry is unknown."""
+    kernel = getattr(layer, "kernel_size", None) or getattr(layer, "pool_size", None)
+    strides = getattr(layer, "strides", None)
+    if not kernel or not strides:
+        return None
+    dilation = getattr(layer, "dilation_rate", None) or (1,) * len(kernel)
+    spatial = list(input_shape)[1:-1] if getattr(layer, "data_format", "channels_last") != \
+        "channels_first" else list(input_shape)[2:]
+    if len(spatial) != len(kernel) or any(not isinstance(n, int) for n in spatial):
+        return None
+    out = []
+    for n, k, s, d in zip(spatial, kernel, strides, dilation):
+        total = max((-(-n // s) - 1) * s + (k - 1) * d + 1 - n, 0)
+        out.append([total // 2, total - total // 2])
+    return out

@@ -20,6 +20,7 @@ from ...errors import TraceDiffError  # noqa: E402
 from ...recorder import Recorder  # noqa: E402
 from . import meta as tfmeta  # noqa: E402
 from .capture import ROOT, LayerCapture, own_variables, selected  # noqa: E402
+from .meta import weight_name  # noqa: E402
 from .inputs import check_inputs, check_model, forward_error, named_inputs  # noqa: E402
 
 __all__ = ["record"]
@@ -133,7 +134,7 @@ def _weights(capture):
         for variable in own_variables(layer):
             if id(variable) not in seen:
                 seen.add(id(variable))
-                name = variable.name if path == ROOT else f"{path}/{variable.name}"
+                name = weight_name(variable) if path == ROOT else f"{path}/{weight_name(variable)}"
                 yield name, path, layer, variable
 
 

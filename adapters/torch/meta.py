@@ -45,8 +45,60 @@ def module_meta(module: nn.Module, path: str, t: torch.Tensor) -> dict:
     layout = activation_layout(module, t)
     if layout:
         meta["layout"] = layout
+    meta.update(config_meta(module))
     meta.update(tensor_meta(t))
     return meta
+
+
+# Hugging Face's (and timm's) tanh-approximated GELU modules, by class name
+_TANH_GELUS = ("NewGELUActivation", "GELUTanh", "PytorchGELUTanh", "FastGELUActivation",
+               "GELUTanhActivation", "QuickGELUActivation")
+_PADDED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
+           nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)
+
+
+def config_meta(module: nn.Module) -> dict:
+    """The settings a port must copy that the values alone do not name (docs/conventions.md):
+    ``eps`` of a normalisation, ``momentum`` of a BatchNorm, ``approximate`` of a GELU
+    (``"none"`` or ``"tanh"``), ``pad`` (``[before, after]`` per spatial axis) of a convolution
+    or pooling."""
+    meta = {}
+    eps = getattr(module, "eps", None)
+    if eps is None:
+        eps = getattr(module, "variance_epsilon", None)   # Hugging Face's RMSNorm / LayerNorm
+    if isinstance(eps, float):
+        meta["eps"] = eps
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and isinstance(module.momentum, float):
+        meta["momentum"] = module.momentum
+    if isinstance(module, nn.GELU):
+        meta["approximate"] = module.approximate
+    elif type(module).__name__ in _TANH_GELUS:
+        meta["approximate"] = "tanh"
+    elif type(module).__name__ == "GELUActivation":
+        meta["approximate"] = "none"
+    if isinstance(module, _PADDED):
+        pad = _padding(module)
+        if pad:
+            meta["pad"] = pad
+    return meta
+
+
+def _padding(module):
+    kernel = module.kernel_size
+    rank = len(kernel) if isinstance(kernel, tuple) else int(type(module).__name__[-2])
+    kernel = kernel if isinstance(kernel, tuple) else (kernel,) * rank
+    padding = module.padding
+    if padding == "valid":
+        return [[0, 0]] * rank
+    if padding == "same":   # torch pads the odd element after, as TensorFlow does
+        dilation = getattr(module, "dilation", (1,) * rank)
+        dilation = dilation if isinstance(dilation, tuple) else (dilation,) * rank
+        totals = [d * (k - 1) for k, d in zip(kernel, dilation)]
+        return [[t // 2, t - t // 2] for t in totals]
+    padding = padding if isinstance(padding, tuple) else (padding,) * rank
+    if len(padding) != rank or not all(isinstance(p, int) for p in padding):
+        return None
+    return [[p, p] for p in padding]
 
 
 def parameter_meta(module: nn.Module, module_path: str, attribute: str, t: torch.Tensor) -> dict:

@@ -14,6 +14,7 @@ from ..errors import TraceDiffError
 from ..format import hash_algorithm
 from ..trace import Record, Trace, open_trace
 from . import hints, layout
+from .findings import findings
 from .align import ALIGN_MODES, align as align_records
 from .metrics import compare, identical, rms_of, same_bytes
 from .report import FirstDivergence, Pair, Report
@@ -150,7 +151,8 @@ def _diff(ta, tb, mode, rules, policy, progress, started) -> Report:
         pairs=pairs, first_divergence=first,
         unmatched={"a": [r.name for r in unmatched_a], "b": [r.name for r in unmatched_b]},
         unmatched_records={"a": [_brief(r) for r in unmatched_a], "b": [_brief(r) for r in unmatched_b]},
-        histogram=histogram, dims=dims, elapsed_s=time.perf_counter() - started)
+        histogram=histogram, dims=dims, elapsed_s=time.perf_counter() - started,
+        findings=findings(aligned, pairs, ta, tb))
 
 
 def _compare_all(jobs, dims):
@@ -288,13 +290,19 @@ def compare_pair(ra: Record, rb: Record, tol, dims) -> Pair:
         cmp = compare(a, b, tol.rtol, tol.atol, b_rms=b_rms, **norms)
         if not cmp.passed and cmp.nonfinite_mismatches == 0 and a.ndim >= 2 and a.size <= LAYOUT_SEARCH_LIMIT \
                 and not dtype_clash:
-            found = layout.find(a, b, close, dims, skip_identity=True)
+            found = _declared_rearrangement(a, b, close, ra.meta.get("layout"), rb.meta.get("layout"))
+            if found is None:
+                found = layout.find(a, b, close, dims, skip_identity=True)
             if isinstance(found, layout.Rearrangement):
                 cmp = compare(found.apply(a), b, tol.rtol, tol.atol, b_rms=b_rms, **norms)
                 pair.status = "layout"
                 pair.rearrangement = found
                 pair.hint = layout.describe_match(found, a.shape, dims, ra.meta.get("layout"),
                                                   rb.meta.get("layout"))
+                declared = layout.declared_equivalent(found, ra.meta.get("layout"), rb.meta.get("layout"))
+                if declared:
+                    pair.hint += f" (declared layouts {ra.meta['layout']} and {rb.meta['layout']})"
+                return _finish(pair, cmp, dtype_clash, declared_layout=declared)
         return _finish(pair, cmp, dtype_clash)
     if a.size != b.size:
         pair.status = "shape_mismatch"
@@ -352,6 +360,17 @@ def _norms(ra: Record, rb: Record) -> dict:
 
 def _fmt(value) -> str:
     return "n/a" if value is None else f"{value:.3g}"
+
+
+def _declared_rearrangement(a, b, close, layout_a, layout_b):
+    """The permutation two declared layouts imply (a square weight: ``IO`` against ``OI``), when
+    it reproduces b's values; None otherwise. Equal sizes cannot show it, the declarations can."""
+    if not isinstance(layout_a, str) or not isinstance(layout_b, str) or layout_a == layout_b:
+        return None
+    if len(layout_a) != a.ndim or sorted(layout_a) != sorted(layout_b) or len(set(layout_a)) != a.ndim:
+        return None
+    found = layout.plain(a.shape, b.shape, tuple(layout_a.index(c) for c in layout_b))
+    return found if close(found.apply(a), b) else None
 
 
 def _finish(pair: Pair, cmp, dtype_clash, declared_layout=False) -> Pair:

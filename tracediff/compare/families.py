@@ -5,10 +5,13 @@ import functools
 import re
 
 FAMILIES = {
-    "linear": ("linear", "dense", "gemm", "matmul", "einsumdense", "lazylinear", "addmm", "mm", "bmm"),
+    # FullyConnected: hand-written NumPy libraries (numpy-ml), MXNet, Caffe's InnerProduct
+    "linear": ("linear", "dense", "gemm", "matmul", "einsumdense", "lazylinear", "addmm", "mm", "bmm",
+               "fullyconnected", "fc", "innerproduct", "affine", "linearlayer", "denselayer"),
     "conv": ("conv1d", "conv2d", "conv3d", "conv", "convolution", "conv1dtranspose", "conv2dtranspose",
-             "convtranspose", "convtranspose1d", "convtranspose2d", "depthwiseconv2d", "separableconv2d"),
-    "relu": ("relu", "relu6", "leakyrelu", "prelu"),
+             "convtranspose", "convtranspose1d", "convtranspose2d", "depthwiseconv2d", "separableconv2d",
+             "convnd", "conv2dlayer", "deconvolution", "deconv2d", "convolution2d"),
+    "relu": ("relu", "relu6", "leakyrelu", "prelu", "rectifiedlinear"),
     "gelu": ("gelu",),
     "sigmoid": ("sigmoid", "hardsigmoid"),
     "tanh": ("tanh",),
@@ -17,7 +20,9 @@ FAMILIES = {
     "activation": ("activation",),
     "layernorm": ("layernorm", "layernormalization", "rmsnorm", "groupnorm", "groupnormalization",
                   "simplifiedlayernormalization"),
-    "batchnorm": ("batchnorm1d", "batchnorm2d", "batchnorm3d", "batchnormalization", "batchnorm"),
+    "batchnorm": ("batchnorm1d", "batchnorm2d", "batchnorm3d", "batchnormalization", "batchnorm",
+                  "syncbatchnorm", "frozenbatchnorm2d", "batchnormalizationv1", "fusedbatchnorm",
+                  "fusedbatchnormv3", "batchnorm2dlayer"),
     "pool": ("maxpool1d", "maxpool2d", "maxpool", "maxpooling1d", "maxpooling2d", "avgpool1d", "avgpool2d",
              "averagepool", "averagepooling2d", "globalaveragepool", "globalaveragepooling2d",
              "adaptiveavgpool2d", "globalmaxpool", "globalmaxpooling2d"),
@@ -49,4 +54,6 @@ def family(op_type) -> str:
 def _family(op_type: str) -> str:
     key = re.sub(r"[^a-z0-9]", "", op_type.rsplit(".", 1)[-1].lower())
     key = re.sub(r"\d+$", "", key) if key not in _LOOKUP else key
+    if key not in _LOOKUP and key.startswith("onnx") and key[4:] in _LOOKUP:
+        key = key[4:]   # onnx2torch's modules: OnnxGemm, OnnxMatMul, OnnxBatchNorm...
     return _LOOKUP.get(key, key)

@@ -214,3 +214,77 @@ def _rows(a, b, bad_mask, dims):
     shown = ", ".join(str(int(i)) for i in hit[:10]) + (", ..." if hit.size > 10 else "")
     return (f"only indices [{shown}] along {axis_name(axis, bad.shape, dims)} differ "
             f"({hit.size} of {bad.shape[axis]}); the others match")
+
+
+def explain_inputs(a, b, layout_a=None, layout_b=None) -> str:
+    """What differs between two runs' inputs of one shape: the channel order reversed (RGB
+    against BGR), a per-channel (or global) scale and offset (normalised against raw), two
+    axes swapped (a transposed image); else how far apart they are."""
+    judge = _Judge(a, b)
+    if judge.base == 0:
+        return "the inputs are equal"
+    channel = _channel_axis(a.shape, layout_a if isinstance(layout_a, str) else layout_b)
+    channels = ([channel] if channel is not None else []) + \
+        [k for k in range(a.ndim) if a.shape[k] in (3, 4) and k != channel]
+    for axis in channels:
+        flipped = np.flip(b, axis=axis)
+        if a.shape[axis] > 1 and judge.explains(flipped):
+            return (f"a's channels are b's in reverse order along axis {axis} (RGB against BGR): "
+                    "convert one side's images")
+    for axis in channels + [None]:
+        text = _affine(judge, a, b, axis)
+        if text:
+            return text
+    for i in range(a.ndim):
+        for j in range(i + 1, a.ndim):
+            if a.shape[i] == a.shape[j] > 1 and judge.explains(np.swapaxes(b, i, j)):
+                return (f"a is b with axes {i} and {j} swapped (a transposed image: height and "
+                        "width, or channels, exchanged)")
+    return (f"the inputs differ (relative L2 error {judge.base:.3g}): the two runs were not fed "
+            "the same data")
+
+
+def _channel_axis(shape, layout):
+    if isinstance(layout, str) and "C" in layout and len(layout) == len(shape):
+        return layout.index("C")
+    return None
+
+
+def _affine(judge, a, b, axis):
+    """a = scale * b + offset (per index along ``axis``, or one pair for the whole tensor)."""
+    if axis is None:
+        a2, b2 = a.reshape(1, -1), b.reshape(1, -1)
+    else:
+        a2 = np.moveaxis(a, axis, 0).reshape(a.shape[axis], -1)
+        b2 = np.moveaxis(b, axis, 0).reshape(b.shape[axis], -1)
+    mb, ma = b2.mean(axis=1, keepdims=True), a2.mean(axis=1, keepdims=True)
+    var = ((b2 - mb) ** 2).sum(axis=1, keepdims=True)
+    if (var == 0).any():
+        return None
+    scale = ((b2 - mb) * (a2 - ma)).sum(axis=1, keepdims=True) / var
+    offset = ma - scale * mb
+    predicted = scale * b2 + offset
+    if not judge.explains(np.moveaxis(predicted.reshape(np.moveaxis(a, axis, 0).shape), 0, axis)
+                          if axis is not None else predicted.reshape(a.shape)):
+        return None
+    s, o = scale.ravel(), offset.ravel()
+    uniform = np.allclose(s, s[0], rtol=1e-4) and np.allclose(o, o[0], atol=1e-6 * (np.abs(a).max() + 1e-30))
+    if uniform:
+        s, o = s[:1], o[:1]
+    where = "" if uniform else f" per index along axis {axis} (per channel)"
+    if np.allclose(o, 0, atol=1e-6 * (np.abs(a).max() + 1e-30)) and uniform:
+        factor = float(s[0])
+        for k in (255.0, 127.5):
+            if abs(factor * k - 1) < 1e-4:
+                return f"a = b / {k:g}: a is scaled to unit range and b holds raw pixel values"
+            if abs(factor / k - 1) < 1e-4:
+                return f"a = b * {k:g}: a holds raw pixel values and b is scaled to unit range"
+        return f"a = {factor:.4g} * b: the inputs are scaled differently"
+    mean = -o / s
+    std = 1 / s
+    return (f"a = (b - mean) / std{where} with mean {_short(mean)}, std {_short(std)}: one side "
+            "is normalised and the other is not (or with other statistics)")
+
+
+def _short(values) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in values[:4]) + (", ..." if len(values) > 4 else "") + "]"

@@ -92,6 +92,7 @@ class Report:
     elapsed_s: float = 0.0
     root_causes: list | None = None       # replay: the layers wrong on the reference's inputs
     replayed: bool = False
+    findings: list = field(default_factory=list)   # inputs and settings that differ (findings.py)
 
     @property
     def ok(self) -> bool:
@@ -105,6 +106,7 @@ class Report:
         return strict({
             "schema": SCHEMA, "ok": self.ok, "a": self.a, "b": self.b,
             "first_divergence": self.first_divergence.to_dict(),
+            "findings": self.findings,
             "pairs": [p.to_dict() for p in self.pairs],
             "unmatched": self.unmatched,
             "unmatched_records": self.unmatched_records,

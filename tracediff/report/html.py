@@ -25,6 +25,7 @@ def render_html(report: dict, *, title: str = "tracediff report", limit: int = T
         f'<p class="summary {"ok" if report.get("ok") else "bad"}" id="summary">'
         f"{esc(common.summary(report))}</p>",
         _sides(report),
+        _findings(report.get("findings") or []),
         '<section><h2>Error per layer</h2>'
         f'<p class="note">{esc(_metric_note())}</p>'
         '<svg id="error-plot" width="900" height="380" role="img" '
@@ -65,6 +66,14 @@ def _sides(report):
         rows.append(f"<li><b>{side}</b> ({role}): <code>{esc(info.get('path', '?'))}</code> "
                     f"({esc(info.get('framework') or '?')})</li>")
     return "<ul class=\"sides\">" + "".join(rows) + "</ul>"
+
+
+def _findings(findings):
+    """What makes every layer after it differ (inputs, settings): shown before any layer."""
+    if not findings:
+        return ""
+    items = "".join(f"<li><b>{esc(f.get('kind'))}</b>: {esc(f.get('message'))}</li>" for f in findings)
+    return f'<section id="findings"><h2>Findings</h2><ul>{items}</ul></section>'
 
 
 def _first_divergence(first, dims):

@@ -21,6 +21,10 @@ def render_markdown(report: dict, *, limit: int = TABLE_LIMIT) -> str:
     lines.append(f"**a** (candidate): {code(a.get('path', '?'))} ({text(a.get('framework') or '?')}) · "
                  f"**b** (reference): {code(b.get('path', '?'))} ({text(b.get('framework') or '?')})")
     lines.append("")
+    for finding in report.get("findings") or []:
+        lines.append(f"- **finding** ({text(finding.get('kind', ''))}): {text(finding.get('message', ''))}")
+    if report.get("findings"):
+        lines.append("")
     lines += _first_divergence(report.get("first_divergence") or {}, dims)
     lines += _root_causes(report)
     lines += _pairs_table(report.get("pairs") or [], dims, limit)

@@ -53,6 +53,8 @@ def render(report, console=None, context=3):
     ok_style = "bold green" if report.ok else "bold red"
     console.print(Text(summary_line(report), style=ok_style))
     console.print(Text(_paths_line(report), style="dim"))
+    for finding in report.findings:
+        console.print(Text(f"finding ({finding['kind']}): {finding['message']}", style="bold yellow"))
     fd = report.first_divergence
     shown = False
     for kind, first in (("forward", fd.forward), ("backward", fd.backward), ("param_grad", fd.param_grad)):
@@ -102,8 +104,9 @@ def render(report, console=None, context=3):
 def plain_ok_lines(report) -> list:
     """What the rich path prints for a report without divergences, unstyled: the usual answer
     to a script or CI job, which need not wait for rich's import (~50 ms)."""
-    return [summary_line(report), _paths_line(report), _compared_line(report),
-            *replay_lines(report), *_unmatched_lines(report)]
+    return [summary_line(report), _paths_line(report),
+            *(f"finding ({f['kind']}): {f['message']}" for f in report.findings),
+            _compared_line(report), *replay_lines(report), *_unmatched_lines(report)]
 
 
 def replay_lines(report) -> list:

@@ -131,7 +131,9 @@ def _param_metas(model, initializers):
     shapes = {t.name: tuple(t.dims) for t in model.graph.initializer}
     shapes.update({alias: shapes[source]
                    for alias, source in _parameter_aliases(model.graph).items()})
-    return {name: {**param_meta(name, shapes.get(name, ()), consumers[name]),
+    from ..origins import is_legacy_export, parameter_owners
+    owners = parameter_owners(model, is_legacy_export(model))
+    return {name: {**param_meta(name, shapes.get(name, ()), consumers[name], owners.get(name)),
                    "onnx_output": name} for name in initializers}
 
 
