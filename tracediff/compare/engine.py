@@ -15,6 +15,7 @@ from ..format import hash_algorithm
 from ..trace import Record, Trace, open_trace
 from . import hints, layout
 from .align import ALIGN_MODES, align as align_records
+from .decide import Decision, decide
 from .metrics import compare, identical, rms_of, same_bytes
 from .report import FirstDivergence, Pair, Report
 from .rules import Rules, load as load_rules, load_tolerances, parse as parse_rules, parse_tolerances
@@ -114,7 +115,8 @@ def _diff(ta, tb, mode, rules, policy, progress, started) -> Report:
         raise TraceDiffError(
             f"no forward record of {ta.path} could be aligned with {tb.path}: give rename rules "
             "(--rename RULES) or pair records by position (--align order)")
-    dims = tb.dims or ta.dims
+    named = tb.dims or ta.dims
+    dims = layout.Dims(named or {}, factorisations=_declared_flattens(ta, tb))
     depth = depths(tb)
     pairs = []
     total = len(aligned)
@@ -150,7 +152,20 @@ def _diff(ta, tb, mode, rules, policy, progress, started) -> Report:
         pairs=pairs, first_divergence=first,
         unmatched={"a": [r.name for r in unmatched_a], "b": [r.name for r in unmatched_b]},
         unmatched_records={"a": [_brief(r) for r in unmatched_a], "b": [_brief(r) for r in unmatched_b]},
-        histogram=histogram, dims=dims, elapsed_s=time.perf_counter() - started)
+        histogram=histogram, dims=named, elapsed_s=time.perf_counter() - started)
+
+
+def _declared_flattens(*traces) -> tuple:
+    """The merged axes that flatten records declare (meta ``unflattened_shape``): a Keras
+    Flatten's (H, W, C), which the Dense kernel after it merges into one axis too."""
+    out = []
+    for trace in traces:
+        for r in trace:
+            if r.kind == "forward" and "unflattened_shape" in r._meta_text:
+                for group in layout.declared_factorisations(r.shape, r.meta.get("unflattened_shape")):
+                    if group not in out:
+                        out.append(group)
+    return tuple(out)
 
 
 def _compare_all(jobs, dims):
@@ -187,7 +202,8 @@ def _follow_declared_layouts(pairs, ta, tb):
     if not accepted:
         return
     for pair in pairs:
-        if pair.status != "layout" or not pair.diverged or pair.rearrangement is None:
+        if pair.status != "layout" or not pair.diverged or pair.rearrangement is None \
+                or pair.contradicts_declared:
             continue
         meta_a, meta_b = ta[pair.a_index].meta, tb[pair.b_index].meta
         for signature, source in accepted:
@@ -245,7 +261,9 @@ def _identical_stats(r: Record) -> dict:
 
 
 def compare_pair(ra: Record, rb: Record, tol, dims) -> Pair:
-    """Compare one aligned pair; reads at most the two tensors."""
+    """Compare one aligned pair; reads at most the two tensors. ``dims``: the named dims, a
+    ``layout.Dims`` where the traces' flattens declare how they merged axes."""
+    factorisations = getattr(dims, "factorisations", ())
     pair = Pair(a_name=ra.name, b_name=rb.name, kind=rb.kind, status="ok", shape_a=list(ra.shape),
                 shape_b=list(rb.shape), stats={}, tolerance=tol.to_dict(), a_call=ra.call,
                 b_call=rb.call, a_index=ra.index, b_index=rb.index, step=rb.step,
@@ -284,51 +302,89 @@ def compare_pair(ra: Record, rb: Record, tol, dims) -> Pair:
     def close(x, y):
         return compare(x, y, tol.rtol, tol.atol, b_rms=b_rms).passed
 
+    layout_a, layout_b = ra.meta.get("layout"), rb.meta.get("layout")
     if a.shape == b.shape:
         cmp = compare(a, b, tol.rtol, tol.atol, b_rms=b_rms, **norms)
         if not cmp.passed and cmp.nonfinite_mismatches == 0 and a.ndim >= 2 and a.size <= LAYOUT_SEARCH_LIMIT \
                 and not dtype_clash:
-            found = layout.find(a, b, close, dims, skip_identity=True)
-            if isinstance(found, layout.Rearrangement):
-                cmp = compare(found.apply(a), b, tol.rtol, tol.atol, b_rms=b_rms, **norms)
-                pair.status = "layout"
-                pair.rearrangement = found
-                pair.hint = layout.describe_match(found, a.shape, dims, ra.meta.get("layout"),
-                                                  rb.meta.get("layout"))
+            search = _search(ra, rb, dims, factorisations)
+            # equal shapes: only a flatten in another axis order is a layout; equal-sized axes
+            # swapped keep the transpose hint of a plain divergence
+            others = [c for c in search.candidates if c.flatten and not c.is_identity(b.size)]
+            decision = decide(a, b, others, close, layout_a, layout_b)
+            if decision.passed:
+                cmp = compare(decision.chosen.apply(a), b, tol.rtol, tol.atol, b_rms=b_rms, **norms)
+                _set_layout(pair, decision, a.shape, dims, layout_a, layout_b)
         return _finish(pair, cmp, dtype_clash)
     if a.size != b.size:
         pair.status = "shape_mismatch"
         pair.stats = _empty_stats(ra, rb)
         pair.hint = layout.describe_mismatch(a.shape, b.shape, dims)
         return _finish(pair, None, dtype_clash)
-    perm = layout.axis_permutation(a.shape, b.shape)
-    found = None
-    if isinstance(perm, tuple):
-        plain = layout.plain(a.shape, b.shape, perm)
-        found = plain if close(plain.apply(a), b) else None
-    if found is None and not isinstance(perm, layout.Ambiguity):
-        found = layout.find(a, b, close, dims)
-    if isinstance(found, layout.Rearrangement):
-        cmp = compare(found.apply(a), b, tol.rtol, tol.atol, b_rms=b_rms, **norms)
-        pair.status = "layout"
-        pair.rearrangement = found
-        pair.hint = layout.describe_match(found, a.shape, dims, ra.meta.get("layout"), rb.meta.get("layout"))
-        declared = layout.declared_equivalent(found, ra.meta.get("layout"), rb.meta.get("layout"))
-        if declared:
-            pair.hint += f" (declared layouts {ra.meta['layout']} and {rb.meta['layout']})"
+    if layout.squeezed(a.shape) == layout.squeezed(b.shape):
+        cmp = compare(a.reshape(b.shape), b, tol.rtol, tol.atol, b_rms=b_rms, **norms)
+        if cmp.passed or cmp.nonfinite_mismatches or dtype_clash:
+            pair.hint = (f"a is {layout.shape_text(a.shape, dims)}, b is {layout.shape_text(b.shape, dims)}: "
+                         "the same values in the same order (they differ in size-1 axes only)")
+            return _finish(pair, cmp, dtype_clash)
+    search = _search(ra, rb, dims, factorisations)
+    decision = decide(a, b, search.candidates, close, layout_a, layout_b) if not dtype_clash else Decision()
+    if decision.passed:
+        cmp = compare(decision.chosen.apply(a), b, tol.rtol, tol.atol, b_rms=b_rms, **norms)
+        declared = _set_layout(pair, decision, a.shape, dims, layout_a, layout_b)
         return _finish(pair, cmp, dtype_clash, declared_layout=declared)
     pair.status = "shape_mismatch"
     pair.hint = layout.describe_mismatch(a.shape, b.shape, dims)
-    if isinstance(found, layout.Ambiguity) and "refusing" not in pair.hint:
-        pair.hint += "; " + layout.collision_text(found.sizes, dims)
-    if isinstance(perm, tuple):
-        cmp = compare(np.ascontiguousarray(a.transpose(perm)), b, tol.rtol, tol.atol, b_rms=b_rms)
-        pair.hint += f"; values differ even after permuting (rel_l2 {_fmt(cmp.rel_l2)})"
+    if decision.chosen is not None:
+        cmp = compare(decision.chosen.apply(a), b, tol.rtol, tol.atol, b_rms=b_rms)
+        if decision.chosen.flatten or len(search.candidates) > 1:
+            pair.hint += (f"; values differ even after {_how(decision.chosen)} "
+                          f"(rel_l2 {_fmt(cmp.rel_l2)}, the closest of {len(search.candidates)} candidate layouts)")
+        else:
+            pair.hint += f"; values differ even after permuting (rel_l2 {_fmt(cmp.rel_l2)})"
         pair.stats = cmp.stats()
         pair.worst = cmp.worst()
+        pair.rearrangement = decision.chosen
         return _finish(pair, None, dtype_clash)
+    if search.candidates:
+        pair.hint += f"; no candidate layout of {len(search.candidates)} reproduces the values"
+    if search.bounded:
+        pair.hint += (f"; the layout search stopped at {layout.MAX_CANDIDATES} candidates: declare the "
+                      "layouts (meta layout, unflattened_shape) or give the axes distinct sizes")
     pair.stats = _empty_stats(ra, rb)
     return _finish(pair, None, dtype_clash)
+
+
+def _search(ra: Record, rb: Record, dims, factorisations) -> layout.Search:
+    return layout.candidates(ra.shape, rb.shape, dims, declared_a=ra.meta.get("unflattened_shape"),
+                             declared_b=rb.meta.get("unflattened_shape"), factorisations=factorisations)
+
+
+def _how(r) -> str:
+    verb = "un-flattening a and permuting axes" if r.flatten else "permuting axes"
+    return f"{verb} {layout.whole_axis_perm(r)}"
+
+
+def _set_layout(pair: Pair, decision, shape_a, dims, layout_a, layout_b) -> bool:
+    """Mark a pair whose values match after the chosen rearrangement; whether the records'
+    declared layouts map onto each other by it."""
+    found = decision.chosen
+    pair.status = "layout"
+    pair.rearrangement = found
+    pair.hint = layout.describe_match(found, shape_a, dims, layout_a, layout_b)
+    declared = layout.declared_equivalent(found, layout_a, layout_b)
+    if declared:
+        pair.hint += f" (declared layouts {layout_a} and {layout_b})"
+    elif layout.both_declared(found, layout_a, layout_b):
+        pair.contradicts_declared = True
+        pair.hint += (f"; this contradicts the declared layouts {layout_a} and {layout_b}: "
+                      "an axis is not what its record declares (a transposed image, H and W swapped)")
+    if decision.tied:
+        pair.tied = list(decision.tied)
+        if decision.reason:
+            pair.hint += (f" ({len(decision.tied) + 1} layouts reproduce these values; "
+                          f"{'identity' if decision.reason == 'identity' else 'the declared layout'} chosen)")
+    return declared
 
 
 def _hashed_alike(ra: Record, rb: Record) -> bool:

@@ -39,6 +39,8 @@ class Pair:
     worst: list = field(default_factory=list)
     introduced: dict | None = None
     rearrangement: object = field(default=None, repr=False, compare=False)   # layout pairs; not in JSON
+    tied: list = field(default_factory=list, repr=False, compare=False)      # as good layouts; not in JSON
+    contradicts_declared: bool = field(default=False, repr=False, compare=False)
 
     @property
     def rel_l2(self):
