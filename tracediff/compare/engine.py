@@ -128,6 +128,7 @@ def _diff(ta, tb, mode, rules, policy, progress, started) -> Report:
         pairs.append(pair)
         if progress is not None:
             progress(done, total)
+    _break_ties_by_producer(pairs, ta, tb, dims)
     _follow_declared_layouts(pairs, ta, tb)
     first = FirstDivergence(
         forward=next((p for p in pairs if p.kind == "forward" and p.diverged), None),
@@ -192,6 +193,54 @@ def _reads_values(a: Record, b: Record) -> bool:
     """Whether ``compare_pair`` will read both tensors and compare them at size."""
     return (a.stored and b.stored and b.nbytes >= THREADED_PAIR_BYTES
             and not (a.hash and a.hash == b.hash))
+
+
+def _break_ties_by_producer(pairs, ta, tb, dims):
+    """A layout pair whose values several rearrangements reproduce equally (a constant or
+    symmetric tensor) and that neither identity nor declared layouts settle takes the
+    rearrangement its producing pair established: the record meta ``inputs`` names, else the
+    forward pair before it."""
+    by_b = {}
+    for p in pairs:
+        by_b.setdefault(p.b_index, p)
+    forward = [p for p in pairs if p.kind == "forward"]
+    for pair in pairs:
+        if not pair.tied or pair.status != "layout" or "chosen)" in (pair.hint or ""):
+            continue
+        producer = _producer(pair, tb, by_b, forward)
+        options = [pair.rearrangement, *pair.tied]
+        pick = None
+        if producer is not None and producer.rearrangement is not None:
+            want = layout.signature(producer.rearrangement)
+            pick = next((c for c in options if layout.signature(c) == want), None) or \
+                next((c for c in options if layout.consistent(c, want)), None)
+        meta_a, meta_b = ta[pair.a_index].meta, tb[pair.b_index].meta
+        if pick is not None:
+            pair.rearrangement = pick
+            pair.hint = layout.describe_match(pick, pair.shape_a, dims, meta_a.get("layout"),
+                                              meta_b.get("layout"))
+            pair.hint += (f" ({len(options)} layouts reproduce these values; the one of "
+                          f"{producer.kind} {producer.label()}, which produced it, chosen)")
+        else:
+            pair.hint += (f" ({len(options)} layouts reproduce these values: constant or symmetric "
+                          "values cannot tell them apart)")
+
+
+def _producer(pair, tb, by_b, forward):
+    if pair.kind != "forward":   # a gradient is laid out as its forward record
+        return next((p for p in forward if (p.a_name, p.a_call, p.b_name, p.b_call)
+                     == (pair.a_name, pair.a_call, pair.b_name, pair.b_call)), None)
+    inputs = tb[pair.b_index].meta.get("inputs")
+    if isinstance(inputs, list):
+        for item in inputs:
+            if not isinstance(item, dict):
+                continue
+            for p in by_b.values():
+                if (p.kind, p.b_name, p.b_call) == (item.get("kind"), item.get("name"), item.get("call", 0)):
+                    return p
+    before = [p for p in forward if p.b_index < pair.b_index and p.step == pair.step
+              and p.rearrangement is not None]
+    return before[-1] if before else None
 
 
 def _follow_declared_layouts(pairs, ta, tb):

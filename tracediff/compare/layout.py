@@ -167,7 +167,7 @@ def _split_all(groups, fixed, dims, factorisations):
     out, flags, changed = [list(g) for g in groups], list(fixed), False
     for axis, group in enumerate(out):
         if len(group) == 1:
-            split = _split(group[0], Counter(), dims, factorisations)
+            split = _split(group[0], Counter(), dims, factorisations, primes=False)
             if split:
                 out[axis], flags[axis], changed = list(split), False, True
     return (out, flags) if changed else None
@@ -228,7 +228,7 @@ def _reconcile(groups_a, fixed_a, groups_b, fixed_b, dims, factorisations) -> bo
     return False
 
 
-def _split(size, other: Counter, dims, factorisations):
+def _split(size, other: Counter, dims, factorisations, primes=True):
     """Atoms to un-flatten an axis of ``size`` into: the other side's axes first, then declared
     flattens, named dims, distinct primes. Never arbitrary prime atoms (64 is not six 2s)."""
     pool = sorted(other.elements())
@@ -244,9 +244,9 @@ def _split(size, other: Counter, dims, factorisations):
         for combo in itertools.combinations(named, r):
             if math.prod(combo) == size:
                 return combo
-    primes = _prime_factors(size)
-    if len(primes) > 1 and len(set(primes)) == len(primes):
-        return tuple(primes)
+    factors = _prime_factors(size) if primes else []
+    if len(factors) > 1 and len(set(factors)) == len(factors):
+        return tuple(factors)   # only where nothing else reconciles the sizes, and never 2*2*...
     return None
 
 
