@@ -23,6 +23,7 @@ class Decision:
     passed: bool = False         # the chosen candidate reproduces the values within tolerance
     error: float | None = None   # its RMS error
     tied: list = field(default_factory=list)   # the others reproducing the values as well
+    clear: bool = True           # (not passed) the runner-up is clearly worse than the chosen
     reason: str = ""             # how a tie was broken: identity, declared
 
 
@@ -54,12 +55,15 @@ def decide(a: np.ndarray, b: np.ndarray, candidates, close, layout_a=None, layou
         tied = [candidates[k] for err, k in passing if err <= TIE * best + 1e-300]
         chosen, reason = _break_tie(tied, b.size, layout_a, layout_b)
         return Decision(chosen, True, next(e for e, k in passing if candidates[k] is chosen),
-                        [c for c in tied if c is not chosen], reason)
+                        tied=[c for c in tied if c is not chosen], reason=reason)
     best_err, best_k, _ = full[0]
     runner = full[1][0] if len(full) > 1 else None
     if runner is None or runner > MARGIN * best_err:
         return Decision(candidates[best_k], False, best_err)
-    return Decision()
+    # no candidate stands out: show the values through the declared layout, else the closest
+    near = [candidates[k] for err, k, _ in full if err <= MARGIN * best_err]
+    chosen = next((c for c in near if declared_equivalent(c, layout_a, layout_b)), candidates[best_k])
+    return Decision(chosen, False, best_err, clear=False)
 
 
 def _break_tie(tied, numel, layout_a, layout_b):

@@ -30,6 +30,7 @@ MAX_COMPARE_THREADS = 4           # pairs compared at once (their mapped pages a
 THREADED_PAIR_BYTES = 1 << 16     # smaller pairs are compared faster than a thread hand-off
 HIST_BIN = 0.25                   # decades per histogram bin
 HIST_CHUNK = 1 << 18
+MARGIN_OVER_IDENTITY = 4.0      # a flatten order shown only where it explains the values this much better
 INTRODUCED_GROWTH = 10.0          # error growing less than this across a layer was inherited
 
 
@@ -364,6 +365,14 @@ def compare_pair(ra: Record, rb: Record, tol, dims) -> Pair:
             if decision.passed:
                 cmp = compare(decision.chosen.apply(a), b, tol.rtol, tol.atol, b_rms=b_rms, **norms)
                 _set_layout(pair, decision, a.shape, dims, layout_a, layout_b)
+            elif decision.chosen is not None and decision.clear:
+                closer = compare(decision.chosen.apply(a), b, tol.rtol, tol.atol, b_rms=b_rms, **norms)
+                if closer.rel_l2 is not None and cmp.rel_l2 is not None and closer.rel_l2 * MARGIN_OVER_IDENTITY < cmp.rel_l2:
+                    cmp = closer      # a flatten in another order, and values that differ too
+                    pair.rearrangement = decision.chosen
+                    pair.hint = (f"a is {layout.shape_text(a.shape, dims)}, b is {layout.shape_text(b.shape, dims)}: "
+                                 f"values differ even after {_how(decision.chosen)} (rel_l2 {_fmt(cmp.rel_l2)}, "
+                                 f"the closest of {len(others)} candidate layouts)")
         return _finish(pair, cmp, dtype_clash)
     if a.size != b.size:
         pair.status = "shape_mismatch"
@@ -384,22 +393,25 @@ def compare_pair(ra: Record, rb: Record, tol, dims) -> Pair:
         return _finish(pair, cmp, dtype_clash, declared_layout=declared)
     pair.status = "shape_mismatch"
     pair.hint = layout.describe_mismatch(a.shape, b.shape, dims)
-    if decision.chosen is not None:
+    if decision.chosen is not None and not decision.clear:
+        cmp = compare(decision.chosen.apply(a), b, tol.rtol, tol.atol, b_rms=b_rms)
+        pair.hint += (f"; no candidate layout of {len(search.candidates)} reproduces the values (through "
+                      f"{_how(decision.chosen)}: rel_l2 {_fmt(cmp.rel_l2)})")
+    elif decision.chosen is not None:
         cmp = compare(decision.chosen.apply(a), b, tol.rtol, tol.atol, b_rms=b_rms)
         if decision.chosen.flatten or len(search.candidates) > 1:
             pair.hint += (f"; values differ even after {_how(decision.chosen)} "
                           f"(rel_l2 {_fmt(cmp.rel_l2)}, the closest of {len(search.candidates)} candidate layouts)")
         else:
             pair.hint += f"; values differ even after permuting (rel_l2 {_fmt(cmp.rel_l2)})"
+    if search.bounded:
+        pair.hint += (f"; the layout search stopped at {layout.MAX_CANDIDATES} candidates: declare the "
+                      "layouts (meta layout, unflattened_shape) or give the axes distinct sizes")
+    if decision.chosen is not None:
         pair.stats = cmp.stats()
         pair.worst = cmp.worst()
         pair.rearrangement = decision.chosen
         return _finish(pair, None, dtype_clash)
-    if search.candidates:
-        pair.hint += f"; no candidate layout of {len(search.candidates)} reproduces the values"
-    if search.bounded:
-        pair.hint += (f"; the layout search stopped at {layout.MAX_CANDIDATES} candidates: declare the "
-                      "layouts (meta layout, unflattened_shape) or give the axes distinct sizes")
     pair.stats = _empty_stats(ra, rb)
     return _finish(pair, None, dtype_clash)
 
