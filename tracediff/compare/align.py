@@ -147,11 +147,10 @@ def _generic(record) -> bool:
     several nodes that share that stem, not a name anybody chose."""
     op_type = record.meta.get("op_type")
     leaf = record.name.replace("/", ".").rsplit(".", 1)[-1]
-    stem = re.sub(r"[_:]?\d+$", "", leaf)
+    stem = re.sub(r"[_:]\d+$", "", leaf)
     if not isinstance(op_type, str) or not op_type or stem == leaf:
         return False
-    norm = re.sub(r"[^a-z0-9]", "", stem.lower())
-    return norm == re.sub(r"[^a-z0-9]", "", op_type.lower()) or family(stem) == family(op_type) != ""
+    return re.sub(r"[^a-z0-9]", "", stem.lower()) == re.sub(r"[^a-z0-9]", "", op_type.lower())
 
 
 def _same_size(ra, candidates, result):
