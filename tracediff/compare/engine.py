@@ -13,7 +13,7 @@ from ..dtypes import EPSILON, as_float
 from ..errors import TraceDiffError
 from ..format import hash_algorithm
 from ..trace import Record, Trace, open_trace
-from . import hints, layout
+from . import hints, kinks, layout
 from .align import ALIGN_MODES, align as align_records
 from .decide import Decision, decide
 from .metrics import compare, identical, rms_of, same_bytes
@@ -131,6 +131,7 @@ def _diff(ta, tb, mode, rules, policy, progress, started) -> Report:
             progress(done, total)
     _break_ties_by_producer(pairs, ta, tb, dims)
     _follow_declared_layouts(pairs, ta, tb)
+    kinks.excuse(pairs, ta, tb)
     first = FirstDivergence(
         forward=next((p for p in pairs if p.kind == "forward" and p.diverged), None),
         backward=next((p for p in pairs if p.kind == "backward" and p.diverged), None),
