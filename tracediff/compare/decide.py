@@ -15,6 +15,7 @@ PROBE = 256            # elements each candidate is first scored on
 CONFIRM = 8            # best-scoring candidates compared on every element
 MARGIN = 4.0           # the runner-up's error must exceed the best's this many times
 TIE = 2.0              # passing candidates within this factor of the best are a tie
+MAX_TIED = 24          # tied candidates compared in full, at most (a constant tensor ties them all)
 
 
 @dataclass
@@ -40,7 +41,7 @@ def decide(a: np.ndarray, b: np.ndarray, candidates, close, layout_a=None, layou
     scores.sort()
     best_probe = scores[0][0]
     # every candidate as good as the best on the probe (a tie), else the few best
-    short = [k for s, k in scores if s <= TIE * best_probe + 1e-300] or []
+    short = [k for s, k in scores if s <= TIE * best_probe + 1e-300][:MAX_TIED]
     short = short if len(short) > CONFIRM else [k for _, k in scores[:CONFIRM]]
     full = []
     for k in short:
