@@ -11,8 +11,7 @@ import numpy as np
 from ..dtypes import as_float
 from .layout import declared_equivalent, probe_indices
 
-PROBE = 256            # elements each candidate is first scored on
-CONFIRM = 8            # best-scoring candidates compared on every element
+PROBE = 256            # elements each candidate is first scored on (the margin is judged there)
 MARGIN = 4.0           # the runner-up's error must exceed the best's this many times
 TIE = 2.0              # passing candidates within this factor of the best are a tie
 MAX_TIED = 24          # tied candidates compared in full, at most (a constant tensor ties them all)
@@ -40,31 +39,30 @@ def decide(a: np.ndarray, b: np.ndarray, candidates, close, layout_a=None, layou
         scores.append((_rms(_wide(fa[cand.map_flat(probe)]) - ref), k))
     scores.sort()
     best_probe = scores[0][0]
-    # every candidate as good as the best on the probe (a tie), else the few best
-    short = [k for s, k in scores if s <= TIE * best_probe + 1e-300][:MAX_TIED]
-    short = short if len(short) > CONFIRM else [k for _, k in scores[:CONFIRM]]
+    # in full, only candidates that reproduce the sampled elements (a tie: all of them, up to
+    # MAX_TIED): a diverged tensor costs one rearranged copy, not one per candidate
+    probe_b = fb[probe]
+    hopeful = [k for _, k in scores if close(fa[candidates[k].map_flat(probe)], probe_b)][:MAX_TIED]
     full = []
-    for k in short:
+    for k in hopeful:
         mapped = candidates[k].apply(a)
-        err = _rms(_wide(mapped) - _wide(b))
-        full.append((err, k, bool(close(mapped, b))))
+        if close(mapped, b):
+            full.append((_rms(_wide(mapped) - _wide(b)), k))
         del mapped
-    full.sort(key=lambda t: (t[0], t[1]))
-    passing = [(err, k) for err, k, ok in full if ok]
-    if passing:
-        best = passing[0][0]
-        tied = [candidates[k] for err, k in passing if err <= TIE * best + 1e-300]
+    if full:
+        full.sort()
+        best = full[0][0]
+        tied = [candidates[k] for err, k in full if err <= TIE * best + 1e-300]
         chosen, reason = _break_tie(tied, b.size, layout_a, layout_b)
-        return Decision(chosen, True, next(e for e, k in passing if candidates[k] is chosen),
+        return Decision(chosen, True, next(e for e, k in full if candidates[k] is chosen),
                         tied=[c for c in tied if c is not chosen], reason=reason)
-    best_err, best_k, _ = full[0]
-    runner = full[1][0] if len(full) > 1 else None
-    if runner is None or runner > MARGIN * best_err:
-        return Decision(candidates[best_k], False, best_err)
+    runner = scores[1][0] if len(scores) > 1 else None
+    if runner is None or runner > MARGIN * best_probe:
+        return Decision(candidates[scores[0][1]], False, best_probe)
     # no candidate stands out: show the values through the declared layout, else the closest
-    near = [candidates[k] for err, k, _ in full if err <= MARGIN * best_err]
-    chosen = next((c for c in near if declared_equivalent(c, layout_a, layout_b)), candidates[best_k])
-    return Decision(chosen, False, best_err, clear=False)
+    near = [candidates[k] for err, k in scores if err <= MARGIN * best_probe]
+    chosen = next((c for c in near if declared_equivalent(c, layout_a, layout_b)), candidates[scores[0][1]])
+    return Decision(chosen, False, best_probe, clear=False)
 
 
 def _break_tie(tied, numel, layout_a, layout_b):
