@@ -120,3 +120,62 @@ def test_a_genuinely_wrong_relu_gradient_is_still_named(torch_trace, tmp_path):
     first = report.first_divergence.backward
     assert (first.b_name, first.status) == ("fc1", "diverged")
     assert "kink" not in (first.hint or "")
+
+
+def pool_net():
+    torch.manual_seed(1)
+    return torch.nn.Sequential(OrderedDict(
+        stem=torch.nn.Conv2d(2, 3, 1), pool=torch.nn.MaxPool2d(2), flat=torch.nn.Flatten(),
+        fc=torch.nn.Linear(3 * 2 * 2, OUT))).eval()
+
+
+def pool_port(model, x, labels, path, route="last"):
+    """The pool net by hand in float64: a tied window maximum sends its gradient to the last
+    tied element (torch: the first); ``route="min"`` is a wrong derivative (to the minimum)."""
+    p = {k: v.detach().numpy().astype(np.float64) for k, v in model.named_parameters()}
+    s = np.einsum("oi,nihw->nohw", p["stem.weight"][:, :, 0, 0], x.astype(np.float64)) \
+        + p["stem.bias"][None, :, None, None]
+    n, c, h, w = s.shape
+    blocks = s.reshape(n, c, h // 2, 2, w // 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(n, c, h // 2, w // 2, 4)
+    pooled = blocks.max(-1)
+    flat = pooled.reshape(n, -1)
+    logits = flat @ p["fc.weight"].T + p["fc.bias"]
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    prob = e / e.sum(1, keepdims=True)
+    dlogits = (prob - np.eye(OUT)[labels]) / n
+    dpooled = (dlogits @ p["fc.weight"]).reshape(pooled.shape)
+    pick = 3 - np.argmax(blocks[..., ::-1], -1) if route == "last" else np.argmin(blocks, -1)
+    dblocks = np.zeros_like(blocks)
+    np.put_along_axis(dblocks, pick[..., None], dpooled[..., None], -1)
+    ds = dblocks.reshape(n, c, h // 2, w // 2, 2, 2).transpose(0, 1, 2, 4, 3, 5).reshape(s.shape)
+    f32 = np.float32
+    with td.Recorder(path, framework="numpy") as rec:
+        rec.input("input", x)
+        for name, value in (("stem", s), ("pool", pooled), ("flat", flat), ("fc", logits), ("<root>", logits)):
+            rec.forward(name, value.astype(f32))
+        rec.loss(f32(-np.log(prob[np.arange(n), labels]).mean()))
+        for name, value in (("<root>", dlogits), ("fc", dlogits), ("flat", dpooled.reshape(n, -1)),
+                            ("pool", dpooled), ("stem", ds)):
+            rec.backward(name, value.astype(f32))
+    return path
+
+
+def test_a_max_pool_tie_routed_to_another_element_is_ok_with_a_note(tmp_path):
+    x = np.random.default_rng(2).standard_normal((2, 2, 4, 4)).astype(np.float32)
+    x[0, :, 0, 1] = x[0, :, 0, 0]                      # two equal pixels: a tied window
+    x[0, :, 0, 0] += 10                                 # ... and the window's maximum
+    x[0, :, 0, 1] = x[0, :, 0, 0]
+    labels = np.array([1, 3])
+    model = pool_net()
+    with torch.no_grad():
+        model.stem.weight.abs_()                        # a positive map keeps the tie the maximum
+    torch_path = tmp_path / "torch.h5"
+    tdt.record(model, torch.from_numpy(x), torch_path,
+               loss_fn=lambda out: torch.nn.functional.cross_entropy(out, torch.from_numpy(labels)))
+    report = td.diff(pool_port(model, x, labels, tmp_path / "port.h5"), torch_path)
+    assert report.ok, [(p.kind, p.b_name, p.status, p.hint) for p in report.pairs if p.diverged]
+    stem = next(p for p in report.pairs if (p.kind, p.b_name) == ("backward", "stem"))
+    assert stem.stats["mismatch_fraction"] > 0
+    assert stem.hint.startswith("a max-pool tie: pool has windows whose maximum is tied within tolerance")
+    wrong = td.diff(pool_port(model, x, labels, tmp_path / "wrong.h5", route="min"), torch_path)
+    assert wrong.first_divergence.backward.b_name == "stem"

@@ -30,13 +30,14 @@ def excuse(pairs, ta, tb):
         kinks = _kinks(ta[gate.a_index], tb[gate.b_index])
         if not kinks or gate.diverged or not (ta[gate.a_index].stored and tb[gate.b_index].stored):
             continue
-        producer = _producer(gate, forward, tb)
+        producer = _producer(gate, forward, tb, elementwise=kinks != MAX_POOL)
         if producer is None:
             continue
         gated = by_key.get(("backward", producer.a_name, producer.a_call, producer.b_name, producer.b_call))
         if gated is None or not gated.diverged or gated.status not in ("diverged", "shape_mismatch"):
             continue
-        flips = _flips(gate, producer, kinks, ta, tb)
+        flips = (_pool_ties(gate, producer, ta, tb) if kinks == MAX_POOL
+                 else _flips(gate, producer, kinks, ta, tb))
         if flips is None or not flips.any():
             continue
         bad = _failing(gated, ta, tb)
@@ -44,11 +45,21 @@ def excuse(pairs, ta, tb):
             continue
         budget = gated.rel_l2 or 0.0
         where = [int(i) for i in np.argwhere(flips)[0]]
-        _clear(gated, f"a ReLU-family kink: the gate of {gate.label()} flips at {int(flips.sum())} "
-                      f"element(s) (first at {where}) where the forward value is within tolerance of "
-                      f"the kink on both sides; the gradient differs only there (rel_l2 {budget:.3g}): "
-                      "not a divergence")
+        if kinks == MAX_POOL:
+            what = (f"a max-pool tie: {gate.label()} has windows whose maximum is tied within "
+                    f"tolerance ({int(flips.sum())} element(s), first at {where}); the gradient "
+                    f"differs only there, routed to another tied element (rel_l2 {budget:.3g}): "
+                    "not a divergence")
+        else:
+            what = (f"a ReLU-family kink: the gate of {gate.label()} flips at {int(flips.sum())} "
+                    f"element(s) (first at {where}) where the forward value is within tolerance of "
+                    f"the kink on both sides; the gradient differs only there (rel_l2 {budget:.3g}): "
+                    "not a divergence")
+        _clear(gated, what)
         _upstream(pairs, gated, producer, budget, gate, tb)
+
+
+MAX_POOL = ("max-pool",)
 
 
 def _kinks(ra, rb):
@@ -60,10 +71,47 @@ def _kinks(ra, rb):
                 return GATES[key]
             if family(op) == "relu":
                 return GATES["relu"]
+            if family(op) == "pool" and "max" in key:
+                return MAX_POOL
     return None
 
 
-def _producer(gate, forward, tb):
+def _pool_ties(gate, producer, ta, tb):
+    """Every element of a max-pool window whose maximum is tied within tolerance (on either
+    side): the gradient may go to any of the tied elements. Non-overlapping windows (stride =
+    kernel, read off the shapes), spatial axes after the channels (b's declared layout, else
+    channels-first)."""
+    inputs, outputs = _values(producer, ta, tb), _values(gate, ta, tb)
+    if inputs is None or outputs is None:
+        return None
+    (xa, xb), (_, yb) = inputs, outputs
+    if xb.ndim != yb.ndim or xb.ndim < 3:
+        return None
+    declared = tb[producer.b_index].meta.get("layout") or tb[gate.b_index].meta.get("layout")
+    spatial = [i for i, letter in enumerate(declared) if letter in "DHWL"] \
+        if isinstance(declared, str) and len(declared) == xb.ndim else list(range(2, xb.ndim))
+    if any(xb.shape[i] != yb.shape[i] for i in range(xb.ndim) if i not in spatial):
+        return None
+    if any(yb.shape[i] == 0 or xb.shape[i] % yb.shape[i] for i in spatial):
+        return None
+    shape, axes = [], []
+    for i in range(xb.ndim):
+        if i in spatial:
+            shape += [yb.shape[i], xb.shape[i] // yb.shape[i]]
+            axes.append(len(shape) - 1)
+        else:
+            shape.append(xb.shape[i])
+    bound = _bound(producer, xb, xb).reshape(shape)
+    tied = np.zeros(shape, bool)
+    for x in (xa, xb):
+        blocks = x.reshape(shape)
+        top = blocks.max(axis=tuple(axes), keepdims=True)
+        near = np.abs(blocks - top) <= bound
+        tied |= np.broadcast_to(near.sum(axis=tuple(axes), keepdims=True) >= 2, shape)
+    return tied.reshape(xb.shape)
+
+
+def _producer(gate, forward, tb, elementwise=True):
     """The forward pair whose output the gate consumed: meta ``inputs``, else the one before."""
     inputs = tb[gate.b_index].meta.get("inputs")
     if isinstance(inputs, list):
@@ -73,7 +121,7 @@ def _producer(gate, forward, tb):
                     if (p.b_name, p.b_call) == (item.get("name"), item.get("call", 0)):
                         return p
     before = [p for p in forward if p.b_index < gate.b_index and p.step == gate.step]
-    if before and before[-1].shape_b and _numel(before[-1].shape_b) == _numel(gate.shape_b):
+    if before and (not elementwise or _numel(before[-1].shape_b) == _numel(gate.shape_b)):
         return before[-1]
     return None
 
