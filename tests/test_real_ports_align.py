@@ -110,3 +110,13 @@ def test_unique_same_name_pair_with_a_wrong_stride_exits_1_naming_the_layer(tmp_
     first = json.loads(out.read_text())["first_divergence"]["forward"]
     assert (first["b_name"], first["status"]) == ("conv2", "shape_mismatch")
     assert first["shape_a"] == [2, 8, 3, 3] and first["shape_b"] == [2, 8, 6, 6]
+
+
+def test_an_explicit_pair_keeps_its_shape_mismatch(tmp_path):
+    g = rng(7)
+    x = g.standard_normal((3, 7))
+    a = write(tmp_path / "a.h5", [("forward", "x", x), ("forward", "dense_a", g.standard_normal((3, 11)))])
+    b = write(tmp_path / "b.h5", [("forward", "x", x), ("forward", "fc_b", g.standard_normal((3, 13)))])
+    report = td.diff(a, b, rename={"pair": [{"a": "dense_a", "b": "fc_b"}]})
+    first = report.first_divergence.forward
+    assert (first.a_name, first.b_name, first.status, first.match) == ("dense_a", "fc_b", "shape_mismatch", "rule")
