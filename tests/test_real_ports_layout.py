@@ -14,8 +14,8 @@ import tracediff as td  # noqa: E402
 from diff_helpers import rng, write  # noqa: E402
 from real_ports import C, C_IN, images, keras_cnn, record_keras, record_torch, torch_cnn  # noqa: E402
 
-# forward 13 (4 conv-like maps, flatten, 2 dense, 4 relus, <root>... as recorded by each adapter),
-# + input + loss, their 12 gradients and 10 parameters with their 10 gradients
+# 12 forward (3 convs, 4 ReLUs, pool, flatten, 2 dense, <root>), input, loss, the 12 forward
+# records' gradients, 10 parameters and their 10 gradients
 CLEAN_PAIRS = 46
 
 

@@ -24,6 +24,10 @@ class Decision:
     error: float | None = None   # its RMS error
     tied: list = field(default_factory=list)   # the others reproducing the values as well
     clear: bool = True           # (not passed) the runner-up is clearly worse than the chosen
+    mapped: object = field(default=None, repr=False)   # a rearranged by ``chosen``, when kept
+
+    def apply(self, a):
+        return self.mapped if self.mapped is not None else self.chosen.apply(a)
     reason: str = ""             # how a tie was broken: identity, declared
 
 
@@ -43,19 +47,24 @@ def decide(a: np.ndarray, b: np.ndarray, candidates, close, layout_a=None, layou
     # MAX_TIED): a diverged tensor costs one rearranged copy, not one per candidate
     probe_b = fb[probe]
     hopeful = [k for _, k in scores if close(fa[candidates[k].map_flat(probe)], probe_b)][:MAX_TIED]
-    full = []
+    full, kept = [], (None, None)     # the best rearranged copy is kept for the caller
     for k in hopeful:
         mapped = candidates[k].apply(a)
         if close(mapped, b):
-            full.append((_rms(_wide(mapped) - _wide(b)), k))
+            # one hopeful candidate needs no error to rank it (the float64 copies cost time)
+            full.append((_rms(_wide(mapped) - _wide(b)) if len(hopeful) > 1 else 0.0, k))
+            if kept[0] is None or full[-1][0] < kept[0]:
+                kept = (full[-1][0], (k, mapped))
         del mapped
     if full:
         full.sort()
         best = full[0][0]
         tied = [candidates[k] for err, k in full if err <= TIE * best + 1e-300]
         chosen, reason = _break_tie(tied, b.size, layout_a, layout_b)
+        k_kept, mapped = kept[1]
         return Decision(chosen, True, next(e for e, k in full if candidates[k] is chosen),
-                        tied=[c for c in tied if c is not chosen], reason=reason)
+                        tied=[c for c in tied if c is not chosen], reason=reason,
+                        mapped=mapped if candidates[k_kept] is chosen else None)
     runner = scores[1][0] if len(scores) > 1 else None
     if runner is None or runner > MARGIN * best_probe:
         return Decision(candidates[scores[0][1]], False, best_probe)

@@ -364,7 +364,7 @@ def compare_pair(ra: Record, rb: Record, tol, dims) -> Pair:
             others = [c for c in search.candidates if c.flatten and not c.is_identity(b.size)]
             decision = decide(a, b, others, close, layout_a, layout_b)
             if decision.passed:
-                cmp = compare(decision.chosen.apply(a), b, tol.rtol, tol.atol, b_rms=b_rms, **norms)
+                cmp = compare(decision.apply(a), b, tol.rtol, tol.atol, b_rms=b_rms, **norms)
                 _set_layout(pair, decision, a.shape, dims, layout_a, layout_b)
             elif decision.chosen is not None and decision.clear:
                 closer = compare(decision.chosen.apply(a), b, tol.rtol, tol.atol, b_rms=b_rms, **norms)
@@ -389,7 +389,7 @@ def compare_pair(ra: Record, rb: Record, tol, dims) -> Pair:
     search = _search(ra, rb, dims, factorisations)
     decision = decide(a, b, search.candidates, close, layout_a, layout_b) if not dtype_clash else Decision()
     if decision.passed:
-        cmp = compare(decision.chosen.apply(a), b, tol.rtol, tol.atol, b_rms=b_rms, **norms)
+        cmp = compare(decision.apply(a), b, tol.rtol, tol.atol, b_rms=b_rms, **norms)
         declared = _set_layout(pair, decision, a.shape, dims, layout_a, layout_b)
         return _finish(pair, cmp, dtype_clash, declared_layout=declared)
     pair.status = "shape_mismatch"
