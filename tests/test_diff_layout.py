@@ -100,17 +100,21 @@ def test_swapped_axes_explained_with_named_dims(tmp_path):
     assert pair.stats["rel_l2"] > 0.5
 
 
-def test_colliding_dims_refuse_to_guess(tmp_path):
+def test_colliding_dims_are_told_apart_by_the_values(tmp_path):
+    # issue 19 changed this: equal sizes (a square image) no longer refuse; each assignment of
+    # the equal-sized axes is a candidate and the values pick the one that reproduces them
     g = rng(2)
     dims = {"batch": 3, "height": 5, "width": 5, "channels": 7}
     b_val = g.standard_normal((3, 7, 5, 5))
     report = td.diff(write(tmp_path / "a.h5", [("forward", "conv", b_val.transpose(0, 2, 3, 1))], dims=dims),
                      write(tmp_path / "b.h5", [("forward", "conv", b_val)], dims=dims))
     pair = report.first_divergence.forward
-    assert pair.status == "shape_mismatch"
+    assert (pair.status, pair.diverged) == ("layout", True)
     assert pair.hint == ("a is [batch, height, height, channels], b is [batch, channels, height, height]: "
-                         "dims height, width have the same size 5: cannot tell which axes were swapped, "
-                         "refusing to guess; give each dim a distinct size (td.primes.dims)")
+                         "values match after permuting axes (0, 3, 1, 2)")
+    swapped = td.diff(write(tmp_path / "c.h5", [("forward", "conv", b_val.transpose(0, 3, 2, 1))], dims=dims),
+                      tmp_path / "b.h5").first_divergence.forward
+    assert swapped.hint.endswith("values match after permuting axes (0, 3, 2, 1)")
 
 
 def test_different_sizes(tmp_path):

@@ -10,6 +10,7 @@ stops after (1); ``align="order"`` pairs each kind by position. What stays unmat
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 
@@ -51,6 +52,8 @@ class Alignment:
 
     def add(self, ra, rb, match, confidence=1.0, reuse_a=False, reuse_b=False):
         if (ra.index in self.used_a and not reuse_a) or (rb.index in self.used_b and not reuse_b):
+            return False
+        if folded(ra) or folded(rb):
             return False
         self.pairs.append(Aligned(ra, rb, match, float(confidence)))
         self._keys.add((ra.index, rb.index))
@@ -94,7 +97,8 @@ def _align_step(recs_a, recs_b, mode, rules, result):
     if mode == "order":
         for kind in ("input", "forward", "loss", "backward", "param", "param_grad"):
             for ra, rb in zip(_of(recs_a, kind, result.used_a), _of(recs_b, kind, result.used_b)):
-                result.add(ra, rb, "order")
+                if ra.numel == rb.numel:   # sizes no layout reconciles: both stay unmatched
+                    result.add(ra, rb, "order")
         return
     _by_name(recs_a, recs_b, result, lambda side, name: name, "name")
     if mode == "auto":
@@ -106,17 +110,54 @@ def _align_step(recs_a, recs_b, mode, rules, result):
     _follow(recs_a, recs_b, result)
 
 
+def folded(record) -> bool:
+    """A parameter an exporter folded into another op (meta ``folded``: BatchNorm fused into
+    the Conv before it): it is no longer the parameter of the same name, and never pairs."""
+    return record.kind in ("param", "param_grad") and bool(record.meta.get("folded"))
+
+
 def _by_name(recs_a, recs_b, result, rename, match):
-    index = {}
+    """Same kind, name and call. A pair whose sizes cannot be reconciled is refused when the
+    name is one of several candidates (calls of a repeated module, generic op-type names such
+    as ``BatchNormalization_1``): the one of the same size is taken instead, if any. A unique
+    same-name pair is kept, so a real shape bug is reported at its layer."""
+    index, by_name = {}, {}
     for rb in recs_b:
         if rb.index not in result.used_b:
             index.setdefault((rb.kind, rename("b", rb.name), rb.call), rb)
+            by_name.setdefault((rb.kind, rename("b", rb.name)), []).append(rb)
     for ra in recs_a:
         if ra.index in result.used_a:
             continue
-        rb = index.get((ra.kind, rename("a", ra.name), ra.call))
-        if rb is not None:
-            result.add(ra, rb, match)
+        name = rename("a", ra.name)
+        rb = index.get((ra.kind, name, ra.call))
+        if rb is None:
+            continue
+        if rb.numel != ra.numel:
+            same = by_name.get((ra.kind, name), [])
+            if len(same) > 1 or _generic(ra) or _generic(rb):
+                rb = _same_size(ra, same, result)
+                if rb is None:
+                    continue
+        result.add(ra, rb, match)
+
+
+def _generic(record) -> bool:
+    """A name made of the op type and a counter (``BatchNormalization_1``, ``conv2d_3``): one of
+    several nodes that share that stem, not a name anybody chose."""
+    op_type = record.meta.get("op_type")
+    leaf = record.name.replace("/", ".").rsplit(".", 1)[-1]
+    stem = re.sub(r"[_:]\d+$", "", leaf)
+    if not isinstance(op_type, str) or not op_type or stem == leaf:
+        return False
+    return re.sub(r"[^a-z0-9]", "", stem.lower()) == re.sub(r"[^a-z0-9]", "", op_type.lower())
+
+
+def _same_size(ra, candidates, result):
+    fits = [rb for rb in candidates if rb.index not in result.used_b and rb.numel == ra.numel]
+    if not fits:
+        return None
+    return min(fits, key=lambda rb: (sorted(rb.shape) != sorted(ra.shape), abs(rb.call - ra.call)))
 
 
 def _explicit(recs_a, recs_b, explicit, result):
@@ -216,9 +257,27 @@ def _by_folded(named, nodes, result, named_is_a):
             result.add(node, target, "module", 1.0)
 
 
+# Ops one framework records as a layer where another does them inline (``out += identity``,
+# ``torch.flatten``): when only one side has any, they have no counterpart there.
+FUNCTIONAL = {"add", "mul", "concat", "flatten", "transpose"}
+
+
+def _one_sided(fwd_a, fwd_b, result):
+    """Hold out of structural alignment the records of a functional op family the other side
+    never records: they have no counterpart, and pairing them would shift the pairs around."""
+    fam_a = {family(r.meta.get("op_type")) for r in fwd_a}
+    fam_b = {family(r.meta.get("op_type")) for r in fwd_b}
+    for side, records, other in (("a", fwd_a, fam_b), ("b", fwd_b, fam_a)):
+        for r in records:
+            fam = family(r.meta.get("op_type"))
+            if fam in FUNCTIONAL and fam not in other:
+                result.held.add((side, r.index))
+
+
 def _structural(recs_a, recs_b, result):
     fwd_a = [r for r in recs_a if r.kind == "forward"]
     fwd_b = [r for r in recs_b if r.kind == "forward"]
+    _one_sided(fwd_a, fwd_b, result)
     pos_a = {r.index: i for i, r in enumerate(fwd_a)}
     pos_b = {r.index: j for j, r in enumerate(fwd_b)}
     anchors = sorted((pos_a[p.a.index], pos_b[p.b.index]) for p in result.pairs

@@ -13,9 +13,10 @@ from ..dtypes import EPSILON, as_float
 from ..errors import TraceDiffError
 from ..format import hash_algorithm
 from ..trace import Record, Trace, open_trace
-from . import hints, layout
+from . import hints, kinks, layout
 from .findings import findings
 from .align import ALIGN_MODES, align as align_records
+from .decide import Decision, decide
 from .metrics import compare, identical, rms_of, same_bytes
 from .report import FirstDivergence, Pair, Report
 from .rules import Rules, load as load_rules, load_tolerances, parse as parse_rules, parse_tolerances
@@ -30,6 +31,7 @@ MAX_COMPARE_THREADS = 4           # pairs compared at once (their mapped pages a
 THREADED_PAIR_BYTES = 1 << 16     # smaller pairs are compared faster than a thread hand-off
 HIST_BIN = 0.25                   # decades per histogram bin
 HIST_CHUNK = 1 << 18
+MARGIN_OVER_IDENTITY = 4.0      # a flatten order shown only where it explains the values this much better
 INTRODUCED_GROWTH = 10.0          # error growing less than this across a layer was inherited
 
 
@@ -115,7 +117,8 @@ def _diff(ta, tb, mode, rules, policy, progress, started) -> Report:
         raise TraceDiffError(
             f"no forward record of {ta.path} could be aligned with {tb.path}: give rename rules "
             "(--rename RULES) or pair records by position (--align order)")
-    dims = tb.dims or ta.dims
+    named = tb.dims or ta.dims
+    dims = layout.Dims(named or {}, factorisations=_declared_flattens(ta, tb))
     depth = depths(tb)
     pairs = []
     total = len(aligned)
@@ -127,7 +130,9 @@ def _diff(ta, tb, mode, rules, policy, progress, started) -> Report:
         pairs.append(pair)
         if progress is not None:
             progress(done, total)
+    _break_ties_by_producer(pairs, ta, tb, dims)
     _follow_declared_layouts(pairs, ta, tb)
+    kinks.excuse(pairs, ta, tb)
     first = FirstDivergence(
         forward=next((p for p in pairs if p.kind == "forward" and p.diverged), None),
         backward=next((p for p in pairs if p.kind == "backward" and p.diverged), None),
@@ -151,8 +156,21 @@ def _diff(ta, tb, mode, rules, policy, progress, started) -> Report:
         pairs=pairs, first_divergence=first,
         unmatched={"a": [r.name for r in unmatched_a], "b": [r.name for r in unmatched_b]},
         unmatched_records={"a": [_brief(r) for r in unmatched_a], "b": [_brief(r) for r in unmatched_b]},
-        histogram=histogram, dims=dims, elapsed_s=time.perf_counter() - started,
+        histogram=histogram, dims=named, elapsed_s=time.perf_counter() - started,
         findings=findings(aligned, pairs, ta, tb))
+
+
+def _declared_flattens(*traces) -> tuple:
+    """The merged axes that flatten records declare (meta ``unflattened_shape``): a Keras
+    Flatten's (H, W, C), which the Dense kernel after it merges into one axis too."""
+    out = []
+    for trace in traces:
+        for r in trace:
+            if r.kind == "forward" and "unflattened_shape" in r._meta_text:
+                for group in layout.declared_factorisations(r.shape, r.meta.get("unflattened_shape")):
+                    if group not in out:
+                        out.append(group)
+    return tuple(out)
 
 
 def _compare_all(jobs, dims):
@@ -181,6 +199,54 @@ def _reads_values(a: Record, b: Record) -> bool:
             and not (a.hash and a.hash == b.hash))
 
 
+def _break_ties_by_producer(pairs, ta, tb, dims):
+    """A layout pair whose values several rearrangements reproduce equally (a constant or
+    symmetric tensor) and that neither identity nor declared layouts settle takes the
+    rearrangement its producing pair established: the record meta ``inputs`` names, else the
+    forward pair before it."""
+    by_b = {}
+    for p in pairs:
+        by_b.setdefault(p.b_index, p)
+    forward = [p for p in pairs if p.kind == "forward"]
+    for pair in pairs:
+        if not pair.tied or pair.status != "layout" or "chosen)" in (pair.hint or ""):
+            continue
+        producer = _producer(pair, tb, by_b, forward)
+        options = [pair.rearrangement, *pair.tied]
+        pick = None
+        if producer is not None and producer.rearrangement is not None:
+            want = layout.signature(producer.rearrangement)
+            pick = next((c for c in options if layout.signature(c) == want), None) or \
+                next((c for c in options if layout.consistent(c, want)), None)
+        meta_a, meta_b = ta[pair.a_index].meta, tb[pair.b_index].meta
+        if pick is not None:
+            pair.rearrangement = pick
+            pair.hint = layout.describe_match(pick, pair.shape_a, dims, meta_a.get("layout"),
+                                              meta_b.get("layout"))
+            pair.hint += (f" ({len(options)} layouts reproduce these values; the one of "
+                          f"{producer.kind} {producer.label()}, which produced it, chosen)")
+        else:
+            pair.hint += (f" ({len(options)} layouts reproduce these values: constant or symmetric "
+                          "values cannot tell them apart)")
+
+
+def _producer(pair, tb, by_b, forward):
+    if pair.kind != "forward":   # a gradient is laid out as its forward record
+        return next((p for p in forward if (p.a_name, p.a_call, p.b_name, p.b_call)
+                     == (pair.a_name, pair.a_call, pair.b_name, pair.b_call)), None)
+    inputs = tb[pair.b_index].meta.get("inputs")
+    if isinstance(inputs, list):
+        for item in inputs:
+            if not isinstance(item, dict):
+                continue
+            for p in by_b.values():
+                if (p.kind, p.b_name, p.b_call) == (item.get("kind"), item.get("name"), item.get("call", 0)):
+                    return p
+    before = [p for p in forward if p.b_index < pair.b_index and p.step == pair.step
+              and p.rearrangement is not None]
+    return before[-1] if before else None
+
+
 def _follow_declared_layouts(pairs, ta, tb):
     """A layout pair is no divergence when it rearranges axes as a pair with declared, matching
     layouts does: a channels-last port's activations, its flatten, its Dense kernel."""
@@ -189,7 +255,8 @@ def _follow_declared_layouts(pairs, ta, tb):
     if not accepted:
         return
     for pair in pairs:
-        if pair.status != "layout" or not pair.diverged or pair.rearrangement is None:
+        if pair.status != "layout" or not pair.diverged or pair.rearrangement is None \
+                or pair.contradicts_declared:
             continue
         meta_a, meta_b = ta[pair.a_index].meta, tb[pair.b_index].meta
         for signature, source in accepted:
@@ -247,7 +314,9 @@ def _identical_stats(r: Record) -> dict:
 
 
 def compare_pair(ra: Record, rb: Record, tol, dims) -> Pair:
-    """Compare one aligned pair; reads at most the two tensors."""
+    """Compare one aligned pair; reads at most the two tensors. ``dims``: the named dims, a
+    ``layout.Dims`` where the traces' flattens declare how they merged axes."""
+    factorisations = getattr(dims, "factorisations", ())
     pair = Pair(a_name=ra.name, b_name=rb.name, kind=rb.kind, status="ok", shape_a=list(ra.shape),
                 shape_b=list(rb.shape), stats={}, tolerance=tol.to_dict(), a_call=ra.call,
                 b_call=rb.call, a_index=ra.index, b_index=rb.index, step=rb.step,
@@ -286,57 +355,107 @@ def compare_pair(ra: Record, rb: Record, tol, dims) -> Pair:
     def close(x, y):
         return compare(x, y, tol.rtol, tol.atol, b_rms=b_rms).passed
 
+    layout_a, layout_b = ra.meta.get("layout"), rb.meta.get("layout")
     if a.shape == b.shape:
         cmp = compare(a, b, tol.rtol, tol.atol, b_rms=b_rms, **norms)
         if not cmp.passed and cmp.nonfinite_mismatches == 0 and a.ndim >= 2 and a.size <= LAYOUT_SEARCH_LIMIT \
                 and not dtype_clash:
-            found = _declared_rearrangement(a, b, close, ra.meta.get("layout"), rb.meta.get("layout"))
-            if found is None:
-                found = layout.find(a, b, close, dims, skip_identity=True)
-            if isinstance(found, layout.Rearrangement):
-                cmp = compare(found.apply(a), b, tol.rtol, tol.atol, b_rms=b_rms, **norms)
-                pair.status = "layout"
-                pair.rearrangement = found
-                pair.hint = layout.describe_match(found, a.shape, dims, ra.meta.get("layout"),
-                                                  rb.meta.get("layout"))
-                declared = layout.declared_equivalent(found, ra.meta.get("layout"), rb.meta.get("layout"))
-                if declared:
-                    pair.hint += f" (declared layouts {ra.meta['layout']} and {rb.meta['layout']})"
-                return _finish(pair, cmp, dtype_clash, declared_layout=declared)
+            declared = _declared_rearrangement(a, b, close, layout_a, layout_b)
+            if declared is not None:     # a square weight: IO against OI, equal sizes
+                cmp = compare(declared.apply(a), b, tol.rtol, tol.atol, b_rms=b_rms, **norms)
+                pair.status, pair.rearrangement = "layout", declared
+                pair.hint = (layout.describe_match(declared, a.shape, dims, layout_a, layout_b)
+                             + f" (declared layouts {layout_a} and {layout_b})")
+                return _finish(pair, cmp, dtype_clash, declared_layout=True)
+            search = _search(ra, rb, dims, factorisations)
+            # equal shapes: only a flatten in another axis order is a layout; equal-sized axes
+            # swapped keep the transpose hint of a plain divergence
+            others = [c for c in search.candidates if c.flatten and not c.is_identity(b.size)]
+            decision = decide(a, b, others, close, layout_a, layout_b)
+            if decision.passed:
+                cmp = compare(decision.apply(a), b, tol.rtol, tol.atol, b_rms=b_rms, **norms)
+                _set_layout(pair, decision, a.shape, dims, layout_a, layout_b)
+            elif decision.chosen is not None and decision.clear:
+                closer = compare(decision.chosen.apply(a), b, tol.rtol, tol.atol, b_rms=b_rms, **norms)
+                if closer.rel_l2 is not None and cmp.rel_l2 is not None and closer.rel_l2 * MARGIN_OVER_IDENTITY < cmp.rel_l2:
+                    cmp = closer      # a flatten in another order, and values that differ too
+                    pair.rearrangement = decision.chosen
+                    pair.hint = (f"a is {layout.shape_text(a.shape, dims)}, b is {layout.shape_text(b.shape, dims)}: "
+                                 f"values differ even after {_how(decision.chosen)} (rel_l2 {_fmt(cmp.rel_l2)}, "
+                                 f"the closest of {len(others)} candidate layouts)")
         return _finish(pair, cmp, dtype_clash)
     if a.size != b.size:
         pair.status = "shape_mismatch"
         pair.stats = _empty_stats(ra, rb)
         pair.hint = layout.describe_mismatch(a.shape, b.shape, dims)
         return _finish(pair, None, dtype_clash)
-    perm = layout.axis_permutation(a.shape, b.shape)
-    found = None
-    if isinstance(perm, tuple):
-        plain = layout.plain(a.shape, b.shape, perm)
-        found = plain if close(plain.apply(a), b) else None
-    if found is None and not isinstance(perm, layout.Ambiguity):
-        found = layout.find(a, b, close, dims)
-    if isinstance(found, layout.Rearrangement):
-        cmp = compare(found.apply(a), b, tol.rtol, tol.atol, b_rms=b_rms, **norms)
-        pair.status = "layout"
-        pair.rearrangement = found
-        pair.hint = layout.describe_match(found, a.shape, dims, ra.meta.get("layout"), rb.meta.get("layout"))
-        declared = layout.declared_equivalent(found, ra.meta.get("layout"), rb.meta.get("layout"))
-        if declared:
-            pair.hint += f" (declared layouts {ra.meta['layout']} and {rb.meta['layout']})"
+    if layout.squeezed(a.shape) == layout.squeezed(b.shape):
+        cmp = compare(a.reshape(b.shape), b, tol.rtol, tol.atol, b_rms=b_rms, **norms)
+        if cmp.passed or cmp.nonfinite_mismatches or dtype_clash:
+            pair.hint = (f"a is {layout.shape_text(a.shape, dims)}, b is {layout.shape_text(b.shape, dims)}: "
+                         "the same values in the same order (they differ in size-1 axes only)")
+            return _finish(pair, cmp, dtype_clash)
+    search = _search(ra, rb, dims, factorisations)
+    decision = decide(a, b, search.candidates, close, layout_a, layout_b) if not dtype_clash else Decision()
+    if decision.passed:
+        cmp = compare(decision.apply(a), b, tol.rtol, tol.atol, b_rms=b_rms, **norms)
+        declared = _set_layout(pair, decision, a.shape, dims, layout_a, layout_b)
         return _finish(pair, cmp, dtype_clash, declared_layout=declared)
     pair.status = "shape_mismatch"
     pair.hint = layout.describe_mismatch(a.shape, b.shape, dims)
-    if isinstance(found, layout.Ambiguity) and "refusing" not in pair.hint:
-        pair.hint += "; " + layout.collision_text(found.sizes, dims)
-    if isinstance(perm, tuple):
-        cmp = compare(np.ascontiguousarray(a.transpose(perm)), b, tol.rtol, tol.atol, b_rms=b_rms)
-        pair.hint += f"; values differ even after permuting (rel_l2 {_fmt(cmp.rel_l2)})"
+    if decision.chosen is not None and not decision.clear:
+        cmp = compare(decision.chosen.apply(a), b, tol.rtol, tol.atol, b_rms=b_rms)
+        pair.hint += (f"; no candidate layout of {len(search.candidates)} reproduces the values (through "
+                      f"{_how(decision.chosen)}: rel_l2 {_fmt(cmp.rel_l2)})")
+    elif decision.chosen is not None:
+        cmp = compare(decision.chosen.apply(a), b, tol.rtol, tol.atol, b_rms=b_rms)
+        if decision.chosen.flatten or len(search.candidates) > 1:
+            pair.hint += (f"; values differ even after {_how(decision.chosen)} "
+                          f"(rel_l2 {_fmt(cmp.rel_l2)}, the closest of {len(search.candidates)} candidate layouts)")
+        else:
+            pair.hint += f"; values differ even after permuting (rel_l2 {_fmt(cmp.rel_l2)})"
+    if search.bounded:
+        pair.hint += (f"; the layout search stopped at {layout.MAX_CANDIDATES} candidates: declare the "
+                      "layouts (meta layout, unflattened_shape) or give the axes distinct sizes")
+    if decision.chosen is not None:
         pair.stats = cmp.stats()
         pair.worst = cmp.worst()
+        pair.rearrangement = decision.chosen
         return _finish(pair, None, dtype_clash)
     pair.stats = _empty_stats(ra, rb)
     return _finish(pair, None, dtype_clash)
+
+
+def _search(ra: Record, rb: Record, dims, factorisations) -> layout.Search:
+    return layout.candidates(ra.shape, rb.shape, dims, declared_a=ra.meta.get("unflattened_shape"),
+                             declared_b=rb.meta.get("unflattened_shape"), factorisations=factorisations)
+
+
+def _how(r) -> str:
+    verb = "un-flattening a and permuting axes" if r.flatten else "permuting axes"
+    return f"{verb} {layout.whole_axis_perm(r)}"
+
+
+def _set_layout(pair: Pair, decision, shape_a, dims, layout_a, layout_b) -> bool:
+    """Mark a pair whose values match after the chosen rearrangement; whether the records'
+    declared layouts map onto each other by it."""
+    found = decision.chosen
+    pair.status = "layout"
+    pair.rearrangement = found
+    pair.hint = layout.describe_match(found, shape_a, dims, layout_a, layout_b)
+    declared = layout.declared_equivalent(found, layout_a, layout_b)
+    if declared:
+        pair.hint += f" (declared layouts {layout_a} and {layout_b})"
+    elif layout.both_declared(found, layout_a, layout_b):
+        pair.contradicts_declared = True
+        pair.hint += (f"; this contradicts the declared layouts {layout_a} and {layout_b}: "
+                      "an axis is not what its record declares (a transposed image, H and W swapped)")
+    if decision.tied:
+        pair.tied = list(decision.tied)
+        if decision.reason:
+            pair.hint += (f" ({len(decision.tied) + 1} layouts reproduce these values; "
+                          f"{'identity' if decision.reason == 'identity' else 'the declared layout'} chosen)")
+    return declared
 
 
 def _hashed_alike(ra: Record, rb: Record) -> bool:

@@ -40,12 +40,19 @@ def vanished(named, nodes, result, named_is_a):
             continue
         before = next((f for f in reversed(forward[:k]) if f.index in partner), None)
         after = next((f for f in forward[k + 1:] if f.index in partner), None)
-        if before is not None and _same_stats(before.stats, r.stats, exact=True):
+        if before is not None and tuple(before.shape) == tuple(r.shape) \
+                and _same_stats(before.stats, r.stats, exact=True):
             out.append((r, partner[before.index]))   # the tensor it passes is its neighbour's
             continue
         lo = position.get(partner[before.index].index, 0) if before is not None else 0
         hi = position.get(partner[after.index].index, len(nodes)) if after is not None else len(nodes)
+        if after is not None and module.startswith(after.name.partition(":")[0] + "."):
+            hi += 1   # the last op of its parent module: the parent's output may be its own
         close = [n for n in nodes[lo:hi] if n.numel == r.numel and _same_stats(n.stats, r.stats)]
+        # the same values in another shape are another tensor (a ViT's Identity patch_embed.norm
+        # after flatten(2).transpose(1, 2)): only a node of the same shape is the one it passes;
+        # where the export optimised that tensor away (two transposes cancelled), none is
+        close = [n for n in close if tuple(n.shape) == tuple(r.shape)]
         out.append((r, close[-1] if close else None))
     return out
 

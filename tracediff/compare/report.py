@@ -40,6 +40,8 @@ class Pair:
     introduced: dict | None = None
     local: dict | None = None     # replay: this layer run on the reference's inputs
     rearrangement: object = field(default=None, repr=False, compare=False)   # layout pairs; not in JSON
+    tied: list = field(default_factory=list, repr=False, compare=False)      # as good layouts; not in JSON
+    contradicts_declared: bool = field(default=False, repr=False, compare=False)
 
     @property
     def rel_l2(self):

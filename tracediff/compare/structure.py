@@ -89,7 +89,8 @@ def similarity_pairs(fa, i, fb, j) -> np.ndarray:
     va, vb = fa.values[i], fb.values[j]
     rel = np.abs(va - vb) / (np.abs(va) + np.abs(vb) + 1e-12)
     rel = np.concatenate([rel, np.abs(fa.zero[i] - fb.zero[j])[:, None]], axis=1)
-    return fam + shape + 0.35 * (1.0 - rel.mean(axis=1))
+    # sizes that no layout reconciles never pair: such records stay unmatched and listed
+    return np.where(fa.numel[i] == fb.numel[j], fam + shape + 0.35 * (1.0 - rel.mean(axis=1)), 0.0)
 
 
 def _greedy(fa, fb, n, m):
