@@ -101,6 +101,12 @@ def axis_permutation(shape_a, shape_b):
     return tuple(free[size].pop(0) for size in shape_b)
 
 
+def plain(shape_a, shape_b, perm) -> Rearrangement:
+    """The whole-axis permutation ``perm`` as a Rearrangement: ``b = a.transpose(perm)``."""
+    return Rearrangement(tuple(shape_a), tuple(perm), tuple(shape_b), tuple(shape_b), False,
+                         tuple(range(len(shape_a))), tuple(range(len(shape_b))))
+
+
 def squeezed(shape) -> tuple:
     return tuple(int(s) for s in shape if s != 1)
 

@@ -13,12 +13,13 @@ import math
 from ..compare.layout import Rearrangement
 from .dataflow import consumed
 
-KINDS = ("input", "forward", "backward")
+KINDS = ("input", "forward", "backward", "param_grad")
 
 
 def assumed(report, trace_a) -> dict:
-    """``{id(pair): Rearrangement or None}`` for the input, forward and backward pairs; None
-    means no rearrangement (same shape), a missing entry that none could be assumed."""
+    """``{id(pair): Rearrangement or None}`` for the input, forward, backward and parameter-
+    gradient pairs; None means no rearrangement (same shape), a missing entry that none could
+    be assumed."""
     forward = {(p.kind, p.a_name, p.a_call): p for p in report.pairs if p.kind in ("input", "forward")}
     out = {}
     for pair in report.pairs:
@@ -31,6 +32,9 @@ def assumed(report, trace_a) -> dict:
             out[id(pair)] = pair.rearrangement
         elif same_shape and not pair.diverged:
             out[id(pair)] = None
+        elif pair.kind == "param_grad":
+            if same_shape:
+                out[id(pair)] = None
         elif pair.kind == "backward":
             own = forward.get(("forward", pair.a_name, pair.a_call))
             if own is not None and id(own) in out:

@@ -71,7 +71,7 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
                                            values.layouts.get(id(pair), False), by=by)
                     if pair.kind == "param_grad":
                         pair.local = (judge(pair, grads[pair.a_name], reference[pair.b_index], policy,
-                                            pair.rearrangement)
+                                            values.layouts.get(id(pair), False))
                                       if pair.a_name in grads else skipped(no_gradient))
                 settle_introduced(report)
                 report.a = {**report.a, "path": keep or f"{type(candidate).__name__} (replayed)"}
