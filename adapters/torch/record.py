@@ -68,7 +68,8 @@ def record(model, inputs, path, loss_fn=None, *, level="module", include=None, e
         if loss_fn is not None:
             loss = _scalar_loss(loss_fn(output))
             if selection.wants("loss", "loss"):
-                writer.write("loss", "loss", loss, loss_fn=_loss_name(loss_fn), **tensor_meta(loss))
+                writer.write("loss", "loss", loss, loss_fn=_loss_name(loss_fn), **tensor_meta(loss),
+                             **capture.consumed([loss]))
             if grads and loss.requires_grad:
                 earlier = _set_aside_grads(module)
                 loss.backward()
