@@ -124,6 +124,8 @@ def _record_forward(rec, proto, nodes, order, groups, feeds, initializers, provi
     for node_index, position, tensor, name in record_names(nodes, order):
         by_node.setdefault(node_index, []).append((tensor, name))
     names = {}
+    edges = {name: {"kind": "input", "name": name, "call": 0} for name in feeds}
+    calls = {}
     for group, results in run_groups(proto, nodes, groups, feeds, initializers, providers):
         for node_index in group.nodes:
             node = nodes[node_index]
@@ -137,7 +139,13 @@ def _record_forward(rec, proto, nodes, order, groups, feeds, initializers, provi
                 if tensor in graph_outputs:
                     meta["graph_output"] = True
                 meta = {k: v for k, v in meta.items() if v is not None}
-                rec.forward(name, value, **meta)
+                # the dataflow: node inputs made by recorded nodes or fed as graph inputs;
+                # initializers and Constant outputs are parameters and constants, not listed
+                inputs = [edges[t] for t in dict.fromkeys(node.input) if t in edges]
+                rec.forward(name, value, inputs=inputs, **meta)
+                call = calls.get(name, 0)
+                calls[name] = call + 1
+                edges[tensor] = {"kind": "forward", "name": name, "call": call}
                 names[tensor] = (name, meta)
     return names
 
