@@ -17,6 +17,15 @@ import json
 from .tolerances import dtype_default
 
 FLOWING = ("forward", "loss")
+# torch modules whose output precision is their inputs' under autocast: autocast runs them in
+# float32 or leaves them alone (its lower-precision list holds matmuls and convolutions).
+AUTOCAST_EXACT = frozenset({
+    "Embedding", "EmbeddingBag", "LayerNorm", "RMSNorm", "GroupNorm", "BatchNorm1d",
+    "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d",
+    "Dropout", "Identity", "ReLU", "ReLU6", "LeakyReLU", "GELU", "SiLU", "Tanh", "Sigmoid",
+    "Softmax", "LogSoftmax", "Flatten", "Unflatten", "MaxPool1d", "MaxPool2d", "MaxPool3d",
+    "AvgPool1d", "AvgPool2d", "AvgPool3d", "AdaptiveAvgPool1d", "AdaptiveAvgPool2d",
+    "AdaptiveAvgPool3d", "NewGELUActivation", "GELUActivation"})
 
 
 def lowest(dtypes) -> str | None:
@@ -41,7 +50,7 @@ def compute_dtype(record, run_meta: dict) -> str | None:
     device = str(meta.get("device", "cpu")).split(":")[0]
     candidates = []
     autocast = meta.get("autocast")
-    if isinstance(autocast, dict) and device in autocast:
+    if isinstance(autocast, dict) and device in autocast and meta.get("op_type") not in AUTOCAST_EXACT:
         candidates.append(str(autocast[device]))
     policy = meta.get("dtype_policy")
     if isinstance(policy, str) and policy.startswith("mixed_"):
@@ -66,7 +75,7 @@ def flowed_dtypes(trace) -> dict:
     step_lowest = {}     # step -> lowest of its input, forward and loss records
     step = object()
     records = list(trace)
-    for r in records:
+    for position, r in enumerate(records):
         if r.step != step:
             step, upstream = r.step, None
         own = r.dtype
@@ -74,6 +83,8 @@ def flowed_dtypes(trace) -> dict:
             out[r.index] = own
             continue
         flowed = lowest([own, compute_dtype(r, run_meta)])
+        if r.kind == "forward":
+            flowed = lowest([flowed, _submodules(records, position, out)])
         if r.kind in FLOWING:
             inputs = r.meta.get("inputs")
             if isinstance(inputs, list) and not r.meta.get("inputs_partial"):
@@ -91,6 +102,28 @@ def flowed_dtypes(trace) -> dict:
         if r.kind in ("backward", "param_grad") and is_float(r.dtype):
             out[r.index] = lowest([out[r.index], step_lowest.get(r.step)])
     return out
+
+
+def _submodules(records, position, out) -> str | None:
+    """A module's record carries what its submodules computed (a block whose float32 output
+    adds a bfloat16 attention output to its input): the lowest precision among the records of
+    its submodules' calls (and its own other outputs), which come right before it."""
+    r = records[position]
+    path = r.meta.get("module")
+    if not isinstance(path, str):
+        return None
+    prefix = path + "." if path else ""
+    found = []
+    for j in range(position - 1, -1, -1):
+        inner = records[j]
+        inner_path = inner.meta.get("module")
+        if inner.kind != "forward" or inner.step != r.step or not isinstance(inner_path, str):
+            break
+        if not (inner_path.startswith(prefix) and inner_path != path
+                or inner_path == path and inner.name != r.name):
+            break
+        found.append(out.get(inner.index))
+    return lowest(found)
 
 
 def _run_meta(trace) -> dict:
