@@ -73,11 +73,52 @@ def test_onnx_node_inputs_of_an_exported_residual_model(tmp_path):
     torch.onnx.export(Net(), (torch.randn(2, 5),), path, dynamo=False, input_names=["x"])
     tdo.record(path, {"x": np.ones((2, 5), np.float32)}, tmp_path / "o.h5")
     trace = td.open(tmp_path / "o.h5")
-    forward = {r.meta["op_type"]: r for r in trace.records("forward")}
-    assert forward["Gemm"].meta["inputs"] in ([edge("x", kind="input")],
-                                              [edge(forward["Add"].name)])
-    assert forward["Relu"].meta["inputs"] == [edge(trace.records("forward")[0].name)]
-    assert forward["Add"].meta["inputs"] == [edge(forward["Relu"].name), edge("x", kind="input")]
+    records = trace.records("forward")
+    assert [r.meta["op_type"] for r in records] == ["Gemm", "Relu", "Add", "Gemm"]
+    fc1, relu, add, fc2 = records
+    assert fc1.meta["inputs"] == [edge("x", kind="input")]
+    assert relu.meta["inputs"] == [edge(fc1.name)]
+    assert add.meta["inputs"] == [edge(relu.name), edge("x", kind="input")]
+    assert fc2.meta["inputs"] == [edge(add.name)]
     # initializers (the Gemm weights) are parameters: not listed
     assert all(e["kind"] in ("forward", "input") for r in trace.records("forward")
                for e in r.meta["inputs"])
+
+
+def test_keras_mixed_bfloat16_against_float32_is_clean_and_a_bug_is_named(tmp_path):
+    """The float32 head and loss after mixed_bfloat16 layers are judged at bfloat16 (their
+    inputs' precision): clean; a 5% kernel error in fc2 is named there."""
+    keras = pytest.importorskip("keras")
+    from tracediff.adapters import tensorflow as tdtf
+
+    def build(policy):
+        x = keras.Input((12,), name="x")
+        h = keras.layers.Dense(32, name="fc1", dtype=policy)(x)
+        h = keras.layers.LayerNormalization(name="ln", dtype=policy)(h)
+        h = keras.layers.Activation("gelu", name="act", dtype=policy)(h)
+        h = keras.layers.Dense(32, name="fc2", dtype=policy)(h)
+        skip = keras.layers.Dense(32, name="skip", dtype=policy)(x)
+        h = keras.layers.Add(name="add", dtype=policy)([h, skip])
+        return keras.Model(x, keras.layers.Dense(5, name="head", dtype="float32")(h))
+
+    reference, mixed = build("float32"), build("mixed_bfloat16")
+    mixed.set_weights(reference.get_weights())
+    data = np.random.default_rng(0).standard_normal((4, 12)).astype("float32")
+    labels = np.array([0, 1, 2, 3])
+
+    def loss(out):
+        return keras.ops.mean(keras.losses.sparse_categorical_crossentropy(labels, out, from_logits=True))
+
+    tdtf.record(reference, data, tmp_path / "f32.h5", loss_fn=loss)
+    tdtf.record(mixed, data, tmp_path / "mixed.h5", loss_fn=loss)
+    report = td.diff(tmp_path / "mixed.h5", tmp_path / "f32.h5")
+    assert report.ok and len(report.pairs) == 38
+    head = next(p for p in report.pairs if (p.kind, p.b_name) == ("forward", "head"))
+    assert (head.dtype_a, head.tolerance["precision"]) == ("float32", "bfloat16")
+    assert td.open(tmp_path / "mixed.h5").get("fc1").meta["dtype_policy"] == "mixed_bfloat16"
+
+    kernel = mixed.get_layer("fc2").kernel
+    noise = 1 + 0.05 * np.random.default_rng(1).standard_normal(kernel.shape)
+    kernel.assign((kernel.numpy() * noise).astype("float32"))
+    tdtf.record(mixed, data, tmp_path / "bad.h5", loss_fn=loss)
+    assert td.diff(tmp_path / "bad.h5", tmp_path / "f32.h5").first_divergence.forward.b_name == "fc2"

@@ -122,6 +122,9 @@ def test_fp64_names_a_one_percent_weight_scale_in_bfloat16(runs, tmp_path):
     c_fc = next(p for p in pairs if p["b_name"] == "transformer.h.2.mlp.c_fc" and p["kind"] == "forward")
     assert c_fc["tolerance"]["rule"] == "fp64" and c_fc["tolerance"]["k"] == 3.0
     assert set(c_fc["stats"]) >= {"err_a_fp64", "err_b_fp64"}
+    markdown = tmp_path / "report.md"
+    report.to_markdown(markdown)
+    assert "fp64: rmse(a, G)" in markdown.read_text()
 
 
 def test_fp64_refuses_a_trace_that_is_not_float64(runs, capsys):
