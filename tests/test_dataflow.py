@@ -82,3 +82,14 @@ def test_numpy_default_is_the_previous_record_and_explicit_inputs(tmp_path):
     assert trace.get("fc1", call=1).meta["inputs"] == [edge("act")]
     assert trace.get("add").meta["inputs"] == [edge("act"), edge("fc1"), edge("x", kind="input")]
     assert trace.get("const").meta["inputs"] == []
+
+
+def test_torch_op_level_ops_consume_ops_and_not_parameters(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    tdt.record(model, torch.randn(2, 3), tmp_path / "op.h5", level="op", loss_fn=lambda o: o.sum())
+    trace = td.open(tmp_path / "op.h5")
+    first = trace.get("0/linear#0").meta
+    assert first["inputs"] == [edge("input", kind="input")] and "inputs_partial" not in first
+    assert trace.get("1/relu#0").meta["inputs"] == [edge("0")]     # the module record, the later one
+    assert trace.get("2/linear#0").meta["inputs"] == [edge("1")]

@@ -42,7 +42,7 @@ class Capture:
         self._calls.clear()
         self._stack = [("", self.model, defaultdict(int))]
         self._consumed.clear()
-        self.dataflow.clear()
+        self.dataflow.clear(self.model)
 
     def attach(self):
         """Register forward hooks on every module (and pre-hooks for op naming)."""

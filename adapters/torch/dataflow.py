@@ -20,10 +20,15 @@ class Dataflow:
     def __init__(self):
         self._tensors = {}   # id(tensor) -> (tensor, version, edge)
         self._nodes = {}     # (id(grad_fn), output_nr) -> (grad_fn, edge)
+        self._owned = {}     # id -> the model's parameters and buffers: consumed, never listed
 
-    def clear(self):
+    def clear(self, model=None):
         self._tensors.clear()
         self._nodes.clear()
+        self._owned.clear()
+        if model is not None:
+            for t in (*model.parameters(), *model.buffers()):
+                self._owned[id(t)] = t
 
     def produced(self, t: torch.Tensor, edge: dict):
         """``t`` is the value of the record ``edge`` (``{"kind", "name", "call"}``)."""
@@ -40,6 +45,8 @@ class Dataflow:
         ``complete`` is False when some tensor could not be traced to any record."""
         edges, complete = [], True
         for t in tensors:
+            if self._owned.get(id(t)) is t:
+                continue    # parameters are the module's own (docs/conventions.md)
             found = self._trace(t)
             if not found:
                 complete = False
