@@ -132,8 +132,9 @@ def _diff(ta, tb, mode, rules, policy, progress, started, tg=None) -> Report:
                            flowed_b.get(item.b.index, item.b.dtype),
                            depth.get(item.b.index, 1)) for item in aligned]
     compared = _compare_all([(item.a, item.b, tol) for item, tol in zip(aligned, tols)], dims)
-    for done, (item, pair) in enumerate(zip(aligned, compared), 1):
+    for done, (item, pair, tol) in enumerate(zip(aligned, compared, tols), 1):
         pair.match, pair.confidence = item.match, item.confidence
+        _limit_rel_l2(pair, tol)
         pairs.append(pair)
         if progress is not None:
             progress(done, total)
@@ -211,6 +212,16 @@ def _follow_declared_layouts(pairs, ta, tb):
                 pair.hint += (f" (as the declared layouts of {source.kind} {source.label()}: "
                               "not a divergence)")
                 break
+
+
+def _limit_rel_l2(pair: Pair, tol):
+    """16-bit defaults also bound the whole tensor's relative error (tolerances.py)."""
+    rel = pair.stats.get("rel_l2")
+    if tol.rel_l2 is None or pair.status != "ok" or rel is None or rel <= tol.rel_l2:
+        return
+    pair.status, pair.diverged = "diverged", True
+    pair.hint = (f"every element is within rtol {tol.rtol:.3g}, but the tensor's relative error "
+                 f"rel_l2 {rel:.3g} exceeds {tol.rel_l2:.3g} ({tol.precision}'s limit)")
 
 
 def _brief(r: Record) -> dict:

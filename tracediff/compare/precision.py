@@ -112,14 +112,14 @@ def _submodules(records, position, out) -> str | None:
     path = r.meta.get("module")
     if not isinstance(path, str):
         return None
-    prefix = path + "." if path else ""
+    prefixes = (path + ".", path + "/") if path else ("",)   # torch paths, Keras nested models
     found = []
     for j in range(position - 1, -1, -1):
         inner = records[j]
         inner_path = inner.meta.get("module")
         if inner.kind != "forward" or inner.step != r.step or not isinstance(inner_path, str):
             break
-        if not (inner_path.startswith(prefix) and inner_path != path
+        if not (inner_path.startswith(prefixes) and inner_path != path
                 or inner_path == path and inner.name != r.name):
             break
         found.append(out.get(inner.index))

@@ -37,7 +37,12 @@ DEPTH_GROWTH = 4.0
 # error pass at depth (docs/diff.md, "Precision that flows").
 LOW_PRECISION = 1e-3
 LOW_PRECISION_CAP = {"forward": 2.5, "loss": 2.5, "input": 2.5, "param": 2.5,
-                     "backward": 4.0, "param_grad": 4.0}
+                     "backward": 8.0, "param_grad": 8.0}
+# ... and their whole-tensor error, rel_l2 = |a - b| / |b|, at most this many machine epsilons
+# (bfloat16: 0.031): gradients have heavy-tailed elementwise noise in 16-bit (softmax, small
+# rows), while a planted error raises the whole tensor's.
+LOW_PRECISION_REL_L2 = 4.0
+EPSILON_16 = {"bfloat16": 2.0 ** -7, "float16": 2.0 ** -10, "tensorfloat32": 2.0 ** -10}
 
 
 def dtype_default(dtype: str) -> tuple:
@@ -70,12 +75,15 @@ class Tolerance:
     source: str          # "default" | "cli" | "file"
     depth: int = 1
     precision: str = ""  # the dtype whose defaults apply: the lowest precision on the way
+    rel_l2: float | None = None   # a limit on the whole tensor's relative error, if any
 
     def to_dict(self) -> dict:
         out = {"rtol": self.rtol, "atol": self.atol, "source": self.source, "depth": self.depth,
                "scale": f"max(|b|, {SCALE_FLOOR:g}*rms(b))"}
         if self.precision:
             out["precision"] = self.precision
+        if self.rel_l2 is not None:
+            out["rel_l2"] = self.rel_l2
         return out
 
 
@@ -118,5 +126,8 @@ class TolerancePolicy:
             atol = self.atol if self.atol is not None else base_atol
             return Tolerance(rtol, atol, "cli", depth)
         precision = dtype_a if dtype_default(dtype_a)[0] >= dtype_default(dtype_b)[0] else dtype_b
+        rel_l2 = None
+        if base_rtol >= LOW_PRECISION:
+            rel_l2 = LOW_PRECISION_REL_L2 * EPSILON_16.get(precision, base_rtol)
         return Tolerance(base_rtol * depth_factor(depth, base_rtol, kind), base_atol, "default",
-                         depth, precision)
+                         depth, precision, rel_l2)
