@@ -93,3 +93,23 @@ def test_torch_op_level_ops_consume_ops_and_not_parameters(tmp_path):
     assert first["inputs"] == [edge("input", kind="input")] and "inputs_partial" not in first
     assert trace.get("1/relu#0").meta["inputs"] == [edge("0")]     # the module record, the later one
     assert trace.get("2/linear#0").meta["inputs"] == [edge("1")]
+
+
+def test_the_dataflow_keeps_no_activation_alive(tmp_path):
+    """Weak references: under torch.no_grad() an activation is freed once consumed, as it is
+    without recording (a large model's inference must not hold every activation)."""
+    import gc
+    import weakref
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    seen, alive = [], []
+    model[1].register_forward_hook(lambda m, args, out: seen.append(weakref.ref(out)))
+
+    def check(m, args):
+        gc.collect()
+        alive.append(seen[0]() is not None)
+    model[4].register_forward_pre_hook(check)
+    with torch.no_grad():
+        tdt.record(model, torch.randn(2, 3), tmp_path / "m.h5")
+    assert alive == [False]
+    assert td.open(tmp_path / "m.h5").get("2").meta["inputs"] == [edge("1")]

@@ -67,6 +67,7 @@ class Capture:
         for handle in self._grad_handles:
             handle.remove()
         self._grad_handles.clear()
+        self.dataflow.clear()    # autograd nodes it held
 
     # -- records -----------------------------------------------------------------------------
     def inputs(self, args, kwargs):

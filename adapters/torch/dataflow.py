@@ -1,8 +1,9 @@
 """Which records a module call consumed (meta ``inputs``, docs/conventions.md): the trace's
 dataflow graph.
 
-A tensor that enters a module is traced back to a record by object identity (the tensor itself
-is held, so its ``id`` cannot be reused while the map lives), then through its view base, then
+A tensor that enters a module is traced back to a record by object identity (a weak reference
+to the tensor: an entry dies with its tensor, so a reused ``id`` never matches, and recording
+keeps no activation alive that the model would have freed), then through its view base, then
 through autograd's graph (``grad_fn.next_functions``) to the nodes that produced recorded
 tensors: that reaches through functional ops between modules (``out = out + identity``) and
 in-place updates (a tensor whose ``_version`` moved since it was recorded is no longer the
@@ -11,6 +12,8 @@ made by an unrecorded op cannot be traced; the record then says ``inputs_partial
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 WALK_LIMIT = 4096   # autograd nodes visited per tensor at most
@@ -18,7 +21,7 @@ WALK_LIMIT = 4096   # autograd nodes visited per tensor at most
 
 class Dataflow:
     def __init__(self):
-        self._tensors = {}   # id(tensor) -> (tensor, version, edge)
+        self._tensors = {}   # id(tensor) -> (weak reference, version, edge)
         self._nodes = {}     # (id(grad_fn), output_nr) -> (grad_fn, edge)
         self._owned = {}     # id -> the model's parameters and buffers: consumed, never listed
 
@@ -32,10 +35,10 @@ class Dataflow:
 
     def produced(self, t: torch.Tensor, edge: dict):
         """``t`` is the value of the record ``edge`` (``{"kind", "name", "call"}``)."""
-        self._tensors[id(t)] = (t, t._version, edge)
+        self._tensors[id(t)] = (self._weak(t), t._version, edge)
         base = t._base
         if base is not None and id(base) not in self._tensors:
-            self._tensors[id(base)] = (base, base._version, edge)
+            self._tensors[id(base)] = (self._weak(base), base._version, edge)
         node = t.grad_fn
         if node is not None:   # the latest record of a tensor wins: a module's, over its child's
             self._nodes[(id(node), t.output_nr)] = (node, edge)
@@ -61,7 +64,7 @@ class Dataflow:
             if candidate is None:
                 continue
             entry = self._tensors.get(id(candidate))
-            if entry is not None and entry[0] is candidate:
+            if entry is not None and entry[0]() is candidate:
                 if entry[1] == candidate._version:
                     return [entry[2]]
                 stale = entry[2]   # updated in place since: its autograd node says by what
@@ -70,6 +73,15 @@ class Dataflow:
         if not found and stale is not None:
             return [stale]
         return found
+
+    def _weak(self, t):
+        key, tensors = id(t), self._tensors
+
+        def forget(ref):
+            entry = tensors.get(key)
+            if entry is not None and entry[0] is ref:
+                del tensors[key]
+        return weakref.ref(t, forget)
 
     def _walk(self, node, output_nr) -> list:
         found, seen, stack = [], set(), [(node, output_nr)]
