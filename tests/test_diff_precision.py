@@ -103,6 +103,11 @@ def test_fp64_port_as_good_as_the_reference_passes(runs, tmp_path):
             if (p.kind, p.b_name) == ("forward", "transformer.drop")} == {2.0}
     assert all(p.stats["err_a_fp64"] <= p.tolerance["k"] * p.stats["err_b_fp64"] + p.tolerance["floor"]
                for p in judged)
+    # parameters: B's float32 weights are G's float64 weights exactly; the ratio says nothing,
+    # the elementwise verdict stands
+    weight = next(p for p in report.pairs if (p.kind, p.b_name) == ("param", "transformer.h.0.attn.c_attn.weight"))
+    assert weight.stats["err_b_fp64"] == 0.0 and "rule" not in weight.tolerance
+    assert weight.tolerance["fp64"].startswith("b equals G")
 
 
 def test_fp64_names_a_one_percent_weight_scale_in_bfloat16(runs, tmp_path):
