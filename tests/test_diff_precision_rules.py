@@ -62,3 +62,14 @@ def test_a_five_percent_error_at_depth_100_in_bfloat16_is_named(tmp_path):
     first = report.first_divergence.forward
     assert first.b_name == "l98" and first.tolerance["rtol"] == 0.04
     assert td.diff(write(tmp_path / "same.h5", chain), tmp_path / "ref.h5").ok
+
+
+def test_fp64_run_of_another_model_is_refused(tmp_path):
+    import pytest
+
+    ref = write(tmp_path / "ref.h5", [("fc", X * 2, {}, ["x"])])
+    with td.Recorder(tmp_path / "g.h5") as rec:
+        rec.input("other", X.astype(np.float64))
+        rec.forward("dense", (X * 2).astype(np.float64))
+    with pytest.raises(td.TraceDiffError, match="none of its records has the name of a record"):
+        td.diff(ref, ref, fp64=tmp_path / "g.h5")

@@ -38,6 +38,10 @@ def judge(pairs, ta, tb, tg):
     """Re-judge every comparable pair of ``pairs`` against ``tg``, matched to b's records by
     (step, kind, name, call)."""
     truth = {(r.step, r.kind, r.name, r.call): r for r in tg}
+    if not any((r.step, r.kind, r.name, r.call) in truth for r in tb):
+        raise TraceDiffError(
+            f"--fp64 {tg.path}: none of its records has the name of a record of {tb.path}: "
+            "record G from the reference model itself, in float64 (docs/diff.md)")
     for pair in pairs:
         if pair.status not in JUDGED:
             continue
