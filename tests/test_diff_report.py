@@ -219,8 +219,8 @@ def test_bfloat16_candidate_judged_at_bfloat16(tmp_path):
     h, g = report.pairs
     assert (h.status, h.dtype_a, h.tolerance["atol"]) == ("ok", "bfloat16", 1e-5)
     assert g.status == "diverged"
-    # bfloat16's default rtol 1.6e-2, grown with depth 2: 4 * sqrt(2) * 1.6e-2
-    assert g.tolerance["rtol"] == pytest.approx(0.0905, abs=1e-4)
+    # bfloat16's default rtol 1.6e-2, grown with depth but capped at 2.5x for 16-bit forwards
+    assert g.tolerance["rtol"] == pytest.approx(0.04, abs=1e-4)
 
 
 def test_training_steps_align_step_by_step(tmp_path):

@@ -74,5 +74,6 @@ def test_port_naming_renames_layers_and_parameters(tmp_path):
     assert [r.name for r in trace.records("forward")] == ["dense0", "relu0", "dense1", "relu1", "dense2"]
     assert [r.name for r in trace.records("param")][:2] == ["dense0.W", "dense0.b"]
     assert trace.get("dense0.W", kind="param").meta == {"role": "weight", "layout": "OI"}
-    assert trace.get("dense0").meta == {"op_type": "Dense"}       # the port's own op names
+    assert trace.get("dense0").meta == {                           # the port's own op names
+        "op_type": "Dense", "inputs": [{"kind": "input", "name": "input", "call": 0}]}  # issue 19
     assert trace.get("relu0", kind="backward").meta == {"op_type": "relu"}

@@ -51,6 +51,7 @@ class Recorder:
         self.path = os.fspath(path)
         self.values = values
         self._calls = defaultdict(int)
+        self._last_flow = None      # (kind, name) of the latest input or forward record
         self._step = -1
         self._count = 0
         self._data_end = 0
@@ -116,10 +117,41 @@ class Recorder:
 
     # -- the contract's verbs -------------------------------------------------------------
     def input(self, name, value, **meta):
-        return self.record("input", name, value, **meta)
+        index = self.record("input", name, value, **meta)
+        self._last_flow = ("input", name)
+        return index
 
-    def forward(self, name, value, *, call=None, **meta):
-        return self.record("forward", name, value, call=call, **meta)
+    def forward(self, name, value, *, call=None, inputs=None, **meta):
+        """``inputs``: the records this output consumed (meta ``inputs``, the dataflow), each a
+        record name (its latest ``forward`` call, else the ``input`` of that name) or a dict
+        ``{"kind", "name", "call"}``; default: the previous ``input`` or ``forward`` record.
+        ``inputs=[]`` says it consumed no record."""
+        edges = self._edges(name, inputs)
+        index = self.record("forward", name, value, call=call, inputs=edges, **meta)
+        self._last_flow = ("forward", name)
+        return index
+
+    def _edges(self, name, inputs) -> list | None:
+        if inputs is None:
+            if self._last_flow is None:
+                return None
+            inputs = [{"kind": self._last_flow[0], "name": self._last_flow[1]}]
+        edges = []
+        for item in inputs:
+            if isinstance(item, str):
+                kind = "forward" if self._calls.get(("forward", item)) else "input"
+                item = {"kind": kind, "name": item}
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str) \
+                    or item.get("kind", "forward") not in _KIND_CODES:
+                raise TraceDiffError(
+                    f"forward {name!r}: inputs= takes record names or dicts "
+                    f"{{'kind', 'name', 'call'}}, got {item!r}")
+            kind = item.get("kind", "forward")
+            call = item.get("call")
+            if call is None:
+                call = max(0, self._calls.get((kind, item["name"]), 1) - 1)
+            edges.append({"kind": kind, "name": item["name"], "call": int(call)})
+        return edges
 
     def backward(self, name, value, *, call=None, **meta):
         """dL/d(output of ``name``); ``call`` pairs it with that call of the forward record."""
@@ -141,6 +173,7 @@ class Recorder:
         """Records after this call belong to training step ``step``; call indices restart."""
         self._step = int(step)
         self._calls.clear()
+        self._last_flow = None
 
     # -- the one writer ---------------------------------------------------------------------
     def record(self, kind, name, value, *, call=None, values=None, **meta) -> int:

@@ -127,6 +127,8 @@ def _record_forward(rec, proto, nodes, by_node, origins, groups, feeds, initiali
     gradient recorder pairs its records with."""
     graph_outputs = {o.name for o in proto.graph.output}
     names = {}
+    edges = {name: {"kind": "input", "name": name, "call": 0} for name in feeds}
+    calls = {}
     for group, results in run_groups(proto, nodes, groups, feeds, initializers, providers):
         for node_index in group.nodes:
             node = nodes[node_index]
@@ -141,7 +143,13 @@ def _record_forward(rec, proto, nodes, by_node, origins, groups, feeds, initiali
                 if tensor in graph_outputs:
                     meta["graph_output"] = True
                 meta = {k: v for k, v in meta.items() if v is not None}
-                rec.forward(name, value, **meta)
+                # the dataflow: node inputs made by recorded nodes or fed as graph inputs;
+                # initializers and Constant outputs are parameters and constants, not listed
+                inputs = [edges[t] for t in dict.fromkeys(node.input) if t in edges]
+                rec.forward(name, value, inputs=inputs, **meta)
+                call = calls.get(name, 0)
+                calls[name] = call + 1
+                edges[tensor] = {"kind": "forward", "name": name, "call": call}
                 names[tensor] = (name, meta)
     return names
 

@@ -17,6 +17,7 @@ from ...structure import named_leaves
 from . import meta as tfmeta
 
 ROOT = "<root>"
+EQUAL_SEARCH = 16   # latest records searched for a tensor that reached a layer cast or converted
 
 
 @dataclass
@@ -100,6 +101,8 @@ class LayerCapture:
         self.captures: list[Capture] = []
         self._calls = defaultdict(int)
         self._layouts = {}          # id(tensor) -> (layout, tensor); the tensor pins the id
+        self._made = {}             # id(tensor) -> (tensor, edge): the dataflow (meta inputs)
+        self.model_inputs = []      # (record name, array) of the model inputs
         self._wrapped = []          # (layer, had own call, previous own call)
 
     # -- installing and removing the wrappers ----------------------------------------------
@@ -165,6 +168,11 @@ class LayerCapture:
         base_meta = {"op_type": type(layer).__name__, "module": "" if path == ROOT else path,
                      "training": self.training if training is None else bool(training),
                      **tfmeta.config_meta(layer, tuple(inputs[0].shape) if inputs else None)}
+        base_meta.update(self._dataflow([t for t in tf.nest.flatten((args, kwargs))
+                                         if tf.is_tensor(t) or isinstance(t, np.ndarray)]))
+        policy = getattr(getattr(layer, "dtype_policy", None), "name", None)
+        if policy and policy != "float32":
+            base_meta["dtype_policy"] = policy
         for suffix, tensor in structured(outputs):
             if not hasattr(tensor, "numpy"):
                 continue
@@ -175,9 +183,38 @@ class LayerCapture:
             name = path + suffix
             call_index = self._calls[name]
             self._calls[name] += 1
+            self._made[id(tensor)] = (tensor, {"kind": "forward", "name": name, "call": call_index})
             self.captures.append(Capture(
                 name, call_index, tensor, tensor.numpy(), meta,
                 keep=selected(name, self.include, self.exclude)))
+
+    def _dataflow(self, inputs) -> dict:
+        """Meta ``inputs``: each tensor's record by identity (Functional models pass layer
+        outputs on as they are), else by equal values among the latest records and the model
+        inputs (a dtype policy's cast, Keras' conversion of NumPy inputs). A tensor made by an
+        op that is not a layer (a subclassed model's ``x + y``) matches neither: the record
+        then says ``inputs_partial``."""
+        edges, complete = [], True
+        for t in inputs:
+            entry = self._made.get(id(t))
+            edge = entry[1] if entry is not None and entry[0] is t else self._equal_values(t)
+            if edge is None:
+                complete = False
+            elif edge not in edges:
+                edges.append(edge)
+        if not edges and not complete:
+            return {}
+        return {"inputs": edges} if complete else {"inputs": edges, "inputs_partial": True}
+
+    def _equal_values(self, t):
+        value = t.numpy() if hasattr(t, "numpy") else np.asarray(t)
+        for name, array in self.model_inputs:
+            if array.shape == value.shape and np.array_equal(np.asarray(array).astype(value.dtype), value):
+                return {"kind": "input", "name": name, "call": 0}
+        for c in reversed(self.captures[-EQUAL_SEARCH:]):
+            if c.value.shape == value.shape and np.array_equal(c.value.astype(value.dtype), value):
+                return {"kind": "forward", "name": c.name, "call": c.call}
+        return None
 
     def _output_layout(self, layer, tensor, inputs, input_layouts) -> dict:
         rank = len(tensor.shape)

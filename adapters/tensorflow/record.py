@@ -45,8 +45,11 @@ def record(model, inputs, path, loss_fn=None, *, values=True, overwrite=False, d
                    seed=seed, framework_version=f"tf {tf.__version__} / keras {keras.__version__}",
                    overwrite=overwrite, values=values, flush_every=64,
                    meta={"training": bool(training),
-                         "image_data_format": keras.config.image_data_format()})
+                         "image_data_format": keras.config.image_data_format(),
+                         "dtype_policy": keras.config.dtype_policy().name})
     capture = LayerCapture(model, training=training, include=include, exclude=exclude)
+    capture.model_inputs = [(name, value.numpy() if hasattr(value, "numpy") else value)
+                            for name, value in named_inputs(inputs)]
     weights_before = {id(v) for v in model.weights}
     try:
         with _quiet_tensorflow(), _eager_functions(), capture:
@@ -109,7 +112,7 @@ def _write(rec, capture, inputs, loss, grads, include, exclude):
     _write_inputs(rec, capture, inputs)
     kept = [c for c in capture.captures if c.keep]
     for c in kept:
-        rec.forward(c.name, c.value, call=c.call, **c.meta)
+        rec.record("forward", c.name, c.value, call=c.call, **c.meta)  # no default inputs
     if loss is None:
         _write_params(rec, capture, grads, include, exclude)
         return
@@ -154,7 +157,7 @@ def _close_after_failure(rec, capture, inputs):
         _write_inputs(rec, capture, inputs)
         for c in capture.captures:
             if c.keep:
-                rec.forward(c.name, c.value, call=c.call, **c.meta)
+                rec.record("forward", c.name, c.value, call=c.call, **c.meta)  # no default inputs
     finally:
         rec.close(complete=False)
 

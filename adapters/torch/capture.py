@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from .meta import module_meta, parameter_meta, tensor_meta
+from .dataflow import Dataflow, tensors_in
+from .meta import autocast_meta, module_meta, parameter_meta, tensor_meta
 from .structure import named_inputs, named_tensors
 
 ROOT = "<root>"
@@ -26,6 +27,8 @@ class Capture:
         self.busy = False          # set while our own code runs, so the op mode ignores it
         self._calls = defaultdict(int)
         self._stack = []           # op level: (module path, module, per-op counters)
+        self._consumed = []        # per module call in progress: the inputs meta of its records
+        self.dataflow = Dataflow()
         self._module_handles = []
         self._grad_handles = []
         self.mode = None
@@ -38,6 +41,8 @@ class Capture:
         """A new step: call indices and op counters restart."""
         self._calls.clear()
         self._stack = [("", self.model, defaultdict(int))]
+        self._consumed.clear()
+        self.dataflow.clear(self.model)
 
     def attach(self):
         """Register forward hooks on every module (and pre-hooks for op naming)."""
@@ -46,8 +51,8 @@ class Capture:
         if not (wants_forward or wants_backward or self.mode is not None):
             return
         for path, module in self.model.named_modules():
-            if self.mode is not None and path:
-                self._module_handles.append(module.register_forward_pre_hook(self._pre_hook(path)))
+            self._module_handles.append(
+                module.register_forward_pre_hook(self._pre_hook(path), with_kwargs=True))
             self._module_handles.append(module.register_forward_hook(self._hook(path)))
 
     def detach_modules(self):
@@ -62,6 +67,7 @@ class Capture:
         for handle in self._grad_handles:
             handle.remove()
         self._grad_handles.clear()
+        self.dataflow.clear()    # autograd nodes it held
 
     # -- records -----------------------------------------------------------------------------
     def inputs(self, args, kwargs):
@@ -69,17 +75,26 @@ class Capture:
             meta = tensor_meta(t)
             if self.selection.wants("input", name):
                 self.writer.write("input", name, t, **meta)
+                self.dataflow.produced(t, {"kind": "input", "name": name, "call": 0})
             if self.grads and t.requires_grad and self.selection.wants("backward", name):
                 self._watch_grad(t, name, 0, {"op_type": "input"})
 
-    def outputs(self, module, path, name, output):
+    def outputs(self, module, path, name, output, flow=None):
         """Write every tensor of one module (or op) output; hook it for its gradient."""
-        self._write_tensors(output, name, lambda t: module_meta(module, path, t))
+        self._write_tensors(output, name, lambda t: module_meta(module, path, t), flow)
 
-    def _write_tensors(self, output, name, meta_of):
+    def consumed(self, tensors) -> dict:
+        """The dataflow meta of a record made from ``tensors``: ``inputs`` (and
+        ``inputs_partial`` when some tensor could not be traced to a record)."""
+        edges, complete = self.dataflow.consumed(tensors)
+        if not edges and not complete:
+            return {}
+        return {"inputs": edges} if complete else {"inputs": edges, "inputs_partial": True}
+
+    def _write_tensors(self, output, name, meta_of, flow=None):
         """``forward`` records of the tensors in ``output`` (this call of ``name``) and gradient
         hooks on them, as the selection wants; ``meta_of(tensor)`` is asked only for tensors
-        something is kept of."""
+        something is kept of. ``flow``: the dataflow meta of this call."""
         call = self._calls[name]
         self._calls[name] += 1
         for record_name, t in named_tensors(output, name):
@@ -89,7 +104,9 @@ class Capture:
                 continue
             meta = meta_of(t)
             if forward:
-                self.writer.write("forward", record_name, t, call=call, **meta)
+                meta.update(autocast_meta(t.device.type))
+                self.writer.write("forward", record_name, t, call=call, **meta, **(flow or {}))
+                self.dataflow.produced(t, {"kind": "forward", "name": record_name, "call": call})
             if backward:
                 self._watch_grad(t, record_name, call, meta)
 
@@ -129,14 +146,21 @@ class Capture:
             try:
                 if self.mode is not None and path and len(self._stack) > 1:
                     self._stack.pop()
-                self.outputs(module, path, name, output)
+                flow = self._consumed.pop() if self._consumed else None
+                self.outputs(module, path, name, output, flow)
             finally:
                 self.busy = False
         return hook
 
     def _pre_hook(self, path):
-        def pre_hook(module, args):
-            self._stack.append((path, module, defaultdict(int)))
+        def pre_hook(module, args, kwargs):
+            if self.mode is not None and path:
+                self._stack.append((path, module, defaultdict(int)))
+            self.busy = True
+            try:
+                self._consumed.append(self.consumed(tensors_in(args, kwargs)))
+            finally:
+                self.busy = False
         return pre_hook
 
     def _watch_grad(self, t, name, call, meta):
@@ -147,7 +171,7 @@ class Capture:
         self._grad_handles.append(t.register_hook(on_grad))
 
     # -- op level ----------------------------------------------------------------------------
-    def op(self, op_name, output):
+    def op(self, op_name, output, args=(), kwargs=None):
         """One op's output, named ``<module path>/<op>#<n>`` with n counted per module call and
         op, so an op inserted in one module renames nothing elsewhere."""
         path, module, counters = self._stack[-1] if self._stack else ("", self.model, defaultdict(int))
@@ -156,8 +180,9 @@ class Capture:
         name = f"{path or ROOT}/{op_name}#{n}"
         self.busy = True
         try:
+            flow = self.consumed(tensors_in(args, kwargs or {}))
             self._write_tensors(output, name, lambda t: {
                 "op_type": op_name, "module": path, "training": bool(module.training),
-                **tensor_meta(t)})
+                **tensor_meta(t)}, flow)
         finally:
             self.busy = False

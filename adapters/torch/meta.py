@@ -141,3 +141,27 @@ def parameter_layout(module: nn.Module, attribute: str, t: torch.Tensor):
     if type(module).__name__ == "Conv1D" and t.dim() == 2:
         return "IO"  # Hugging Face's GPT-2 Conv1D stores its weight transposed: (in, out)
     return None
+
+
+AUTOCAST_DEVICES = ("cpu", "cuda")
+
+
+def autocast_meta(device_type: str) -> dict:
+    """``{"autocast": {device type: dtype}}`` for the device types where autocast is on (the
+    record's own device type included); ``{}`` when it is off everywhere."""
+    on = {}
+    for device in dict.fromkeys((*AUTOCAST_DEVICES, device_type)):
+        try:
+            if torch.is_autocast_enabled(device):
+                on[device] = _dtype_name(torch.get_autocast_dtype(device)).replace("torch.", "")
+        except (RuntimeError, ValueError):   # a device type this build does not know
+            continue
+    return {"autocast": on} if on else {}
+
+
+def matmul_precision_meta() -> dict:
+    """The float32 matmul settings in force (run meta): TF32 on CUDA, and
+    ``torch.get_float32_matmul_precision()`` (``high``: TF32, ``medium``: bfloat16 allowed)."""
+    return {"float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "cuda_matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+            "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32)}

@@ -36,5 +36,5 @@ class OpMode(TorchFunctionMode):
         if not self.capture.busy:
             raw = raw_name(func)
             if raw not in _SKIP:
-                self.capture.op(op_name(raw), output)
+                self.capture.op(op_name(raw), output, args, kwargs)
         return output

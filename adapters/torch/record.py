@@ -69,7 +69,8 @@ def record(model, inputs, path, loss_fn=None, *, level="module", include=None, e
             if selection.wants("loss", "loss"):
                 own = model_loss_meta(module) if model_loss(output) is loss else {}
                 meta = {"loss_fn": _loss_name(loss_fn), **own, **_loss_meta(loss_fn), **(loss_meta or {})}
-                writer.write("loss", "loss", loss, **meta, **tensor_meta(loss))
+                writer.write("loss", "loss", loss, **meta, **tensor_meta(loss),
+                             **capture.consumed([loss]))
             if grads and loss.requires_grad:
                 earlier = _set_aside_grads(module)
                 loss.backward()

@@ -80,7 +80,8 @@ class Recording:
         if self.step is not None and not self._loss_seen and self.selection.wants("loss", "loss"):
             self._loss_seen = True
             tensor = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
-            self.writer.write("loss", "loss", tensor, **meta, **tensor_meta(tensor))
+            self.writer.write("loss", "loss", tensor, **meta, **tensor_meta(tensor),
+                              **self.capture.consumed([tensor]))
 
     # -- hooks -------------------------------------------------------------------------------
     def _on_step(self, module, args, kwargs):

@@ -11,6 +11,7 @@ from tracediff.errors import TraceDiffError
 from tracediff.recorder import Recorder
 
 from .convert import HostWriter
+from .meta import matmul_precision_meta
 
 LEVELS = ("module", "op")
 # Records between index flushes (the Recorder flushes every record by default, ~0.6 ms each).
@@ -42,7 +43,7 @@ def check_level(level):
 
 def open_recorder(module, path, *, values, level, compiled, overwrite=False, dims=None, seed=None,
                   model_name=None, flush_every=FLUSH_EVERY, extra=None, background=None):
-    meta = {"level": level, "compiled": compiled, **(extra or {})}
+    meta = {"level": level, "compiled": compiled, **matmul_precision_meta(), **(extra or {})}
     recorder = Recorder(
         path, framework="torch", dims=dims, model=model_name or type(module).__name__, seed=seed,
         framework_version=torch.__version__, overwrite=overwrite, values=values, meta=meta,

@@ -15,6 +15,9 @@ PROGRESS_AFTER_S = 1.0
 def add_arguments(parser):
     parser.add_argument("a", metavar="A", help="candidate trace (the thing under test)")
     parser.add_argument("b", metavar="B", help="reference trace")
+    parser.add_argument("--fp64", metavar="G",
+                        help="a float64 run of the reference: each pair passes when A is within "
+                             "k x B's RMSE from G (k = 2 for float32, 3 for 16-bit); see docs/diff.md")
     add_options(parser)
 
 
@@ -76,7 +79,8 @@ def compare_and_report(a, b, args) -> int:
     progress = _Progress()
     try:
         report = diff(a, b, rtol=args.rtol, atol=args.atol, align=args.align,
-                      rename=args.rename, tolerances=args.tolerances, progress=progress)
+                      rename=args.rename, tolerances=args.tolerances, progress=progress,
+                      fp64=getattr(args, "fp64", None))
     finally:
         progress.close()
     return publish(report, args)

@@ -13,13 +13,14 @@ from ..dtypes import EPSILON, as_float
 from ..errors import TraceDiffError
 from ..format import hash_algorithm
 from ..trace import Record, Trace, open_trace
-from . import hints, kinks, layout
+from . import fp64 as fp64_rule, hints, kinks, layout
 from .findings import findings
 from .align import ALIGN_MODES, align as align_records
 from .decide import Decision, decide
 from .metrics import compare, identical, rms_of, same_bytes
 from .report import FirstDivergence, Pair, Report
 from .rules import Rules, load as load_rules, load_tolerances, parse as parse_rules, parse_tolerances
+from .precision import flowed_dtypes
 from .tolerances import TolerancePolicy
 
 COMPUTED = ("forward", "backward", "param_grad", "loss")
@@ -36,12 +37,14 @@ INTRODUCED_GROWTH = 10.0          # error growing less than this across a layer 
 
 
 def diff(a, b, *, rtol=None, atol=None, align="auto", rename=None, tolerances=None,
-         progress=None) -> Report:
+         progress=None, fp64=None) -> Report:
     """Compare trace ``a`` (candidate) with trace ``b`` (reference); paths or opened traces.
 
     ``rename``: a rules file path, a dict (parsed TOML) or Rules; ``tolerances``: a TOML path,
     a dict ``{"glob": {"rtol":..,"atol":..}}`` or a list of LayerTolerance. ``progress(done,
-    total)`` is called after each pair.
+    total)`` is called after each pair. ``fp64``: a float64 run of the reference (path or
+    opened trace); each pair is then judged by how close a is to it against how close b is
+    (``compare/fp64.py``).
     """
     if align not in ALIGN_MODES:
         raise TraceDiffError(f"unknown alignment {align!r}: use one of {', '.join(ALIGN_MODES)}")
@@ -52,22 +55,27 @@ def diff(a, b, *, rtol=None, atol=None, align="auto", rename=None, tolerances=No
     rules = _rules(rename)
     policy = TolerancePolicy(rtol, atol, list(rules.tolerances) + _tolerances(tolerances))
     started = time.perf_counter()
-    trace_a, own_a = _open(a)
-    trace_b, own_b = _open(b)
+    opened = []
     try:
-        return _diff(trace_a, trace_b, align, rules, policy, progress, started)
+        trace_a, trace_b = _open(a, opened), _open(b, opened)
+        trace_g = None
+        if fp64 is not None:
+            trace_g = _open(fp64, opened)
+            fp64_rule.check_float64(trace_g)
+        return _diff(trace_a, trace_b, align, rules, policy, progress, started, trace_g)
     finally:
-        if own_a:
-            trace_a.close()
-        if own_b:
-            trace_b.close()
+        for trace in opened:
+            trace.close()
 
 
-def _open(value):
+def _open(value, opened):
+    """An opened trace; the ones opened here are appended to ``opened`` (to close)."""
     if isinstance(value, Trace):
-        return value, False
+        return value
     if isinstance(value, (str, os.PathLike)):
-        return open_trace(value), True
+        trace = open_trace(value)
+        opened.append(trace)
+        return trace
     raise TraceDiffError(f"diff takes trace paths or opened traces, got {type(value).__name__}")
 
 
@@ -105,7 +113,7 @@ def depths(trace) -> dict:
     return out
 
 
-def _diff(ta, tb, mode, rules, policy, progress, started) -> Report:
+def _diff(ta, tb, mode, rules, policy, progress, started, tg=None) -> Report:
     for trace in (ta, tb):
         if len(trace) == 0:  # "0 pairs match" would pass a run that recorded nothing
             raise TraceDiffError(f"{trace.path} holds no records, so there is nothing to compare: "
@@ -122,15 +130,21 @@ def _diff(ta, tb, mode, rules, policy, progress, started) -> Report:
     depth = depths(tb)
     pairs = []
     total = len(aligned)
-    tols = [policy.resolve(item.b.kind, item.a.name, item.b.name, item.a.dtype, item.b.dtype,
+    flowed_a, flowed_b = flowed_dtypes(ta), flowed_dtypes(tb)   # the lowest precision on the way
+    tols = [policy.resolve(item.b.kind, item.a.name, item.b.name,
+                           flowed_a.get(item.a.index, item.a.dtype),
+                           flowed_b.get(item.b.index, item.b.dtype),
                            depth.get(item.b.index, 1)) for item in aligned]
     compared = _compare_all([(item.a, item.b, tol) for item, tol in zip(aligned, tols)], dims)
-    for done, (item, pair) in enumerate(zip(aligned, compared), 1):
+    for done, (item, pair, tol) in enumerate(zip(aligned, compared, tols), 1):
         pair.match, pair.confidence = item.match, item.confidence
+        _limit_rel_l2(pair, tol)
         pairs.append(pair)
         if progress is not None:
             progress(done, total)
     _break_ties_by_producer(pairs, ta, tb, dims)
+    if tg is not None:
+        fp64_rule.judge(pairs, ta, tb, tg)
     _follow_declared_layouts(pairs, ta, tb)
     kinks.excuse(pairs, ta, tb)
     first = FirstDivergence(
@@ -267,6 +281,16 @@ def _follow_declared_layouts(pairs, ta, tb):
                 pair.hint += (f" (as the declared layouts of {source.kind} {source.label()}: "
                               "not a divergence)")
                 break
+
+
+def _limit_rel_l2(pair: Pair, tol):
+    """16-bit defaults also bound the whole tensor's relative error (tolerances.py)."""
+    rel = pair.stats.get("rel_l2")
+    if tol.rel_l2 is None or pair.status != "ok" or rel is None or rel <= tol.rel_l2:
+        return
+    pair.status, pair.diverged = "diverged", True
+    pair.hint = (f"every element is within rtol {tol.rtol:.3g}, but the tensor's relative error "
+                 f"rel_l2 {rel:.3g} exceeds {tol.rel_l2:.3g} ({tol.precision}'s limit)")
 
 
 def _brief(r: Record) -> dict:

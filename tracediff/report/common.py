@@ -123,6 +123,10 @@ def tolerance(pair: dict) -> str:
     tol = pair.get("tolerance") or {}
     if not tol:
         return "-"
+    if tol.get("rule") == "fp64":
+        stats = pair.get("stats") or {}
+        return (f"fp64: rmse(a, G) {number(stats.get('err_a_fp64'))} <= {number(tol.get('k'))} x "
+                f"rmse(b, G) {number(stats.get('err_b_fp64'))} + {number(tol.get('floor'))}")
     return f"rtol {number(tol.get('rtol'))}, atol {number(tol.get('atol'))}"
 
 
