@@ -43,16 +43,20 @@ def port(tmp_path_factory):
     assert np.abs(np.asarray(keras_model(x_nhwc)) - model(x).detach().numpy()).max() < 1e-5
     tdt.record(model, x, str(out / "torch.h5"))
     tdtf.record(keras_model, x_nhwc, str(out / "keras.h5"))
+    # the same port with one conv kernel copied wrongly at 20%, 50% and 80% depth
+    convs = [layer for layer in keras_model.layers if type(layer).__name__ == "Conv2D"]
+    rng = np.random.default_rng(1)
+    for depth in (0.2, 0.5, 0.8):
+        layer = convs[int(depth * len(convs))]
+        saved = [w.copy() for w in layer.get_weights()]
+        kernel = saved[0] * (1 + 0.01 * rng.standard_normal(saved[0].shape)).astype(np.float32)
+        layer.set_weights([kernel, *saved[1:]])
+        tdtf.record(keras_model, x_nhwc, str(out / f"keras-{depth}.h5"))
+        layer.set_weights(saved)
+        (out / f"keras-{depth}.layer").write_text(layer.name)
     return out
 
 
-LAYOUT_PART = ("issue 19 items 1-3, the layout/alignment part: sizes that repeat (32x32 images, 3x3 "
-               "kernels, a batch of 2 against 2x2 maps), size-1 axes and residual Add layers with no "
-               "torch module give false shape_mismatch pairs and shift the structural alignment (and "
-               "the parameters that follow it) until compare/layout.py and align/structure decide by values")
-
-
-@pytest.mark.xfail(strict=True, reason=LAYOUT_PART)
 def test_onnx2keras_resnet18_parameters_pair_with_torch(port):
     report = td.diff(str(port / "keras.h5"), str(port / "torch.h5"))
     params = {p.b_name: p.a_name for p in report.pairs if p.kind == "param"}
@@ -61,7 +65,21 @@ def test_onnx2keras_resnet18_parameters_pair_with_torch(port):
     assert params["fc.weight"].endswith("/kernel")
 
 
-@pytest.mark.xfail(strict=True, reason=LAYOUT_PART)
 def test_onnx2keras_resnet18_is_clean(port):
+    """Its NHWC maps of 8 channels of 8x8 (one shape in either layout), 3x3 kernels, residual Add
+    layers torch has no module for, and the downsample conv emitted before the block's second
+    conv (an order the structural alignment crosses, values re-pair): clean."""
     report = td.diff(str(port / "keras.h5"), str(port / "torch.h5"))
     assert report.ok, report.first_divergence
+    assert report.summary_counts()["statuses"]["shape_mismatch"] == 0
+    assert len(report.pairs) == 164
+
+
+@pytest.mark.parametrize("depth", [0.2, 0.5, 0.8])
+def test_a_wrongly_copied_kernel_is_named_at_its_layer(port, depth):
+    report = td.diff(str(port / f"keras-{depth}.h5"), str(port / "torch.h5"))
+    layer = (port / f"keras-{depth}.layer").read_text()
+    first = report.first_divergence.forward
+    assert first.a_name == layer, (first.a_name, layer)
+    wrong = [p.a_name for p in report.pairs if p.kind == "param" and p.diverged]
+    assert wrong == [f"{layer}/kernel"]

@@ -18,6 +18,7 @@ from .findings import findings
 from .align import ALIGN_MODES, align as align_records
 from .decide import Decision, decide
 from .metrics import compare, identical, rms_of, same_bytes
+from .rematch import rematch
 from .report import FirstDivergence, Pair, Report
 from .rules import Rules, load as load_rules, load_tolerances, parse as parse_rules, parse_tolerances
 from .precision import flowed_dtypes
@@ -142,7 +143,19 @@ def _diff(ta, tb, mode, rules, policy, progress, started, tg=None) -> Report:
         pairs.append(pair)
         if progress is not None:
             progress(done, total)
+
+    def compare_one(ra, rb):
+        tol = policy.resolve(rb.kind, ra.name, rb.name, flowed_a.get(ra.index, ra.dtype),
+                             flowed_b.get(rb.index, rb.dtype), depth.get(rb.index, 1))
+        pair = compare_pair(ra, rb, tol, dims)
+        _limit_rel_l2(pair, tol)
+        return pair
+
+    if mode == "auto":
+        pairs, unmatched_a, unmatched_b = rematch(pairs, unmatched_a, unmatched_b, ta, tb,
+                                                  compare_one)
     _break_ties_by_producer(pairs, ta, tb, dims)
+    _follow_producer_layouts(pairs, ta, tb, dims)
     if tg is not None:
         fp64_rule.judge(pairs, ta, tb, tg)
     _follow_declared_layouts(pairs, ta, tb)
@@ -242,6 +255,42 @@ def _break_ties_by_producer(pairs, ta, tb, dims):
         else:
             pair.hint += (f" ({len(options)} layouts reproduce these values: constant or symmetric "
                           "values cannot tell them apart)")
+
+
+def _follow_producer_layouts(pairs, ta, tb, dims):
+    """A same-shape pair whose values differ is tried with the rearrangement its producing pair
+    established: a channels-last port of a net with C = H = W (8 channels of 8x8 maps) has NHWC
+    and NCHW activations of one shape, which a ReLU without a declared layout shows only through
+    the BatchNorm before it. Taken where it reproduces the values, with the producer's verdict
+    (a declared NHWC<->NCHW is no divergence)."""
+    by_b = {}
+    for p in pairs:
+        by_b.setdefault(p.b_index, p)
+    forward = [p for p in pairs if p.kind == "forward"]
+    for pair in sorted(pairs, key=lambda p: (p.kind != "forward", p.b_index)):
+        if pair.status != "diverged" or pair.rearrangement is not None \
+                or pair.shape_a != pair.shape_b or len(pair.shape_a) < 2:
+            continue
+        producer = _producer(pair, tb, by_b, forward)
+        found = producer.rearrangement if producer is not None else None
+        if found is None or producer.status != "layout" or tuple(found.b_shape) != tuple(pair.shape_b) \
+                or found.is_identity(math.prod(pair.shape_b)):
+            continue
+        ra, rb = ta[pair.a_index], tb[pair.b_index]
+        if not (ra.stored and rb.stored):
+            continue
+        a, b = ra.view(), rb.view()
+        tol = pair.tolerance
+        cmp = compare(found.apply(a), b, tol["rtol"], tol["atol"], b_rms=rms_of(b))
+        if not cmp.passed:
+            continue
+        pair.status, pair.rearrangement = "layout", found
+        pair.stats, pair.worst = cmp.stats(), cmp.worst()
+        pair.diverged = producer.diverged
+        pair.hint = (layout.describe_match(found, a.shape, dims, ra.meta.get("layout"),
+                                           rb.meta.get("layout"))
+                     + f" (the layout of {producer.kind} {producer.label()}, which produced it"
+                     + (")" if producer.diverged else ": not a divergence)"))
 
 
 def _producer(pair, tb, by_b, forward):
