@@ -30,8 +30,11 @@ def run(ctx: CheckContext) -> CheckResult:
     if head is None:
         return skip(ID, "no float forward output with a class axis (last axis >= 2) to read the "
                     "loss input from", threshold)
-    loss = float(values(losses[0]).reshape(-1)[0])
+    loss_values = values(losses[0]).reshape(-1)
     x = values(head).reshape(-1, head.shape[-1])
+    if loss_values.size == 0 or x.size == 0:
+        return skip(ID, "the loss or its input holds no values", threshold)
+    loss = float(loss_values[0])
     if not np.isfinite(x).all() or not np.isfinite(loss):
         return skip(ID, "non-finite loss or loss input (see nonfinite)", threshold)
     lse = _logsumexp(x)
