@@ -23,15 +23,8 @@ import torch.nn.functional as F  # noqa: E402
 
 import tracediff as td  # noqa: E402
 from tracediff.adapters import torch as tdt  # noqa: E402
+from bench_golden import build  # noqa: E402  (the same deep Linear + ReLU MLP)
 from timing import median_seconds  # noqa: E402
-
-
-def build(layers, width):
-    torch.manual_seed(0)
-    blocks = []
-    for _ in range(layers):
-        blocks += [torch.nn.Linear(width, width), torch.nn.ReLU()]
-    return torch.nn.Sequential(*blocks, torch.nn.Linear(width, 10))
 
 
 def main():

@@ -16,13 +16,7 @@ import torch.nn.functional as F  # noqa: E402
 tdt = pytest.importorskip("tracediff.adapters.torch")
 
 
-@pytest.fixture(autouse=True)
-def seeded():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 X, Y = torch.randn(16, 20), torch.randint(0, 10, (16,))

@@ -16,14 +16,7 @@ if not hasattr(tdt, "record"):
     pytest.skip("the torch adapter has no record() yet", allow_module_level=True)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models: threads only contend on a shared machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 class MLP(nn.Module):
