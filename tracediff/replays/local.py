@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..compare import hints
+from ..compare.engine import rms_from_stats
 from ..compare.metrics import compare
 from ..dtypes import as_float
 
@@ -21,26 +22,28 @@ def judge(pair, local_a, record_b, policy, layout, by=None) -> dict:
     transposed weight gradient) is this layer's own mistake: the local result is ``diverged``
     with the diff's hint even where the permutation makes the values agree. ``by``: the layer
     whose backward computed it, for a replayed dL/d(input)."""
-    b = record_b.read()
+    b = record_b.view()
     a = local_a
     if layout:
         a = layout.apply(a)
     elif tuple(a.shape) != tuple(b.shape):
         return skipped("its layout against the reference's is unknown (its shapes differ and "
                        "the values of neither it nor its producer match)")
+    b_rms = rms_from_stats(record_b)    # the recorder's statistics: no pass over b
     if pair.status == "layout" and pair.diverged and layout:
-        local = _compared(pair, a, b, policy)
+        local = _compared(pair, a, b, policy, b_rms)
         local.update(status="diverged", hint=pair.hint)
         return local
-    local = _compared(pair, a, b, policy)
+    local = _compared(pair, a, b, policy, b_rms)
     if by is not None:
         local["by"] = by
     return local
 
 
-def _compared(pair, a, b, policy) -> dict:
+def _compared(pair, a, b, policy, b_rms) -> dict:
     tol = policy.resolve(pair.kind, pair.a_name, pair.b_name, pair.dtype_a, pair.dtype_b, 1)
-    result = compare(np.asarray(as_float(a)), np.asarray(as_float(b)), tol.rtol, tol.atol)
+    result = compare(np.asarray(as_float(a)), np.asarray(as_float(b)), tol.rtol, tol.atol,
+                     b_rms=b_rms)
     stats = result.stats()
     local = {"status": "ok" if result.passed else "diverged", "rel_l2": stats.get("rel_l2"),
              "max_abs": stats.get("max_abs"), "tolerance": tol.to_dict()}
