@@ -13,7 +13,7 @@ from ..dtypes import EPSILON, as_float
 from ..errors import TraceDiffError
 from ..format import hash_algorithm
 from ..trace import Record, Trace, open_trace
-from . import hints, layout
+from . import hints, layout, quantized
 from .findings import findings
 from .align import ALIGN_MODES, align as align_records
 from .metrics import compare, identical, rms_of, same_bytes
@@ -247,7 +247,20 @@ def _identical_stats(r: Record) -> dict:
 
 
 def compare_pair(ra: Record, rb: Record, tol, dims) -> Pair:
-    """Compare one aligned pair; reads at most the two tensors."""
+    """Compare one aligned pair; reads at most the two tensors. A quantized record against a
+    float one is compared dequantized (``quantized.pairing``)."""
+    dequantized = quantized.pairing(ra, rb, tol)
+    if dequantized is None:
+        return _compare_pair(ra, rb, tol, dims)
+    a, b, tolerance, rule, note = dequantized
+    pair = _compare_pair(a, b, tolerance, dims)
+    pair.dtype_a, pair.dtype_b = ra.dtype, rb.dtype
+    pair.tolerance.update(rule)
+    pair.hint = note if pair.hint is None else f"{note}; {pair.hint}"
+    return pair
+
+
+def _compare_pair(ra: Record, rb: Record, tol, dims) -> Pair:
     pair = Pair(a_name=ra.name, b_name=rb.name, kind=rb.kind, status="ok", shape_a=list(ra.shape),
                 shape_b=list(rb.shape), stats={}, tolerance=tol.to_dict(), a_call=ra.call,
                 b_call=rb.call, a_index=ra.index, b_index=rb.index, step=rb.step,
@@ -310,8 +323,8 @@ def compare_pair(ra: Record, rb: Record, tol, dims) -> Pair:
         pair.hint = layout.describe_mismatch(a.shape, b.shape, dims)
         return _finish(pair, None, dtype_clash)
     perm = layout.axis_permutation(a.shape, b.shape)
-    found = None
-    if isinstance(perm, tuple):
+    found = _declared_rearrangement(a, b, close, ra.meta.get("layout"), rb.meta.get("layout"))
+    if found is None and isinstance(perm, tuple):
         plain = layout.plain(a.shape, b.shape, perm)
         found = plain if close(plain.apply(a), b) else None
     if found is None and not isinstance(perm, layout.Ambiguity):
@@ -369,7 +382,10 @@ def _declared_rearrangement(a, b, close, layout_a, layout_b):
         return None
     if len(layout_a) != a.ndim or sorted(layout_a) != sorted(layout_b) or len(set(layout_a)) != a.ndim:
         return None
-    found = layout.plain(a.shape, b.shape, tuple(layout_a.index(c) for c in layout_b))
+    perm = tuple(layout_a.index(c) for c in layout_b)
+    if tuple(a.shape[p] for p in perm) != tuple(b.shape):
+        return None
+    found = layout.plain(a.shape, b.shape, perm)
     return found if close(found.apply(a), b) else None
 
 
