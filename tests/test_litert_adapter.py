@@ -32,7 +32,7 @@ def _model():
     x = keras.layers.Flatten(name="flat")(x)
     x = keras.layers.Dense(13, activation="relu", name="hidden")(x)
     x = keras.layers.Dense(11, name="fc")(x)
-    return keras.Model(inp, x)
+    return keras.Model(inp, x, name="net")
 
 
 def _convert(model, int8=False):
@@ -71,7 +71,7 @@ def test_float_conversion_diffs_clean_against_keras(setup):
     forward = {p.b_name: p for p in report.pairs if p.kind == "forward"}
     # each Keras layer pairs with the tensor the converter named after it, without rename rules
     assert {"conv", "pool", "flat", "hidden", "fc", "<root>"} <= set(forward)
-    assert forward["conv"].a_name == "functional_1/conv_1/Relu"
+    assert forward["conv"].a_name == "net_1/conv_1/Relu"
     kernel = next(p for p in report.pairs if p.b_name == "conv/kernel")
     assert kernel.status == "layout" and "OHWI" in kernel.hint and not kernel.diverged
 
@@ -82,17 +82,17 @@ def test_records_carry_op_type_activation_layout_and_dataflow(setup):
     tdl.record(str(paths["float"]), x, out)
     with td.open(out) as trace:
         records = {(r.kind, r.name): r for r in trace}
-        conv = records[("forward", "functional_1/conv_1/Relu")]
+        conv = records[("forward", "net_1/conv_1/Relu")]
         assert conv.meta["op_type"] == "CONV_2D"
         assert conv.meta["fused_activation"] == "RELU"
         assert conv.meta["layout"] == "NHWC" and conv.meta["module"] == "conv"
         # the ;-joined tensor name is kept whole in meta
-        assert conv.meta["tflite_tensor"].split(";") == ["functional_1/conv_1/Relu",
-                                                         "functional_1/conv_1/convolution"]
+        assert conv.meta["tflite_tensor"].split(";") == ["net_1/conv_1/Relu",
+                                                         "net_1/conv_1/convolution"]
         assert conv.meta["inputs"] == [{"kind": "input", "name": "image", "call": 0}]
-        pool = records[("forward", "functional_1/pool_1/MaxPool2d")]
+        pool = records[("forward", "net_1/pool_1/MaxPool2d")]
         assert pool.meta["inputs"] == [{"kind": "forward", "name": conv.name, "call": 0}]
-        kernel = records[("param", "functional_1/conv_1/convolution")]
+        kernel = records[("param", "net_1/conv_1/convolution")]
         assert kernel.meta["layout"] == "OHWI" and kernel.meta["role"] == "weight"
         assert kernel.shape == (5, 3, 3, 2)
         assert np.array_equal(records[("input", "image")].read(), x)
@@ -132,7 +132,7 @@ def test_int8_conversion_is_stored_quantized_and_judged_dequantized(setup):
         assert conv.dtype == "int8"
         assert isinstance(conv.meta["scale"], float) and conv.meta["scale"] > 0
         assert isinstance(conv.meta["zero_point"], int)
-        kernel = next(r for r in trace if r.name == "functional_1/conv_1/convolution")
+        kernel = next(r for r in trace if r.name == "net_1/conv_1/convolution")
         assert kernel.dtype == "int8" and len(kernel.meta["scale"]) == 5   # per output channel
         assert kernel.meta["quantized_dimension"] == 0
         step = conv.meta["scale"]
