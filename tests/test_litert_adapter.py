@@ -189,3 +189,36 @@ def test_api_refuses_wrong_dtype_and_a_non_tflite_file(setup):
         tdl.record(paths["float"], {"image": x.astype(np.float64)}, folder / "bad.h5")
     with pytest.raises(TraceDiffError, match="not a TFLite flatbuffer"):
         tdl.record(paths["x"], {"image": x}, folder / "bad2.h5")
+
+
+def test_replay_ranks_the_layer_that_adds_the_error_first(tmp_path):
+    """Quantization debugging: an outlier weight in conv2 widens its output's int8 range, so
+    every other channel loses resolution there. The cumulative error is worst further down
+    (hidden, fc: they inherit conv2's error and add their own); replaying each int8 op on the
+    float model's values ranks conv2 first by the error it adds."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(SHAPE[1:], name="image")
+    x = keras.layers.Conv2D(5, 3, padding="same", activation="relu", name="conv")(inp)
+    x = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="conv2")(x)
+    x = keras.layers.MaxPooling2D(name="pool")(x)
+    x = keras.layers.Flatten(name="flat")(x)
+    x = keras.layers.Dense(13, activation="relu", name="hidden")(x)
+    x = keras.layers.Dense(11, name="fc")(x)
+    model = keras.Model(inp, x, name="net")
+    weights = model.get_layer("conv2").get_weights()
+    weights[0][0, 0, 0, 0] = 30.0
+    model.get_layer("conv2").set_weights(weights)
+    tflite = tmp_path / "int8.tflite"
+    tflite.write_bytes(_convert(model, int8=True))
+    x = np.random.default_rng(1).standard_normal(SHAPE).astype(np.float32)
+    tdtf.record(model, x, tmp_path / "keras.h5")
+    tdl.record(tflite, x, tmp_path / "int8.h5")
+    plain = td.diff(tmp_path / "int8.h5", tmp_path / "keras.h5")
+    worst_cumulative = quantized.ranked(plain.pairs)[0]
+    assert worst_cumulative.kind == "forward" and worst_cumulative.b_name in ("hidden", "fc", "<root>")
+    report = td.replay(str(tflite), tmp_path / "keras.h5")
+    assert report.root_causes[0]["b_name"] == "conv2"
+    local = {p.b_name: p.local for p in report.pairs if p.kind == "forward" and p.local}
+    assert min(local, key=lambda name: local[name]["sqnr_db"]) == "conv2"
+    assert local["conv2"]["tolerance"]["atol"] >= next(
+        p.tolerance["step"] for p in report.pairs if p.b_name == "conv2")

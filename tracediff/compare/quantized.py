@@ -9,6 +9,8 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..quantization import dequantize
+
 STEPS = 1.0     # the atol a quantized pair gets, in quantization steps (its largest scale)
 
 
@@ -16,25 +18,6 @@ def quantized(record) -> bool:
     """An integer record that says how to dequantize it."""
     return (str(record.dtype).startswith(("int", "uint")) and "scale" in record.meta
             and _scales(record.meta) is not None)
-
-
-def dequantize(values, meta, shape=None, flat_index=None):
-    """Float32 ``(q - zero_point) * scale``; per-axis parameters broadcast along
-    ``quantized_dimension`` (``flat_index``: the positions of a sample's values in ``shape``)."""
-    scale = np.asarray(_scales(meta), dtype=np.float64)
-    zero = np.asarray(meta.get("zero_point", 0), dtype=np.float64)
-    values = np.asarray(values, dtype=np.float64)
-    if scale.ndim and scale.size > 1:
-        axis = int(meta.get("quantized_dimension", 0))
-        if flat_index is not None:
-            channel = np.unravel_index(np.asarray(flat_index), shape)[axis]
-            scale, zero = scale[channel], (zero[channel] if zero.ndim else zero)
-        else:
-            view = [1] * values.ndim
-            view[axis] = scale.size
-            scale = scale.reshape(view)
-            zero = zero.reshape(view) if zero.ndim and zero.size == scale.size else zero
-    return ((values - zero) * scale).astype(np.float32)
 
 
 def step(meta) -> float:
