@@ -222,3 +222,6 @@ def test_replay_ranks_the_layer_that_adds_the_error_first(tmp_path):
     assert min(local, key=lambda name: local[name]["sqnr_db"]) == "conv2"
     assert local["conv2"]["tolerance"]["atol"] >= next(
         p.tolerance["step"] for p in report.pairs if p.b_name == "conv2")
+    out = tmp_path / "replay.json"
+    assert main(["replay", str(tflite), str(tmp_path / "keras.h5"), "--json", str(out)]) == 1
+    assert json.loads(out.read_text())["root_causes"][0]["b_name"] == "conv2"

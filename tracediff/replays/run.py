@@ -32,8 +32,8 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
     if framework is None:
         raise TraceDiffError(
             f"replay: cannot replay a {type(candidate).__name__}; give a torch.nn.Module, an "
-            ".onnx path or onnx.ModelProto, or a NumPy function fn(rec, inputs) with "
-            "layers={name: fn}")
+            ".onnx path or onnx.ModelProto, a .tflite path, or a NumPy function fn(rec, inputs) "
+            "with layers={name: fn}")
     if framework == "numpy" and not layers:
         raise TraceDiffError("replay: a NumPy candidate needs layers={name: fn(*inputs)}: "
                              "the functions to run each layer on the reference's inputs")
