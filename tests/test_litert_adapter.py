@@ -225,3 +225,11 @@ def test_replay_ranks_the_layer_that_adds_the_error_first(tmp_path):
     out = tmp_path / "replay.json"
     assert main(["replay", str(tflite), str(tmp_path / "keras.h5"), "--json", str(out)]) == 1
     assert json.loads(out.read_text())["root_causes"][0]["b_name"] == "conv2"
+
+
+def test_golden_recording_takes_a_tflite_path(setup):
+    from tracediff.golden.adapters import record as golden_record
+
+    _, x, paths, folder = setup
+    assert golden_record(str(paths["float"]), x, folder / "golden.h5") == "litert"
+    assert td.diff(folder / "golden.h5", paths["keras"]).ok
