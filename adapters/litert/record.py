@@ -50,17 +50,21 @@ def record(model, inputs, path, *, overwrite=False, values=True, num_threads=Non
     constants = [i for i in sorted(consumers) if i not in produced and i not in inputs_named
                  and _is_parameter(details[i])]
 
+    constant_set = set(constants)
     modules = {}
     for i in constants:
         modules[i] = decode(details[i]["name"])
     for op_type, ins, outs in graph_ops:
-        own = [modules.get(t) for t in ins if t in modules and t in constants]
+        own = [modules.get(t) for t in ins if t in constant_set]
         for t in outs:
             module = decode(details[t]["name"])
             if module is None and passes_through(op_type) and ins:
                 module = modules.get(ins[0])          # a (de)quantized copy of its input
             if module is None and len(set(m for m in own if m)) == 1:
                 module = next(m for m in own if m)   # a graph output: its weights' layer
+            elif module is None and not own and ins and details[t]["name"] \
+                    and "/" not in details[t]["name"]:
+                module = modules.get(ins[0])         # a graph output (the Dense's softmax)
             modules[t] = module
 
     recorded = {}   # tensor index -> (kind, name)

@@ -322,9 +322,11 @@ def _compare_pair(ra: Record, rb: Record, tol, dims) -> Pair:
         pair.stats = _empty_stats(ra, rb)
         pair.hint = layout.describe_mismatch(a.shape, b.shape, dims)
         return _finish(pair, None, dtype_clash)
-    perm = layout.axis_permutation(a.shape, b.shape)
-    found = _declared_rearrangement(a, b, close, ra.meta.get("layout"), rb.meta.get("layout"))
-    if found is None and isinstance(perm, tuple):
+    # declared layouts (OHWI against HWIO) name the permutation where repeated sizes cannot
+    perm = _declared_permutation(a.shape, b.shape, ra.meta.get("layout"), rb.meta.get("layout")) \
+        or layout.axis_permutation(a.shape, b.shape)
+    found = None
+    if isinstance(perm, tuple):
         plain = layout.plain(a.shape, b.shape, perm)
         found = plain if close(plain.apply(a), b) else None
     if found is None and not isinstance(perm, layout.Ambiguity):
@@ -378,15 +380,23 @@ def _fmt(value) -> str:
 def _declared_rearrangement(a, b, close, layout_a, layout_b):
     """The permutation two declared layouts imply (a square weight: ``IO`` against ``OI``), when
     it reproduces b's values; None otherwise. Equal sizes cannot show it, the declarations can."""
-    if not isinstance(layout_a, str) or not isinstance(layout_b, str) or layout_a == layout_b:
-        return None
-    if len(layout_a) != a.ndim or sorted(layout_a) != sorted(layout_b) or len(set(layout_a)) != a.ndim:
-        return None
-    perm = tuple(layout_a.index(c) for c in layout_b)
-    if tuple(a.shape[p] for p in perm) != tuple(b.shape):
+    perm = _declared_permutation(a.shape, b.shape, layout_a, layout_b)
+    if perm is None:
         return None
     found = layout.plain(a.shape, b.shape, perm)
     return found if close(found.apply(a), b) else None
+
+
+def _declared_permutation(shape_a, shape_b, layout_a, layout_b):
+    """The axis permutation from layout_a's letters to layout_b's, where it maps shape_a onto
+    shape_b; None otherwise."""
+    if not isinstance(layout_a, str) or not isinstance(layout_b, str) or layout_a == layout_b:
+        return None
+    if len(layout_a) != len(shape_a) or sorted(layout_a) != sorted(layout_b) \
+            or len(set(layout_a)) != len(shape_a):
+        return None
+    perm = tuple(layout_a.index(c) for c in layout_b)
+    return perm if tuple(shape_a[p] for p in perm) == tuple(shape_b) else None
 
 
 def _finish(pair: Pair, cmp, dtype_clash, declared_layout=False) -> Pair:
