@@ -31,7 +31,8 @@ def _model():
     x = keras.layers.MaxPooling2D(name="pool")(x)
     x = keras.layers.Flatten(name="flat")(x)
     x = keras.layers.Dense(13, activation="relu", name="hidden")(x)
-    x = keras.layers.Dense(11, name="fc")(x)
+    # softmax: the graph output, a tensor with no name scope, belongs to fc all the same
+    x = keras.layers.Dense(11, activation="softmax", name="fc")(x)
     return keras.Model(inp, x, name="net")
 
 
@@ -72,6 +73,7 @@ def test_float_conversion_diffs_clean_against_keras(setup):
     # each Keras layer pairs with the tensor the converter named after it, without rename rules
     assert {"conv", "pool", "flat", "hidden", "fc", "<root>"} <= set(forward)
     assert forward["conv"].a_name == "net_1/conv_1/Relu"
+    assert forward["fc"].a_name == "StatefulPartitionedCall_1:0"
     kernel = next(p for p in report.pairs if p.b_name == "conv/kernel")
     assert kernel.status == "layout" and "OHWI" in kernel.hint and not kernel.diverged
 
