@@ -22,7 +22,9 @@ import os
 import sys
 from typing import Protocol
 
-ADAPTERS = ("numpy", "torch", "tensorflow", "onnx")
+# model files, by suffix, and the adapter that records them
+MODEL_SUFFIXES = {".onnx": "onnx", ".tflite": "litert"}
+ADAPTERS = ("numpy", "torch", "tensorflow", "onnx", "litert")
 
 
 class Adapter(Protocol):
@@ -40,10 +42,10 @@ def load(name: str) -> Adapter:
 
 
 def framework_of(model) -> str | None:
-    """The adapter that records ``model`` (``torch``, ``tensorflow``, ``onnx`` or ``numpy`` for
-    a plain function), decided without importing a framework: a torch module can only exist
-    once torch is imported, so ``sys.modules`` is asked. None for anything else, and for a
-    path that is not an ``.onnx`` file."""
+    """The adapter that records ``model`` (``torch``, ``tensorflow``, ``onnx``, ``litert`` or
+    ``numpy`` for a plain function), decided without importing a framework: a torch module can
+    only exist once torch is imported, so ``sys.modules`` is asked. None for anything else, and
+    for a path that is not an ``.onnx`` or ``.tflite`` file."""
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(model, torch.nn.Module):
         return "torch"
@@ -53,7 +55,7 @@ def framework_of(model) -> str | None:
     if onnx is not None and isinstance(model, onnx.ModelProto):
         return "onnx"
     if isinstance(model, (str, os.PathLike)):
-        return "onnx" if os.fspath(model).endswith(".onnx") else None
+        return MODEL_SUFFIXES.get(os.path.splitext(os.fspath(model))[1])
     if callable(model):
         return "numpy"
     return None

@@ -2,7 +2,8 @@
 import subprocess
 import sys
 
-FRAMEWORKS = ["torch", "tensorflow", "keras", "onnx", "onnxruntime", "jax", "ml_dtypes", "rich",
+FRAMEWORKS = ["torch", "tensorflow", "keras", "onnx", "onnxruntime", "jax", "ai_edge_litert",
+              "ml_dtypes", "rich",
               "transformers"]
 
 
@@ -16,6 +17,6 @@ def test_import_tracediff_imports_no_framework():
 def test_diff_and_check_entry_points_stay_framework_free():
     code = ("import sys, tracediff as td; td.diff; td.check; td.gradcheck; "
             "import tracediff.cli; "
-            f"print(sorted(m for m in {FRAMEWORKS[:6]!r} if m in sys.modules))")
+            f"print(sorted(m for m in {FRAMEWORKS[:7]!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

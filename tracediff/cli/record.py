@@ -1,6 +1,8 @@
-"""``tracediff record MODEL.onnx``: every node output of an ONNX model through onnxruntime.
+"""``tracediff record MODEL.onnx|MODEL.tflite``: every node output of an ONNX model through
+onnxruntime, or every tensor of a LiteRT (TFLite) model's interpreter run; the adapter is
+chosen by the model file's suffix (``adapters.base.framework_of``).
 
-The ONNX adapter (and with it onnx and onnxruntime) is imported only when the verb runs.
+The adapter (and with it onnxruntime or LiteRT) is imported only when the verb runs.
 """
 from __future__ import annotations
 
@@ -9,12 +11,13 @@ import sys
 
 import numpy as np
 
+from ..adapters.base import framework_of
 from ..errors import TraceDiffError
 from . import diff as diff_cli
 
 
 def add_arguments(parser):
-    parser.add_argument("model", metavar="MODEL.onnx")
+    parser.add_argument("model", metavar="MODEL.onnx|MODEL.tflite")
     parser.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
                         help="value of a graph input (repeat for each input)")
     parser.add_argument("--random", action="store_true",
@@ -53,6 +56,8 @@ def run(args) -> int:
     if os.path.exists(args.out) and not args.overwrite:
         raise TraceDiffError(f"{args.out} already exists: choose another --out or pass --overwrite")
     _check_comparison(args)
+    if framework_of(args.model) == "litert":
+        return _record_litert(args)
     inputs = None if args.random else _read_inputs(args.input)
     dims = parse_dims(args.dims) if args.dims else None
     target = _load_npy(args.target, "--target") if args.target else None
@@ -69,6 +74,33 @@ def run(args) -> int:
         groups = _meta(trace).get("groups", "?")
         print(f"recorded {len(trace)} records ({forward} node outputs, {groups} group"
               f"{'' if groups == 1 else 's'}) to {args.out}", file=sys.stderr)
+    if args.diff_against:
+        return diff_cli.compare_and_report(args.out, args.diff_against, args)
+    return 0
+
+
+# options of the ONNX adapter that a LiteRT model has no use for
+_ONNX_ONLY = (("random", "--random"), ("dims", "--dims"), ("max_memory", "--max-memory"),
+              ("provider", "--provider"), ("loss", "--loss"), ("target", "--target"),
+              ("save_grad_model", "--save-grad-model"))
+
+
+def _record_litert(args) -> int:
+    for attr, flag in _ONNX_ONLY:
+        if getattr(args, attr):
+            raise TraceDiffError(f"{flag} is an option of ONNX models: a .tflite model is "
+                                 "recorded on --input NAME=FILE.npy values, forward only")
+    inputs = _read_inputs(args.input)
+    from ..adapters import litert as tdl  # heavy: the LiteRT runtime
+
+    tdl.record(args.model, inputs, args.out, overwrite=args.overwrite,
+               values=not args.stats_only)
+    from ..trace import open_trace
+
+    with open_trace(args.out) as trace:
+        forward = len(trace.records("forward"))
+        print(f"recorded {len(trace)} records ({forward} op outputs) to {args.out}",
+              file=sys.stderr)
     if args.diff_against:
         return diff_cli.compare_and_report(args.out, args.diff_against, args)
     return 0

@@ -2,7 +2,7 @@
 reference trace's inputs, its local error judged, every root cause named.
 
 CANDIDATE is ``package.module:object`` (a torch module, or a function of no arguments that
-returns one) or an ``.onnx`` file. Exit status 0 when nothing diverges, 1 when something does, 2 on bad input.
+returns one), an ``.onnx`` or a ``.tflite`` file. Exit status 0 when nothing diverges, 1 when something does, 2 on bad input.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from .diff import add_options, publish
 def add_arguments(parser):
     parser.add_argument("candidate", metavar="CANDIDATE",
                         help="package.module:object (a torch module, or a function returning one) "
-                             "or a .onnx file")
+                             "or a .onnx / .tflite file")
     parser.add_argument("ref", metavar="REF", help="reference trace (recorded with values)")
     parser.add_argument("--loss", metavar="package.module:fn",
                         help="loss_fn(output) -> scalar, to replay parameter gradients too")
@@ -27,7 +27,7 @@ def add_arguments(parser):
 def run(args) -> int:
     from ..replays import replay
 
-    if args.candidate.endswith(".onnx"):
+    if args.candidate.endswith((".onnx", ".tflite")):
         candidate = args.candidate
     else:
         candidate = load_object(args.candidate, "CANDIDATE")

@@ -13,7 +13,7 @@ from ..dtypes import EPSILON, as_float
 from ..errors import TraceDiffError
 from ..format import hash_algorithm
 from ..trace import Record, Trace, open_trace
-from . import fp64 as fp64_rule, hints, kinks, layout
+from . import fp64 as fp64_rule, hints, kinks, layout, quantized
 from .findings import findings
 from .align import ALIGN_MODES, align as align_records
 from .decide import Decision, decide
@@ -387,6 +387,20 @@ def _identical_stats(r: Record) -> dict:
 
 
 def compare_pair(ra: Record, rb: Record, tol, dims) -> Pair:
+    """Compare one aligned pair; reads at most the two tensors. A quantized record against a
+    float one is compared dequantized (``quantized.pairing``)."""
+    dequantized = quantized.pairing(ra, rb, tol)
+    if dequantized is None:
+        return _compare_pair(ra, rb, tol, dims)
+    a, b, tolerance, rule, note = dequantized
+    pair = _compare_pair(a, b, tolerance, dims)
+    pair.dtype_a, pair.dtype_b = ra.dtype, rb.dtype
+    pair.tolerance.update(rule)
+    pair.hint = note if pair.hint is None else f"{note}; {pair.hint}"
+    return pair
+
+
+def _compare_pair(ra: Record, rb: Record, tol, dims) -> Pair:
     """Compare one aligned pair; reads at most the two tensors. ``dims``: the named dims, a
     ``layout.Dims`` where the traces' flattens declare how they merged axes."""
     factorisations = getattr(dims, "factorisations", ())
@@ -557,12 +571,23 @@ def _fmt(value) -> str:
 def _declared_rearrangement(a, b, close, layout_a, layout_b):
     """The permutation two declared layouts imply (a square weight: ``IO`` against ``OI``), when
     it reproduces b's values; None otherwise. Equal sizes cannot show it, the declarations can."""
+    perm = _declared_permutation(a.shape, b.shape, layout_a, layout_b)
+    if perm is None:
+        return None
+    found = layout.plain(a.shape, b.shape, perm)
+    return found if close(found.apply(a), b) else None
+
+
+def _declared_permutation(shape_a, shape_b, layout_a, layout_b):
+    """The axis permutation from layout_a's letters to layout_b's, where it maps shape_a onto
+    shape_b; None otherwise."""
     if not isinstance(layout_a, str) or not isinstance(layout_b, str) or layout_a == layout_b:
         return None
-    if len(layout_a) != a.ndim or sorted(layout_a) != sorted(layout_b) or len(set(layout_a)) != a.ndim:
+    if len(layout_a) != len(shape_a) or sorted(layout_a) != sorted(layout_b) \
+            or len(set(layout_a)) != len(shape_a):
         return None
-    found = layout.plain(a.shape, b.shape, tuple(layout_a.index(c) for c in layout_b))
-    return found if close(found.apply(a), b) else None
+    perm = tuple(layout_a.index(c) for c in layout_b)
+    return perm if tuple(shape_a[p] for p in perm) == tuple(shape_b) else None
 
 
 def _finish(pair: Pair, cmp, dtype_clash, declared_layout=False) -> Pair:

@@ -14,7 +14,7 @@ ONNX_LOSSES = ("cross_entropy", "mse", "sum")
 
 
 def framework_of(model) -> str:
-    """``torch``, ``tensorflow``, ``onnx`` or ``numpy``; one clear refusal otherwise."""
+    """``torch``, ``tensorflow``, ``onnx``, ``litert`` or ``numpy``; one clear refusal otherwise."""
     framework = adapter_for(model)
     if framework is not None:
         return framework
@@ -47,6 +47,12 @@ def record(model, inputs, path, *, loss_fn=None, values=True, options=None) -> s
         if loss is not None:
             options.setdefault("loss", loss)
             options.setdefault("target", target)
+        adapter.record(model, inputs, path, values=values, **options)
+    elif framework == "litert":
+        if loss_fn is not None:
+            raise TraceDiffError("golden_trace.check: a .tflite model records forward only: "
+                                 "drop loss_fn")
+        from ..adapters import litert as adapter
         adapter.record(model, inputs, path, values=values, **options)
     else:
         if loss_fn is not None:

@@ -1,6 +1,8 @@
 """A replayed layer's local error, judged at depth 1, and the root causes of a report."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..compare import hints
@@ -42,11 +44,14 @@ def judge(pair, local_a, record_b, policy, layout, by=None) -> dict:
 
 def _compared(pair, a, b, policy, b_rms) -> dict:
     tol = policy.resolve(pair.kind, pair.a_name, pair.b_name, pair.dtype_a, pair.dtype_b, 1)
+    if pair.tolerance.get("rule") == "quantized":     # a quantized layer: one step, as the diff
+        tol = replace(tol, atol=max(tol.atol, pair.tolerance["step"] * pair.tolerance["steps"]))
     result = compare(np.asarray(as_float(a)), np.asarray(as_float(b)), tol.rtol, tol.atol,
                      b_rms=b_rms)
     stats = result.stats()
     local = {"status": "ok" if result.passed else "diverged", "rel_l2": stats.get("rel_l2"),
-             "max_abs": stats.get("max_abs"), "tolerance": tol.to_dict()}
+             "max_abs": stats.get("max_abs"), "sqnr_db": stats.get("sqnr_db"),
+             "tolerance": tol.to_dict()}
     if not result.passed:
         local["hint"] = hints.explain(np.asarray(as_float(hints.leading(a)), np.float64),
                                       np.asarray(as_float(hints.leading(b)), np.float64))

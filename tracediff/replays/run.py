@@ -8,6 +8,7 @@ import tempfile
 
 import numpy as np
 
+from ..compare.quantized import quantized
 from ..errors import TraceDiffError
 from ..trace import Trace, open_trace
 from .layouts import assumed
@@ -31,8 +32,8 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
     if framework is None:
         raise TraceDiffError(
             f"replay: cannot replay a {type(candidate).__name__}; give a torch.nn.Module, an "
-            ".onnx path or onnx.ModelProto, or a NumPy function fn(rec, inputs) with "
-            "layers={name: fn}")
+            ".onnx path or onnx.ModelProto, a .tflite path, or a NumPy function fn(rec, inputs) "
+            "with layers={name: fn}")
     if framework == "numpy" and not layers:
         raise TraceDiffError("replay: a NumPy candidate needs layers={name: fn(*inputs)}: "
                              "the functions to run each layer on the reference's inputs")
@@ -100,6 +101,10 @@ def _run_layers(framework, candidate, run_inputs, values, wanted, report, trace_
         from ..adapters.onnx import replay as onnx_replay
         return (onnx_replay.replay(candidate, values, set(wanted), trace_a), {}, {},
                 "not a node output of the candidate")
+    if framework == "litert":
+        from ..adapters.litert import replay as litert_replay
+        return (litert_replay.replay(candidate, values, set(wanted), trace_a), {}, {},
+                "not an op output of the candidate")
     return (*_numpy_layers(layers, trace_a, values, wanted), "no function in layers= for it")
 
 
@@ -147,6 +152,11 @@ def _record(framework, candidate, inputs, path, loss_fn):
     elif framework == "tensorflow":
         from ..adapters import tensorflow as adapter
         adapter.record(candidate, inputs, path, loss_fn=loss_fn, overwrite=True)
+    elif framework == "litert":
+        if loss_fn is not None:
+            raise TraceDiffError("replay: a LiteRT candidate replays forward only: drop loss_fn")
+        from ..adapters import litert as adapter
+        adapter.record(candidate, inputs, path, overwrite=True)
     elif framework == "onnx":
         if loss_fn is not None:
             raise TraceDiffError("replay: an ONNX candidate replays forward only: drop loss_fn")
@@ -174,8 +184,9 @@ class _ReferenceValues:
         self.pairs = {(p.kind, p.a_name, p.a_call): p for p in report.pairs
                       if p.kind in ("forward", "input", "backward") and id(p) in self.layouts
                       and p.status != "nonfinite"}
-        self.dtypes = {(r.kind, r.name, r.call): r.dtype for r in trace_a
-                       if r.kind in ("forward", "input", "backward")}
+        # a quantized record takes the reference's float value: its replay quantizes it
+        self.dtypes = {(r.kind, r.name, r.call): None if quantized(r) else r.dtype
+                       for r in trace_a if r.kind in ("forward", "input", "backward")}
 
     def __call__(self, kind, name, call):
         pair = self.pairs.get((kind, name, call))

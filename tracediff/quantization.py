@@ -1,0 +1,25 @@
+"""Quantized tensors stored as integers: ``real = (q - zero_point) * scale``, with the meta keys
+of docs/conventions.md (``scale``, ``zero_point``, per axis with ``quantized_dimension``).
+Shared by the adapters (LiteRT's replay) and the diff (quantized against float)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def dequantize(values, meta, shape=None, flat_index=None):
+    """Float32 ``(q - zero_point) * scale``; per-axis parameters broadcast along
+    ``quantized_dimension`` (``flat_index``: the positions of a sample's values in ``shape``)."""
+    scale = np.asarray(meta["scale"], dtype=np.float64)
+    zero = np.asarray(meta.get("zero_point", 0), dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    if scale.ndim and scale.size > 1:
+        axis = int(meta.get("quantized_dimension", 0))
+        if flat_index is not None:
+            channel = np.unravel_index(np.asarray(flat_index), shape)[axis]
+            scale, zero = scale[channel], (zero[channel] if zero.ndim else zero)
+        else:
+            view = [1] * values.ndim
+            view[axis] = scale.size
+            scale = scale.reshape(view)
+            zero = zero.reshape(view) if zero.ndim and zero.size == scale.size else zero
+    return ((values - zero) * scale).astype(np.float32)
