@@ -15,7 +15,7 @@ import copy
 
 import numpy as np
 
-from ...errors import TraceDiffError, first_line
+from ...errors import TraceDiffError
 from . import capture
 from .inputs import load_model
 
