@@ -22,7 +22,7 @@ import os
 import sys
 from typing import Protocol
 
-ADAPTERS = ("numpy", "torch", "tensorflow", "onnx")
+ADAPTERS = ("numpy", "torch", "tensorflow", "onnx", "jax")
 
 
 class Adapter(Protocol):
@@ -40,8 +40,8 @@ def load(name: str) -> Adapter:
 
 
 def framework_of(model) -> str | None:
-    """The adapter that records ``model`` (``torch``, ``tensorflow``, ``onnx`` or ``numpy`` for
-    a plain function), decided without importing a framework: a torch module can only exist
+    """The adapter that records ``model`` (``torch``, ``tensorflow``, ``onnx``, ``jax`` for a
+    Flax module or a ``jax.jit`` function, or ``numpy`` for a plain function), decided without importing a framework: a torch module can only exist
     once torch is imported, so ``sys.modules`` is asked. None for anything else, and for a
     path that is not an ``.onnx`` file."""
     torch = sys.modules.get("torch")
@@ -49,6 +49,8 @@ def framework_of(model) -> str | None:
         return "torch"
     if is_keras_layer(model):
         return "tensorflow"
+    if is_jax_model(model):
+        return "jax"
     onnx = sys.modules.get("onnx")
     if onnx is not None and isinstance(model, onnx.ModelProto):
         return "onnx"
@@ -62,3 +64,14 @@ def framework_of(model) -> str | None:
 def is_keras_layer(model) -> bool:
     return any(cls.__name__ == "Layer" and cls.__module__.startswith(("keras", "tf_keras"))
                for cls in type(model).__mro__)
+
+
+def is_jax_model(model) -> bool:
+    """A Flax Linen or NNX module, or a ``jax.jit``-compiled function (a plain Python function
+    over JAX arrays looks like any other function: pass it to the jax adapter yourself)."""
+    for name in ("flax.linen", "flax.nnx"):
+        flax = sys.modules.get(name)
+        if flax is not None and isinstance(model, flax.Module):
+            return True
+    return "jax" in sys.modules and type(model).__module__.startswith(("jax", "jaxlib")) \
+        and callable(model) and hasattr(model, "lower")
