@@ -24,7 +24,7 @@ def flat_named(tree) -> list:
         parts = [key_name(p) for p in keypath]
         while parts and parts[-1] in ("value", "raw_value"):
             parts.pop()
-        found.append((".".join(parts), leaf))
+        found.append((".".join(parts) or "params", leaf))
     return found
 
 
@@ -51,6 +51,9 @@ class Linen:
         from .capture import _ACTIVE
         with nn.intercept_methods(linen_interceptor(_ACTIVE.get())):
             return self.module.apply({"params": trainable, **self.frozen}, *args, **kwargs)
+
+    def plain(self, trainable, args, kwargs):
+        return self.module.apply({"params": trainable, **self.frozen}, *args, **kwargs)
 
     def frozen_named(self):
         return [(name.split(".", 1)[1] if "." in name else name, leaf)
@@ -79,6 +82,10 @@ class Nnx:
         tap_nnx_copy(copy, _ACTIVE.get())
         return copy(*args, **kwargs)
 
+    def plain(self, trainable, args, kwargs):
+        from flax import nnx
+        return nnx.merge(self.graphdef, trainable, self.stats, self.rest)(*args, **kwargs)
+
     def frozen_named(self):
         return flat_named(self.frozen)
 
@@ -91,6 +98,7 @@ class Function:
             raise TraceDiffError(
                 f"jax.record of the function {_name(fn)} needs its parameters: pass "
                 "params=<pytree> for fn(params, *inputs)")
+        self.given = fn
         self.fn = fn.__wrapped__ if jitted(fn) else fn
         self.trainable = params
         self.frozen = {}
@@ -102,6 +110,13 @@ class Function:
         taps = _ACTIVE.get()
         return taps.function_value(ROOT, output, {"op_type": self.name,
                                                   "inputs": taps.consumed((args, kwargs))})
+
+    def plain(self, trainable, args, kwargs):
+        return self.fn(trainable, *args, **kwargs)
+
+    def compiled(self):
+        """The jitted function given, so its own compilation cache serves the plain run."""
+        return self.given if jitted(self.given) else None
 
     def frozen_named(self):
         return []

@@ -19,7 +19,8 @@ from ...errors import TraceDiffError
 from ...recorder import Recorder
 from ...select import kept
 from . import meta as jmeta
-from .capture import Taps, active, zeros_for
+from ...structure import named_leaves
+from .capture import ROOT, Taps, active, is_array, zeros_for
 from .inputs import jitted, kind_of, named_inputs, run_error, split_inputs
 from .models import RUNNERS, flat_named
 
@@ -58,6 +59,10 @@ def record(model, inputs, path, loss_fn=None, *, params=None, jit=None, values=T
         raise
     except Exception as exc:  # noqa: BLE001 - JAX and Flax raise many types; one line each
         raise run_error(what, args, kwargs, exc) from exc
+    if use_jit:
+        output = _uninstrumented(runner, args, kwargs)
+        for name, leaf in named_leaves(output, ROOT, is_array):
+            captured[f"{name}#0"] = leaf
     loss = param_grads = output_grads = None
     if loss_fn is not None:
         loss, param_grads, output_grads = _gradients(
@@ -76,6 +81,17 @@ def record(model, inputs, path, loss_fn=None, *, params=None, jit=None, values=T
         raise
     rec.close()
     return output
+
+
+def _uninstrumented(runner, args, kwargs):
+    """The compiled function's own output. XLA compiles the recording forward, which also
+    returns every intermediate, with other fusions, so its final output can differ in the last
+    bit; the output returned and recorded as ``<root>`` is the plain compiled run's."""
+    compiled = getattr(runner, "compiled", lambda: None)() or jax.jit(
+        lambda trainable, args, kwargs: runner.plain(trainable, args, kwargs))
+    if compiled is getattr(runner, "given", None):
+        return compiled(runner.trainable, *args, **kwargs)
+    return compiled(runner.trainable, args, kwargs)
 
 
 def _gradients(runner, loss_fn, args, kwargs, zeros, use_jit):
