@@ -269,9 +269,11 @@ def test_mlp_port_with_the_wrong_activation_is_named(mlp_reference, features, tm
     assert (first.a_name, first.b_name, first.status) == ("act", "act", "diverged")
     statuses = {(p.kind, p.a_name): p.status for p in report.pairs}
     assert statuses[("forward", "fc1")] == "ok"
-    # backward: the loss sees a different output, so dL/d(fc2) already differs; the gradient
-    # reaching fc1 goes through the wrong activation's derivative
-    assert report.first_divergence.backward.a_name in ("<root>", "fc2")
+    # backward: the loss sees a different output, so the first gradient from the loss already
+    # differs; the report traces it back to the activation
+    backward = report.first_divergence.backward
+    assert (backward.a_name, backward.introduced["verdict"]) == ("fc2", "inherited")
+    assert "the forward pass already diverges at act" in backward.introduced["reason"]
     assert statuses[("backward", "fc1")] == "diverged"
 
 
@@ -282,7 +284,8 @@ def test_mlp_port_missing_a_bias_is_named_at_that_dense(mlp_reference, features,
     first = report.first_divergence.forward
     assert (first.a_name, first.status) == ("fc1", "diverged")
     assert "fc1.bias" in report.unmatched["b"]
-    assert report.first_divergence.backward is not None
+    assert "the forward pass already diverges at fc1" in \
+        report.first_divergence.backward.introduced["reason"]
 
 
 def test_wrong_hand_written_gradient_is_named_backward_only(mlp_reference, features, tmp_path):
@@ -294,6 +297,8 @@ def test_wrong_hand_written_gradient_is_named_backward_only(mlp_reference, featu
     assert report.first_divergence.forward is None
     backward = report.first_divergence.backward
     assert (backward.a_name, backward.status) == ("fc1", "diverged")
+    assert backward.introduced["verdict"] == "introduced here"
+    assert "a = 0.5 x b: a constant scale factor" in backward.hint
     statuses = {(p.kind, p.a_name): p.status for p in report.pairs}
     assert statuses[("backward", "act")] == "ok"
     assert statuses[("param_grad", "fc1.kernel")] != "ok"
