@@ -313,3 +313,98 @@ def test_cnn_port_with_the_wrong_activation_is_named(cnn_reference, images, tmp_
     first = report.first_divergence.forward
     assert first.a_name == "act"
     assert "values differ even after permuting" in first.hint
+
+
+# -- the pre-LayerNorm transformer block of the planted-bug suite (tests/diff_nets.py) -------
+SEQ, D, HIDDEN, CLASSES = 13, 17, 29, 5
+BLOCK_LABELS = np.array([1, 4, 0])
+
+
+class Identity(nn.Module):
+    def __call__(self, x):
+        return x
+
+
+class Softmax(nn.Module):
+    def __call__(self, x):
+        return jax.nn.softmax(x, axis=-1)
+
+
+class Attention(nn.Module):
+    scale: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        q, k, v = (nn.Dense(D, name=n)(x) for n in ("q", "k", "v"))
+        s = q @ jnp.swapaxes(k, -1, -2)
+        if self.scale:
+            s = s / np.sqrt(D).astype(np.float32)
+        return nn.Dense(D, name="o")(Softmax(name="softmax")(Identity(name="scores")(s)) @ v)
+
+
+class Block(nn.Module):
+    scale: bool = True
+    gelu_tanh: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        x = x + Attention(self.scale, name="attn")(nn.LayerNorm(epsilon=1e-5, name="ln1")(x))
+        h = nn.Dense(HIDDEN, name="fc1")(nn.LayerNorm(epsilon=1e-5, name="ln2")(x))
+        x = x + nn.Dense(D, name="fc2")(Act(lambda h: nn.gelu(h, approximate=self.gelu_tanh),
+                                            name="act")(h))
+        return nn.Dense(CLASSES, name="head")(x.mean(axis=1))
+
+
+def block_variables(reference):
+    params = {name: dense(getattr(reference, name)) for name in ("fc1", "fc2", "head")}
+    params["attn"] = {name: dense(getattr(reference.attn, name)) for name in ("q", "k", "v", "o")}
+    for name in ("ln1", "ln2"):
+        norm = getattr(reference, name)
+        params[name] = {"scale": numpy_of(norm.weight), "bias": numpy_of(norm.bias)}
+    return {"params": params}
+
+
+@pytest.fixture(scope="module")
+def block_reference(tmp_path_factory):
+    from diff_nets import Block as TorchBlock
+    torch.manual_seed(4)
+    model = TorchBlock(D).eval()
+    tokens = np.random.default_rng(5).standard_normal((N, SEQ, D)).astype(np.float32)
+    path = tmp_path_factory.mktemp("torch") / "block.h5"
+    tdt.record(model, torch.from_numpy(tokens), path, dims={"batch": N, "seq": SEQ, "model": D},
+               loss_fn=lambda out: torch.nn.functional.cross_entropy(out, torch.from_numpy(BLOCK_LABELS)))
+    return model, tokens, path
+
+
+def block_report(block_reference, tmp_path, name, **options):
+    reference, tokens, torch_path = block_reference
+    path = tmp_path / f"{name}.h5"
+
+    def loss(out):
+        log_probs = jax.nn.log_softmax(out, axis=-1)
+        return -jnp.take_along_axis(log_probs, jnp.asarray(BLOCK_LABELS)[:, None], axis=-1).mean()
+
+    tdj.record(Block(**options), tokens, path, params=block_variables(reference), loss_fn=loss,
+               dims={"batch": N, "seq": SEQ, "model": D})
+    return td.diff(path, torch_path)
+
+
+def test_correct_transformer_block_port_reports_no_divergence(block_reference, tmp_path):
+    report = block_report(block_reference, tmp_path, "block")
+    assert diverging(report) == [] and report.ok
+    names = {p.a_name for p in report.pairs if p.kind == "backward"}
+    assert {"ln1", "attn.q", "attn.scores", "attn.softmax", "attn", "ln2", "fc1", "act", "fc2",
+            "head"} <= names
+
+
+def test_block_port_without_the_attention_scale_is_named_at_the_scores(block_reference, tmp_path):
+    report = block_report(block_reference, tmp_path, "noscale", scale=False)
+    first = report.first_divergence.forward
+    assert (first.a_name, first.status) == ("attn.scores", "diverged")
+    assert "constant scale factor" in first.hint
+
+
+def test_block_port_with_flax_default_tanh_gelu_is_named_at_the_activation(block_reference, tmp_path):
+    """Flax's nn.gelu is the tanh approximation by default; torch's nn.GELU is exact."""
+    report = block_report(block_reference, tmp_path, "tanh", gelu_tanh=True)
+    assert report.first_divergence.forward.a_name == "act"
