@@ -157,6 +157,17 @@ def test_nnx_module_is_recorded_without_touching_it(tmp_path):
     assert found[("param", "norm.mean", 0)].meta["role"] == "running_mean"
     assert ("param_grad", "norm.mean", 0) not in found and ("param_grad", "norm.scale", 0) in found
 
+    # jitted: the plain compiled module's output, bitwise
+    out = tdj.record(model, images, tmp_path / "jit.h5", loss_fn=mean_square, jit=True,
+                     include=["conv", "norm*"])
+    graphdef, state = nnx.split(model)
+    plain = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))(state, images)
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(plain))
+    assert {(k, n) for k, n, _ in records(tmp_path / "jit.h5") if k in ("forward", "param")} == {
+        ("forward", "conv"), ("forward", "norm"), ("param", "norm.scale"), ("param", "norm.bias"),
+        ("param", "norm.mean"), ("param", "norm.var"),
+        ("param", "conv.kernel"), ("param", "conv.bias")}   # kept by their module path "conv"
+
 
 def test_trace_meta_says_whether_x64_is_on_and_the_matmul_precision(tmp_path):
     def f(params, x):

@@ -177,7 +177,7 @@ def tap_nnx_copy(module, taps):
     """Give every submodule of ``module`` (a copy made for this run) a tapping ``__call__``."""
     from flax import nnx
     for path, sub in nnx.iter_modules(module):
-        if not callable(sub) or type(sub).__call__ is object.__call__:
+        if not callable(sub):
             continue
         name = ".".join(str(p) for p in path) or ROOT
         object.__setattr__(sub, "__tracediff_path__", name)
