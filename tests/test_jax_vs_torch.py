@@ -127,10 +127,12 @@ def linen_mlp_variables(reference, fc1_bias=True):
     return {"params": {"fc1": fc1, "fc2": dense(reference.fc2)}}
 
 
-def linen_cnn_variables(reference):
+def linen_cnn_variables(reference, reorder_flatten=True):
     conv, bn, fc = reference.conv, reference.bn, reference.fc
     # Flax flattens NHWC activations in H, W, C order: reorder the kernel's rows to match.
     kernel = numpy_of(fc.weight).reshape(K, C, H, W).transpose(2, 3, 1, 0).reshape(H * W * C, K)
+    if not reorder_flatten:
+        kernel = numpy_of(fc.weight).T               # the classic porting bug
     return {"params": {"conv": {"kernel": numpy_of(conv.weight).transpose(2, 3, 1, 0),  # OIHW->HWIO
                                 "bias": numpy_of(conv.bias)},
                        "bn": {"scale": numpy_of(bn.weight), "bias": numpy_of(bn.bias)},

@@ -78,6 +78,10 @@ class Taps:
                 self.input_layouts[name] = self._layouts[id(value)]
 
     # -- one module call (or one ``tap``) --------------------------------------------------
+    def module_inputs(self, args, kwargs):
+        """The arguments a module is called with (replay substitutes the reference's)."""
+        return args, kwargs
+
     def module_output(self, path, module, args, output):
         """Tap every array leaf of a module's ``output``; returns the output to pass on."""
         self.modules.setdefault(path, module)
@@ -161,9 +165,10 @@ class active:
 # -- Linen ---------------------------------------------------------------------------------
 def linen_interceptor(taps):
     def intercept(next_fun, args, kwargs, context):
-        output = next_fun(*args, **kwargs)
         if context.method_name != "__call__":
-            return output
+            return next_fun(*args, **kwargs)
+        args, kwargs = taps.module_inputs(args, kwargs)
+        output = next_fun(*args, **kwargs)
         path = ".".join(str(p) for p in context.module.path) or ROOT
         return taps.module_output(path, context.module, (args, kwargs), output)
     return intercept
@@ -190,6 +195,7 @@ def _tapping_class(cls):
         original = cls.__call__
 
         def __call__(self, *args, **kwargs):
+            args, kwargs = self.__tracediff_taps__.module_inputs(args, kwargs)
             output = original(self, *args, **kwargs)
             return self.__tracediff_taps__.module_output(
                 self.__tracediff_path__, self, (args, kwargs), output)

@@ -32,10 +32,12 @@ class Linen:
     api = "linen"
 
     def __init__(self, module, params):
+        if params is None and module.scope is not None:     # a bound module: module.bind(v)
+            module, params = module.unbind()
         if params is None:
             raise TraceDiffError(
                 f"jax.record of the Linen module {type(module).__name__} needs its variables: "
-                "pass params=module.init(key, x) (or the 'params' tree alone)")
+                "pass params=module.init(key, x) (or the 'params' tree alone), or a bound module")
         if not isinstance(params, dict):
             raise TraceDiffError(
                 f"params of a Linen module must be the variables dict from module.init, got "
