@@ -27,7 +27,7 @@ from ...structure import named_leaves
 from . import meta as jmeta
 
 ROOT = "<root>"
-_ACTIVE = contextvars.ContextVar("tracediff_jax_taps", default=None)
+_ACTIVE = contextvars.ContextVar("tracediff_jax_taps", default=None)   # the run's Taps
 
 
 def is_array(value) -> bool:
@@ -136,6 +136,11 @@ def zeros_for(captured) -> dict:
     """Zero perturbations for every float output of the forward pass."""
     return {key: np.zeros(value.shape, value.dtype) for key, value in captured.items()
             if jax.numpy.issubdtype(value.dtype, jax.numpy.inexact)}
+
+
+def current():
+    """The ``Taps`` of the run in progress (None outside ``record``/``replay``)."""
+    return _ACTIVE.get()
 
 
 def tap(name: str, value):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 
 from ...errors import TraceDiffError
-from .capture import ROOT, active, linen_interceptor, tap_nnx_copy
+from .capture import ROOT, current, linen_interceptor, tap_nnx_copy
 from .inputs import jitted
 
 
@@ -50,8 +50,7 @@ class Linen:
 
     def run(self, trainable, args, kwargs):
         import flax.linen as nn
-        from .capture import _ACTIVE
-        with nn.intercept_methods(linen_interceptor(_ACTIVE.get())):
+        with nn.intercept_methods(linen_interceptor(current())):
             return self.module.apply({"params": trainable, **self.frozen}, *args, **kwargs)
 
     def plain(self, trainable, args, kwargs):
@@ -78,10 +77,8 @@ class Nnx:
 
     def run(self, trainable, args, kwargs):
         from flax import nnx
-
-        from .capture import _ACTIVE
         copy = nnx.merge(self.graphdef, trainable, self.stats, self.rest)
-        tap_nnx_copy(copy, _ACTIVE.get())
+        tap_nnx_copy(copy, current())
         return copy(*args, **kwargs)
 
     def plain(self, trainable, args, kwargs):
@@ -107,9 +104,8 @@ class Function:
         self.name = _name(fn)
 
     def run(self, trainable, args, kwargs):
-        from .capture import _ACTIVE
         output = self.fn(trainable, *args, **kwargs)
-        taps = _ACTIVE.get()
+        taps = current()
         return taps.function_value(ROOT, output, {"op_type": self.name,
                                                   "inputs": taps.consumed((args, kwargs))})
 
@@ -129,4 +125,3 @@ def _name(fn) -> str:
 
 
 RUNNERS = {"linen": Linen, "nnx": Nnx, "function": Function}
-__all__ = ["RUNNERS", "flat_named", "active"]

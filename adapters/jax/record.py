@@ -68,9 +68,8 @@ def record(model, inputs, path, loss_fn=None, *, params=None, jit=None, values=T
         loss, param_grads, output_grads = _gradients(
             runner, loss_fn, args, kwargs, zeros_for(captured), use_jit)
 
-    import flax
     rec = Recorder(path, framework="jax", dims=dims, model=model_name or runner.name, seed=seed,
-                   framework_version=f"jax {jax.__version__} / flax {flax.__version__}",
+                   framework_version=_versions(),
                    overwrite=overwrite, values=values, flush_every=64,
                    meta={**jmeta.trace_meta(jax), "api": runner.api, "jit": use_jit})
     try:
@@ -81,6 +80,15 @@ def record(model, inputs, path, loss_fn=None, *, params=None, jit=None, values=T
         raise
     rec.close()
     return output
+
+
+def _versions() -> str:
+    """``jax 0.10.2 / flax 0.12.8``; a plain function needs no Flax installed."""
+    try:
+        import flax
+    except ImportError:
+        return f"jax {jax.__version__}"
+    return f"jax {jax.__version__} / flax {flax.__version__}"
 
 
 def _uninstrumented(runner, args, kwargs):
