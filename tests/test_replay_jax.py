@@ -1,5 +1,7 @@
 """Layer replay of Flax ports against their torch references: each submodule run on the torch
 reference's values (rearranged to channels-last), every porting bug its own root cause."""
+import json
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -40,3 +42,46 @@ def test_nnx_and_linen_mlp_ports_replay(mlp_reference):
     assert td.replay(NnxMLP(reference), path).root_causes == []
     port = LinenMLP(activation=jnp.tanh).bind(linen_mlp_variables(reference))
     assert [c["a_name"] for c in td.replay(port, path).root_causes] == ["act"]
+
+
+PORTS = '''
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+class MLP(nnx.Module):
+    def __init__(self, activation):
+        rngs = nnx.Rngs(0)
+        self.fc1, self.fc2 = nnx.Linear(7, 5, rngs=rngs), nnx.Linear(5, 13, rngs=rngs)
+        self.activation = activation
+
+    def __call__(self, x):
+        return self.fc2(self.activation(self.fc1(x)))
+
+
+model = MLP(nnx.relu)
+bad = MLP(jnp.tanh)
+'''
+
+
+def test_tracediff_replay_takes_a_flax_module_from_the_command_line(tmp_path, monkeypatch, capsys):
+    """The CLI records the NNX module itself (not called as a factory) and names the root cause;
+    the reference is the correct port's own trace."""
+    from tracediff.adapters import jax as tdj
+    from tracediff.cli import main
+
+    (tmp_path / "flax_ports.py").write_text(PORTS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import flax_ports
+    x = jnp.asarray(flax_ports.np.random.default_rng(0).standard_normal((3, 7)), jnp.float32)
+    tdj.record(flax_ports.model, x, tmp_path / "ref.h5")
+    assert main(["replay", "flax_ports:model", "ref.h5"]) == 0
+    assert main(["replay", "flax_ports:bad", "ref.h5", "--json", "bad.json"]) == 1
+    assert "1 root cause(s), worst first:" in capsys.readouterr().out
+    # the activation is plain code in the parent, no module: the first module it feeds is named
+    causes = json.loads((tmp_path / "bad.json").read_text())["root_causes"]
+    assert [c["a_name"] for c in causes] == ["fc2"]
+    assert main(["replay", "flax_ports:nothing", "ref.h5"]) == 2
+    assert "CANDIDATE: flax_ports has no 'nothing'" in capsys.readouterr().err
