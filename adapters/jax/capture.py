@@ -47,13 +47,15 @@ class Tapped:
 
 
 class Taps:
+    """One run's interception state: what was tapped, in order, and (forward pass) the values."""
+
     def __init__(self, perturbs=None):
         self.perturbs = perturbs
         self.tapped: list[Tapped] = []
         self.values = {}                  # key -> value (forward pass)
         self._calls = defaultdict(int)
         self._sources = {}                # id(array) -> (record dict, array kept alive)
-        self._layouts = {}                # id(array) -> layout
+        self._layouts = {}                # id(array) -> (layout, array: pins the id)
         self.modules = {}                 # module path -> the Flax module called there
         self.input_layouts = {}           # input record name -> layout its consumer declared
 
@@ -75,7 +77,7 @@ class Taps:
         """After the run: the layout each model input was consumed in (a conv's NHWC)."""
         for name, value in named:
             if id(value) in self._layouts:
-                self.input_layouts[name] = self._layouts[id(value)]
+                self.input_layouts[name] = self._layouts[id(value)][0]
 
     # -- one module call (or one ``tap``) --------------------------------------------------
     def module_inputs(self, args, kwargs):
@@ -87,9 +89,7 @@ class Taps:
         self.modules.setdefault(path, module)
         inputs = [leaf for leaf in jax.tree_util.tree_leaves(args) if is_array(leaf)]
         for leaf in inputs:   # a convolution's input is channels-last: marks the model inputs
-            layout = jmeta.declared_layout(module, leaf.ndim)
-            if layout and id(leaf) not in self._layouts:
-                self._layouts[id(leaf)] = layout
+            self._set_layout(leaf, jmeta.declared_layout(module, leaf.ndim))
         base = {"op_type": type(module).__name__, "module": "" if path == ROOT else path,
                 **jmeta.config_meta(module), "inputs": self.consumed(args)}
         return self._tap_tree(path, output, lambda leaf: dict(
@@ -109,8 +109,7 @@ class Taps:
         self._calls[name] += 1
         entry = Tapped(name, call, {**meta, "framework_dtype": str(value.dtype)})
         self.tapped.append(entry)
-        if "layout" in entry.meta:
-            self._layouts[id(value)] = entry.meta["layout"]
+        self._set_layout(value, entry.meta.get("layout"))
         if self.perturbs is None:
             self.values[entry.key] = value
             self._sources[id(value)] = ({"kind": "forward", "name": name, "call": call}, value)
@@ -118,18 +117,21 @@ class Taps:
         zeros = self.perturbs.get(entry.key)
         return value if zeros is None else value + zeros
 
+    def _set_layout(self, leaf, layout):
+        if layout and id(leaf) not in self._layouts:
+            self._layouts[id(leaf)] = (layout, leaf)
+
     def _layout(self, module, inputs, output) -> dict:
         layout = jmeta.declared_layout(module, output.ndim)
         if layout:
             return {"layout": layout}
-        known = [(leaf, self._layouts[id(leaf)]) for leaf in inputs if id(leaf) in self._layouts]
+        known = [(leaf, self._layouts[id(leaf)][0]) for leaf in inputs if id(leaf) in self._layouts]
         if len(known) != 1:
             return {}
         leaf, inherited = known[0]
         if leaf.shape == output.shape:
             return {"layout": inherited}
         return jmeta.flatten_layout(inherited, leaf.shape, output.shape)
-
 
 
 def zeros_for(captured) -> dict:
