@@ -24,7 +24,7 @@ from typing import Protocol
 
 # model files, by suffix, and the adapter that records them
 MODEL_SUFFIXES = {".onnx": "onnx", ".tflite": "litert"}
-ADAPTERS = ("numpy", "torch", "tensorflow", "onnx", "litert")
+ADAPTERS = ("numpy", "torch", "tensorflow", "onnx", "litert", "jax")
 
 
 class Adapter(Protocol):
@@ -42,15 +42,18 @@ def load(name: str) -> Adapter:
 
 
 def framework_of(model) -> str | None:
-    """The adapter that records ``model`` (``torch``, ``tensorflow``, ``onnx``, ``litert`` or
-    ``numpy`` for a plain function), decided without importing a framework: a torch module can
-    only exist once torch is imported, so ``sys.modules`` is asked. None for anything else, and
-    for a path that is not an ``.onnx`` or ``.tflite`` file."""
+    """The adapter that records ``model`` (``torch``, ``tensorflow``, ``onnx``, ``litert``,
+    ``jax`` for a Flax module or a ``jax.jit`` function, or ``numpy`` for a plain function),
+    decided without importing a framework: a torch module can only exist once torch is imported,
+    so ``sys.modules`` is asked. None for anything else, and for a path that is not an ``.onnx``
+    or ``.tflite`` file."""
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(model, torch.nn.Module):
         return "torch"
     if is_keras_layer(model):
         return "tensorflow"
+    if is_jax_model(model):
+        return "jax"
     onnx = sys.modules.get("onnx")
     if onnx is not None and isinstance(model, onnx.ModelProto):
         return "onnx"
@@ -64,3 +67,14 @@ def framework_of(model) -> str | None:
 def is_keras_layer(model) -> bool:
     return any(cls.__name__ == "Layer" and cls.__module__.startswith(("keras", "tf_keras"))
                for cls in type(model).__mro__)
+
+
+def is_jax_model(model) -> bool:
+    """A Flax Linen or NNX module, or a ``jax.jit``-compiled function (a plain Python function
+    over JAX arrays looks like any other function: pass it to the jax adapter yourself)."""
+    for name in ("flax.linen", "flax.nnx"):
+        flax = sys.modules.get(name)
+        if flax is not None and isinstance(model, flax.Module):
+            return True
+    return "jax" in sys.modules and type(model).__module__.startswith(("jax", "jaxlib")) \
+        and callable(model) and hasattr(model, "lower")

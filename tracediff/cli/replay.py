@@ -66,5 +66,6 @@ def load_object(spec, label):
 
 
 def _is_model(obj) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(obj, torch.nn.Module)
+    """A model an adapter records (torch, Keras, Flax, ONNX), not a factory to call."""
+    from ..adapters.base import framework_of
+    return framework_of(obj) not in (None, "numpy")

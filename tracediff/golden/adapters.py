@@ -14,7 +14,8 @@ ONNX_LOSSES = ("cross_entropy", "mse", "sum")
 
 
 def framework_of(model) -> str:
-    """``torch``, ``tensorflow``, ``onnx``, ``litert`` or ``numpy``; one clear refusal otherwise."""
+    """``torch``, ``tensorflow``, ``jax``, ``onnx``, ``litert`` or ``numpy``; one clear refusal
+    otherwise."""
     framework = adapter_for(model)
     if framework is not None:
         return framework
@@ -40,6 +41,9 @@ def record(model, inputs, path, *, loss_fn=None, values=True, options=None) -> s
             adapter.record(model, inputs, path, loss_fn=loss_fn, values=values, **options)
     elif framework == "tensorflow":
         from ..adapters import tensorflow as adapter
+        adapter.record(model, inputs, path, loss_fn=loss_fn, values=values, **options)
+    elif framework == "jax":
+        from ..adapters import jax as adapter
         adapter.record(model, inputs, path, loss_fn=loss_fn, values=values, **options)
     elif framework == "onnx":
         loss, target = _onnx_loss(loss_fn)

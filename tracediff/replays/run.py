@@ -97,6 +97,10 @@ def _run_layers(framework, candidate, run_inputs, values, wanted, report, trace_
         from ..adapters.tensorflow import replay as keras_replay
         return (keras_replay.replay(candidate, run_inputs, values, set(wanted)), {}, {},
                 "not run: a layer's output through an op that is no layer")
+    if framework == "jax":
+        from ..adapters.jax import replay as jax_replay
+        return (jax_replay.replay(candidate, run_inputs, values, set(wanted)), {}, {},
+                "not run: a module's output through plain jnp code, or no module's output")
     if framework == "onnx":
         from ..adapters.onnx import replay as onnx_replay
         return (onnx_replay.replay(candidate, values, set(wanted), trace_a), {}, {},
@@ -157,6 +161,9 @@ def _record(framework, candidate, inputs, path, loss_fn):
             raise TraceDiffError("replay: a LiteRT candidate replays forward only: drop loss_fn")
         from ..adapters import litert as adapter
         adapter.record(candidate, inputs, path, overwrite=True)
+    elif framework == "jax":
+        from ..adapters import jax as adapter
+        adapter.record(candidate, inputs, path, loss_fn=loss_fn, overwrite=True)
     elif framework == "onnx":
         if loss_fn is not None:
             raise TraceDiffError("replay: an ONNX candidate replays forward only: drop loss_fn")

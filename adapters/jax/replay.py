@@ -1,0 +1,56 @@
+"""Layer replay for Flax candidates (``td.replay``): each submodule run on the reference's
+values of the records it consumed.
+
+The recording's interception (Linen ``intercept_methods``, NNX's tapped copy) substitutes,
+before each module call, every argument that a recorded module produced (or that is a model
+input) with the reference's value of that record, when the shapes agree. The run is eager, so
+each array is the object its producer returned; a value made by plain ``jnp`` code between
+modules has no record and is computed from substituted values.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from .capture import Taps, active, is_array
+from .inputs import kind_of, named_inputs, split_inputs
+from .models import RUNNERS
+
+
+class _Substitution(Taps):
+    def __init__(self, reference, wanted):
+        super().__init__()
+        self.reference, self.wanted = reference, wanted
+        self.local = {}
+
+    def module_inputs(self, args, kwargs):
+        return jax.tree_util.tree_map(self._substituted, (args, kwargs))
+
+    def _substituted(self, leaf):
+        entry = self._sources.get(id(leaf)) if is_array(leaf) else None
+        if entry is None:
+            return leaf
+        source = entry[0]
+        value = self.reference(source["kind"], source["name"], source["call"])
+        if value is None or tuple(value.shape) != tuple(leaf.shape):
+            return leaf
+        return jnp.asarray(value, dtype=leaf.dtype)
+
+    def _tap(self, name, value, meta):
+        call = self._calls[name]
+        value = super()._tap(name, value, meta)
+        if (name, call) in self.wanted:
+            self.local[(name, call)] = jax.device_get(value)
+        return value
+
+
+def replay(model, inputs, reference, wanted, params=None):
+    """``{(record name, call): local output}`` for the forward records in ``wanted``; see
+    ``tracediff.adapters.torch.replay.replay`` for ``reference``."""
+    runner = RUNNERS[kind_of(model)](model, params)
+    args, kwargs = split_inputs(inputs)
+    substitution = _Substitution(reference, wanted)
+    substitution.mark_inputs(named_inputs(args, kwargs))
+    with active(substitution):
+        runner.run(runner.trainable, args, kwargs)
+    return substitution.local

@@ -1,0 +1,87 @@
+"""Layer replay of Flax ports against their torch references: each submodule run on the torch
+reference's values (rearranged to channels-last), every porting bug its own root cause."""
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+jax = pytest.importorskip("jax")
+pytest.importorskip("flax")
+
+import jax.numpy as jnp  # noqa: E402
+
+import tracediff as td  # noqa: E402
+from test_jax_vs_torch import (LinenCNN, LinenMLP, NnxMLP, cnn_reference, features,  # noqa: E402,F401
+                               images, jax_loss, linen_cnn_variables, linen_mlp_variables,
+                               mlp_reference)
+
+
+def test_a_correct_channels_last_port_has_no_root_cause(cnn_reference, images):
+    reference, path, _ = cnn_reference
+    port = LinenCNN().bind(linen_cnn_variables(reference))   # a bound module carries its variables
+    report = td.replay(port, path, inputs=images.transpose(0, 2, 3, 1), loss_fn=jax_loss)
+    assert report.ok and report.root_causes == []
+    local = {p.a_name: p.local["status"] for p in report.pairs if p.kind == "forward"}
+    assert local == {"conv": "ok", "bn": "ok", "act": "ok", "pool": "ok", "flat": "ok", "fc": "ok",
+                     "<root>": "ok"}
+
+
+def test_two_porting_bugs_are_two_root_causes(cnn_reference, images):
+    """A sigmoid for the ReLU, and the Dense kernel not reordered for the NHWC flatten: the diff
+    names the first; replay names both, each at its layer."""
+    reference, path, _ = cnn_reference
+    port = LinenCNN(activation=jax.nn.sigmoid).bind(
+        linen_cnn_variables(reference, reorder_flatten=False))
+    report = td.replay(port, path, inputs=images.transpose(0, 2, 3, 1), loss_fn=jax_loss)
+    assert report.first_divergence.forward.a_name == "act"
+    assert sorted(c["a_name"] for c in report.root_causes) == ["act", "fc"]
+
+
+def test_nnx_and_linen_mlp_ports_replay(mlp_reference):
+    reference, path, _ = mlp_reference
+    assert td.replay(NnxMLP(reference), path).root_causes == []
+    port = LinenMLP(activation=jnp.tanh).bind(linen_mlp_variables(reference))
+    assert [c["a_name"] for c in td.replay(port, path).root_causes] == ["act"]
+
+
+PORTS = '''
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+class MLP(nnx.Module):
+    def __init__(self, activation):
+        rngs = nnx.Rngs(0)
+        self.fc1, self.fc2 = nnx.Linear(7, 5, rngs=rngs), nnx.Linear(5, 13, rngs=rngs)
+        self.activation = activation
+
+    def __call__(self, x):
+        return self.fc2(self.activation(self.fc1(x)))
+
+
+model = MLP(nnx.relu)
+bad = MLP(jnp.tanh)
+'''
+
+
+def test_tracediff_replay_takes_a_flax_module_from_the_command_line(tmp_path, monkeypatch, capsys):
+    """The CLI records the NNX module itself (not called as a factory) and names the root cause;
+    the reference is the correct port's own trace."""
+    from tracediff.adapters import jax as tdj
+    from tracediff.cli import main
+
+    (tmp_path / "flax_ports.py").write_text(PORTS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import flax_ports
+    x = jnp.asarray(flax_ports.np.random.default_rng(0).standard_normal((3, 7)), jnp.float32)
+    tdj.record(flax_ports.model, x, tmp_path / "ref.h5")
+    assert main(["replay", "flax_ports:model", "ref.h5"]) == 0
+    assert main(["replay", "flax_ports:bad", "ref.h5", "--json", "bad.json"]) == 1
+    assert "1 root cause(s), worst first:" in capsys.readouterr().out
+    # the activation is plain code in the parent, no module: the first module it feeds is named
+    causes = json.loads((tmp_path / "bad.json").read_text())["root_causes"]
+    assert [c["a_name"] for c in causes] == ["fc2"]
+    assert main(["replay", "flax_ports:nothing", "ref.h5"]) == 2
+    assert "CANDIDATE: flax_ports has no 'nothing'" in capsys.readouterr().err
