@@ -147,30 +147,24 @@ def _first_step(reference):
     return next(iter(reference)).step
 
 
+FORWARD_ONLY = {"onnx": "an ONNX", "litert": "a LiteRT"}    # inference runtimes: no loss_fn
+
+
 def _record(framework, candidate, inputs, path, loss_fn):
+    """The candidate's own trace on ``inputs``, through its adapter (``base.load``)."""
+    from ..adapters.base import load
+
+    if framework in FORWARD_ONLY and loss_fn is not None:
+        raise TraceDiffError(f"replay: {FORWARD_ONLY[framework]} candidate replays forward only: "
+                             "drop loss_fn")
+    adapter = load(framework)
     if framework == "torch":
-        from ..adapters import torch as adapter
         from ..adapters.torch.replay import kept_buffers
         with kept_buffers(candidate):
             adapter.record(candidate, inputs, path, loss_fn=loss_fn, overwrite=True)
-    elif framework == "tensorflow":
-        from ..adapters import tensorflow as adapter
+    elif framework in ("tensorflow", "jax"):
         adapter.record(candidate, inputs, path, loss_fn=loss_fn, overwrite=True)
-    elif framework == "litert":
-        if loss_fn is not None:
-            raise TraceDiffError("replay: a LiteRT candidate replays forward only: drop loss_fn")
-        from ..adapters import litert as adapter
-        adapter.record(candidate, inputs, path, overwrite=True)
-    elif framework == "jax":
-        from ..adapters import jax as adapter
-        adapter.record(candidate, inputs, path, loss_fn=loss_fn, overwrite=True)
-    elif framework == "onnx":
-        if loss_fn is not None:
-            raise TraceDiffError("replay: an ONNX candidate replays forward only: drop loss_fn")
-        from ..adapters import onnx as adapter
-        adapter.record(candidate, inputs, path, overwrite=True)
-    else:
-        from ..adapters import numpy as adapter
+    else:     # ONNX, LiteRT, and a NumPy port, which records its own loss
         adapter.record(candidate, inputs, path, overwrite=True)
 
 
