@@ -19,6 +19,8 @@ from __future__ import annotations
 from .families import family
 
 SUSPECT_REL_L2 = 0.5   # a diverged activation pair this far apart may be a false pair
+NORM_SLACK = 0.05      # values that agree have L2 norms this close (any layout keeps the norm)
+MAX_TRIALS = 2000      # more plausible pairings than this: two different models, not a crossing
 WINDOW = 8             # how many activations apart two suspects may be (parameters: any,
                        # since frameworks write buffers at different places)
 KINDS = ("forward", "backward", "param", "param_grad")
@@ -53,19 +55,17 @@ def _rematch_kind(kind, pairs, unmatched_a, unmatched_b, ta, tb, compare):
     records_b = [r for r in unmatched_b if r.kind == kind] + [tb[p.b_index] for p in suspects]
     order_a = _positions(records_a)
     order_b = _positions(records_b)
+    candidates = [(ra, rb) for ra in records_a for rb in records_b
+                  if (ra.index in pool_a or rb.index in pool_b or _both_unmatched_ok(ra, rb))
+                  and _plausible(ra, rb, order_a, order_b)
+                  and getattr(pool_a.get(ra.index), "b_index", None) != rb.index]
+    if len(candidates) > MAX_TRIALS:
+        return pairs, unmatched_a, unmatched_b
     trials = []
-    for ra in records_a:
-        for rb in records_b:
-            if ra.index not in pool_a and rb.index not in pool_b and not _both_unmatched_ok(ra, rb):
-                continue
-            if not _plausible(ra, rb, order_a, order_b):
-                continue
-            existing = pool_a.get(ra.index)
-            if existing is not None and existing.b_index == rb.index:
-                continue
-            trial = compare(ra, rb)
-            if trial.status in ("ok", "layout"):
-                trials.append((trial.rel_l2 or 0.0, ra.index, rb.index, trial))
+    for ra, rb in candidates:
+        trial = compare(ra, rb)
+        if trial.status in ("ok", "layout"):
+            trials.append((trial.rel_l2 or 0.0, ra.index, rb.index, trial))
     chosen = _unambiguous(trials)
     if not chosen:
         return pairs, unmatched_a, unmatched_b
@@ -93,7 +93,7 @@ def _positions(records):
 
 
 def _plausible(ra, rb, order_a, order_b) -> bool:
-    if ra.step != rb.step or ra.numel != rb.numel or ra.numel == 0:
+    if ra.step != rb.step or ra.numel != rb.numel or ra.numel == 0 or not _norms_agree(ra, rb):
         return False
     if ra.kind in ("param", "param_grad"):
         role_a, role_b = ra.meta.get("role"), rb.meta.get("role")
@@ -102,6 +102,15 @@ def _plausible(ra, rb, order_a, order_b) -> bool:
         return False
     fa, fb = family(ra.meta.get("op_type")), family(rb.meta.get("op_type"))
     return not (fa and fb and fa != fb)
+
+
+def _norms_agree(ra, rb) -> bool:
+    """The recorded L2 norms (no tensor read) of two records whose values could agree."""
+    try:
+        la, lb = float(ra.stats["l2"]), float(rb.stats["l2"])
+    except (KeyError, TypeError, ValueError):
+        return True
+    return abs(la - lb) <= NORM_SLACK * max(abs(la), abs(lb)) + 1e-12
 
 
 def _both_unmatched_ok(ra, rb) -> bool:
