@@ -16,7 +16,7 @@ VERBS = {
     "replay": "run each layer of a candidate model on a reference trace's inputs: every root cause",
     "extract": "write a one-layer repro (HDF5 case + pytest file) of a candidate's layer",
     "check": "run the health checks on a trace",
-    "record": "record every node output of an ONNX model through onnxruntime",
+    "record": "record every tensor of an ONNX (onnxruntime) or LiteRT (.tflite) model",
     "demo": "record planted-bug ports and their references, and diff them",
 }
 
