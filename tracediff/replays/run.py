@@ -17,12 +17,13 @@ from .local import judge, root_causes, settle_introduced, skipped
 
 def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None, atol=None,
            align="auto", rename=None, tolerances=None, keep=None):
-    """Replay ``candidate`` (a torch module, or a NumPy ``fn(rec, inputs)`` with ``layers``)
-    against the reference trace ``ref``; return the diff report, its forward pairs carrying
-    ``local`` and the report ``root_causes``.
+    """Replay ``candidate`` (a torch module, a Keras model, a Flax module, an ONNX or LiteRT
+    model, or a NumPy ``fn(rec, inputs)`` with ``layers``) against the reference trace ``ref``;
+    return the diff report, its pairs carrying ``local`` and the report ``root_causes``.
 
     ``inputs``: what the candidate is run on (default: the reference's own ``input`` records).
-    ``layers``: NumPy only, ``{layer name: fn(*inputs) -> output}`` for the layers to replay.
+    ``layers``: NumPy only, ``{layer name: fn(*inputs)}`` or objects with ``forward`` and
+    ``backward`` (docs/replay.md) for the layers to replay.
     ``keep``: a path to keep the candidate's trace at (default: a temporary file).
     """
     from ..compare import diff
@@ -55,25 +56,8 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
                         wanted.setdefault((pair.a_name, pair.a_call), []).append(pair)
                 local, grads, input_grads, why = _run_layers(
                     framework, candidate, run_inputs, values, wanted, report, trace_a, layers)
-                policy = _policy(rtol, atol, rename, tolerances)
-                no_gradient = {
-                    "torch": "no call of its module had the reference's dL/d(output)",
-                    "numpy": "no layer with a backward in layers= gave it a gradient",
-                }.get(framework, "parameter gradients are replayed for torch and NumPy candidates only")
-                for key, pairs in wanted.items():
-                    for pair in pairs:
-                        pair.local = (judge(pair, local[key], reference[pair.b_index], policy,
-                                            values.layouts.get(id(pair), False))
-                                      if key in local else skipped(why))
-                for pair in report.pairs:
-                    if pair.kind == "backward" and (pair.a_name, pair.a_call) in input_grads:
-                        by, value = input_grads[(pair.a_name, pair.a_call)]
-                        pair.local = judge(pair, value, reference[pair.b_index], policy,
-                                           values.layouts.get(id(pair), False), by=by)
-                    if pair.kind == "param_grad":
-                        pair.local = (judge(pair, grads[pair.a_name], reference[pair.b_index], policy,
-                                            values.layouts.get(id(pair), False))
-                                      if pair.a_name in grads else skipped(no_gradient))
+                _judge_all(report, reference, values, wanted, (local, grads, input_grads, why),
+                           framework, _policy(rtol, atol, rename, tolerances))
                 settle_introduced(report)
                 report.a = {**report.a, "path": keep or f"{type(candidate).__name__} (replayed)"}
                 report.root_causes = root_causes(report.pairs)
@@ -82,6 +66,31 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
         if reference is not ref:
             reference.close()
     return report
+
+
+def _judge_all(report, reference, values, wanted, results, framework, policy):
+    """Every forward pair's ``local`` (its candidate record's local output, or why it has
+    none), and the gradients replay produced: dL/d(input) of single-consumer records and the
+    parameters' gradients."""
+    local, grads, input_grads, why = results
+    no_gradient = {
+        "torch": "no call of its module had the reference's dL/d(output)",
+        "numpy": "no layer with a backward in layers= gave it a gradient",
+    }.get(framework, "parameter gradients are replayed for torch and NumPy candidates only")
+    for key, pairs in wanted.items():
+        for pair in pairs:
+            pair.local = (judge(pair, local[key], reference[pair.b_index], policy,
+                                values.layouts.get(id(pair), False))
+                          if key in local else skipped(why))
+    for pair in report.pairs:
+        if pair.kind == "backward" and (pair.a_name, pair.a_call) in input_grads:
+            by, value = input_grads[(pair.a_name, pair.a_call)]
+            pair.local = judge(pair, value, reference[pair.b_index], policy,
+                               values.layouts.get(id(pair), False), by=by)
+        elif pair.kind == "param_grad":
+            pair.local = (judge(pair, grads[pair.a_name], reference[pair.b_index], policy,
+                                values.layouts.get(id(pair), False))
+                          if pair.a_name in grads else skipped(no_gradient))
 
 
 def _run_layers(framework, candidate, run_inputs, values, wanted, report, trace_a, layers):
