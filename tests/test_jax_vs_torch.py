@@ -3,7 +3,6 @@ OIHW -> HWIO, NHWC inputs), recorded with tracediff.adapters.jax and diffed agai
 trace: a correct port reports nothing through channels-last activations and the flatten, and a
 planted bug (a wrong activation, a missing bias, a wrong hand-written gradient) is named at its
 layer."""
-from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -19,46 +18,13 @@ from flax import nnx  # noqa: E402
 import tracediff as td  # noqa: E402
 from tracediff.adapters import jax as tdj  # noqa: E402
 from tracediff.adapters import torch as tdt  # noqa: E402
-
-# Distinct prime sizes: every axis of every tensor is identified by its size.
-DIMS = {"batch": 3, "in_channels": 2, "height": 5, "width": 7, "channels": 11, "classes": 13}
-N, C_IN, H, W, C, K = DIMS.values()
-LABELS = np.array([1, 12, 4])
-
-
-def torch_loss(output):
-    return torch.nn.functional.cross_entropy(output, torch.from_numpy(LABELS))
+from torch_references import (C, DIMS, H, K, LABELS, N, W, cnn_reference,  # noqa: E402,F401
+                              diverging, features, images, mlp_reference, numpy_of, values_differ)
 
 
 def jax_loss(output):
     log_probs = jax.nn.log_softmax(output, axis=-1)
     return -jnp.take_along_axis(log_probs, jnp.asarray(LABELS)[:, None], axis=-1).mean()
-
-
-# -- the PyTorch references (those of tests/test_tensorflow_vs_torch.py) ---------------------
-def torch_mlp():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(OrderedDict(
-        fc1=torch.nn.Linear(W, H), act=torch.nn.ReLU(), fc2=torch.nn.Linear(H, K))).eval()
-
-
-def torch_cnn():
-    torch.manual_seed(1)
-    model = torch.nn.Sequential(OrderedDict(
-        conv=torch.nn.Conv2d(C_IN, C, (3, 5), padding=(1, 2)),
-        bn=torch.nn.BatchNorm2d(C),
-        act=torch.nn.ReLU(),
-        pool=torch.nn.MaxPool2d(3, stride=1, padding=1),
-        flat=torch.nn.Flatten(),
-        fc=torch.nn.Linear(C * H * W, K)))
-    with torch.no_grad():   # non-trivial running statistics
-        model.bn.running_mean.uniform_(-0.5, 0.5)
-        model.bn.running_var.uniform_(0.5, 1.5)
-    return model.eval()
-
-
-def numpy_of(t):
-    return t.detach().numpy()
 
 
 @jax.custom_vjp
@@ -160,40 +126,6 @@ class NnxMLP(nnx.Module):
 
 
 # -- fixtures and helpers ------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def images():
-    return np.random.default_rng(2).standard_normal((N, C_IN, H, W)).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def features():
-    return np.random.default_rng(3).standard_normal((N, W)).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def mlp_reference(features, tmp_path_factory):
-    model = torch_mlp()
-    path = tmp_path_factory.mktemp("torch") / "mlp.h5"
-    output = tdt.record(model, torch.from_numpy(features), path, loss_fn=torch_loss, dims=DIMS)
-    return model, path, numpy_of(output)
-
-
-@pytest.fixture(scope="module")
-def cnn_reference(images, tmp_path_factory):
-    model = torch_cnn()
-    path = tmp_path_factory.mktemp("torch") / "cnn.h5"
-    output = tdt.record(model, torch.from_numpy(images), path, loss_fn=torch_loss, dims=DIMS)
-    return model, path, numpy_of(output)
-
-
-def diverging(report):
-    return [(p.a_name, p.kind, p.status, p.hint) for p in report.pairs if p.diverged]
-
-
-def values_differ(report, kind="forward"):
-    return [p.a_name for p in report.pairs if p.kind == kind and p.status not in ("ok", "layout")]
-
-
 def record_linen_mlp(reference, features, tmp_path, name, **options):
     fc1_bias = options.get("fc1_bias", True)
     path = tmp_path / f"{name}.h5"

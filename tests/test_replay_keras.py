@@ -9,8 +9,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("tensorflow")
 
 import tracediff as td  # noqa: E402
-from test_tensorflow_vs_torch import (cnn_reference, images, keras_cnn, keras_loss,  # noqa: E402,F401
-                                      keras_mlp, mlp_reference, features)
+from test_tensorflow_vs_torch import keras_cnn, keras_loss, keras_mlp  # noqa: E402
+from torch_references import cnn_reference, features, images, mlp_reference  # noqa: E402,F401
 
 
 def nhwc(images):

@@ -2,7 +2,6 @@
 (flatten order after a channels-last conv, a wrong activation) are named at their layer, and a
 correct port reports no divergence through NHWC activations and the flatten."""
 import os
-from collections import OrderedDict
 
 import numpy as np
 import pytest
@@ -14,50 +13,15 @@ keras = pytest.importorskip("keras")
 
 import tracediff as td  # noqa: E402
 from tracediff.adapters import tensorflow as tdtf  # noqa: E402
-from tracediff.adapters import torch as tdt  # noqa: E402
-
-# Distinct prime sizes: every axis of every tensor is identified by its size.
-DIMS = {"batch": 3, "in_channels": 2, "height": 5, "width": 7, "channels": 11, "classes": 13}
-N, C_IN, H, W, C, K = DIMS.values()
-LABELS = np.array([1, 12, 4])
-
-
-def torch_loss(output):
-    return torch.nn.functional.cross_entropy(output, torch.from_numpy(LABELS))
+from torch_references import (C, C_IN, DIMS, H, K, LABELS, W, cnn_reference,  # noqa: E402,F401
+                              diverging, features, images, mlp_reference, numpy_of, values_differ)
 
 
 def keras_loss(output):
     return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(LABELS, output, from_logits=True))
 
 
-# -- the PyTorch references -----------------------------------------------------------------
-def torch_mlp():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(OrderedDict(
-        fc1=torch.nn.Linear(W, H), act=torch.nn.ReLU(), fc2=torch.nn.Linear(H, K))).eval()
-
-
-def torch_cnn():
-    torch.manual_seed(1)
-    model = torch.nn.Sequential(OrderedDict(
-        # A 3x5 kernel: with distinct sizes the HWIO <-> OIHW permutation is unique.
-        conv=torch.nn.Conv2d(C_IN, C, (3, 5), padding=(1, 2)),
-        bn=torch.nn.BatchNorm2d(C),
-        act=torch.nn.ReLU(),
-        pool=torch.nn.MaxPool2d(3, stride=1, padding=1),
-        flat=torch.nn.Flatten(),
-        fc=torch.nn.Linear(C * H * W, K)))
-    with torch.no_grad():   # non-trivial running statistics
-        model.bn.running_mean.uniform_(-0.5, 0.5)
-        model.bn.running_var.uniform_(0.5, 1.5)
-    return model.eval()
-
-
-# -- their Keras ports, weights copied --------------------------------------------------------
-def numpy_of(t):
-    return t.detach().numpy()
-
-
+# -- Keras ports of the torch references (torch_references.py), weights copied ---------------
 def keras_mlp(reference, activation="relu"):
     model = keras.Sequential([
         keras.Input((W,)), keras.layers.Dense(H, name="fc1"),
@@ -93,40 +57,10 @@ def keras_cnn(reference, *, reorder_flatten=True, activation="relu"):
     return model
 
 
-@pytest.fixture(scope="module")
-def images():
-    return np.random.default_rng(2).standard_normal((N, C_IN, H, W)).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def features():
-    return np.random.default_rng(3).standard_normal((N, W)).astype(np.float32)
-
-
-@pytest.fixture(scope="module")
-def cnn_reference(images, tmp_path_factory):
-    model = torch_cnn()
-    path = tmp_path_factory.mktemp("torch") / "cnn.h5"
-    output = tdt.record(model, torch.from_numpy(images), path, loss_fn=torch_loss, dims=DIMS)
-    return model, path, numpy_of(output)
-
-
-@pytest.fixture(scope="module")
-def mlp_reference(features, tmp_path_factory):
-    model = torch_mlp()
-    path = tmp_path_factory.mktemp("torch") / "mlp.h5"
-    output = tdt.record(model, torch.from_numpy(features), path, loss_fn=torch_loss, dims=DIMS)
-    return model, path, numpy_of(output)
-
-
 def record_port(model, inputs, tmp_path, name):
     path = tmp_path / f"{name}.h5"
     output = tdtf.record(model, inputs, path, loss_fn=keras_loss, dims=DIMS)
     return path, output.numpy()
-
-
-def diverging(report):
-    return [(p.a_name, p.kind, p.status, p.hint) for p in report.pairs if p.diverged]
 
 
 def test_correct_mlp_port_reports_no_divergence(mlp_reference, features, tmp_path):
@@ -161,11 +95,6 @@ def port_of_cnn(reference, images, tmp_path, name, **options):
     path, output = record_port(keras_cnn(reference, **options), images.transpose(0, 2, 3, 1),
                                tmp_path, name)
     return path, output
-
-
-def values_differ(report, kind="forward"):
-    """Pairs whose values differ even after any permutation, in b's execution order."""
-    return [p.a_name for p in report.pairs if p.kind == kind and p.status not in ("ok", "layout")]
 
 
 def test_correct_cnn_port_matches_every_record_up_to_layout(cnn_reference, images, tmp_path):
