@@ -37,6 +37,12 @@ class Rearrangement:
     def apply(self, a: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(a.reshape(self.a_atoms).transpose(self.perm)).reshape(self.b_shape)
 
+    def invert(self, b: np.ndarray, shape_a) -> np.ndarray:
+        """The inverse of ``apply``: ``b`` in a's layout, shaped ``shape_a`` (replay feeds a
+        candidate layer the reference's values this way)."""
+        atoms = np.ascontiguousarray(b.reshape(self.b_atoms).transpose(np.argsort(self.perm)))
+        return atoms.reshape(tuple(shape_a))
+
     def map_flat(self, b_flat: np.ndarray) -> np.ndarray:
         """Flat indices into a of the elements at flat indices ``b_flat`` of b."""
         coords_b = np.unravel_index(b_flat, self.b_atoms) if self.b_atoms else ()

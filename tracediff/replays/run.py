@@ -205,15 +205,8 @@ class _ReferenceValues:
         value = self.trace_b[pair.b_index].read()
         layout = self.layouts[id(pair)]
         if layout is not None:
-            value = to_candidate_layout(layout, value, pair.shape_a)
+            value = layout.invert(value, pair.shape_a)
         return as_dtype(value, self.dtypes.get((kind, name, call)))
-
-
-def to_candidate_layout(rearrangement, b, shape_a):
-    """The inverse of ``rearrangement.apply``: a reference tensor in the candidate's layout."""
-    inverse = np.argsort(rearrangement.perm)
-    atoms = np.ascontiguousarray(b.reshape(rearrangement.b_atoms).transpose(inverse))
-    return atoms.reshape(tuple(shape_a))
 
 
 def as_dtype(value, dtype):
