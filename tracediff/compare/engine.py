@@ -231,10 +231,7 @@ def _break_ties_by_producer(pairs, ta, tb, dims):
     symmetric tensor) and that neither identity nor declared layouts settle takes the
     rearrangement its producing pair established: the record meta ``inputs`` names, else the
     forward pair before it."""
-    by_b = {}
-    for p in pairs:
-        by_b.setdefault(p.b_index, p)
-    forward = [p for p in pairs if p.kind == "forward"]
+    by_b, forward = _producer_index(pairs)
     for pair in pairs:
         if not pair.tied or pair.status != "layout" or "chosen)" in (pair.hint or ""):
             continue
@@ -263,10 +260,7 @@ def _follow_producer_layouts(pairs, ta, tb, dims):
     and NCHW activations of one shape, which a ReLU without a declared layout shows only through
     the BatchNorm before it. Taken where it reproduces the values, with the producer's verdict
     (a declared NHWC<->NCHW is no divergence)."""
-    by_b = {}
-    for p in pairs:
-        by_b.setdefault(p.b_index, p)
-    forward = [p for p in pairs if p.kind == "forward"]
+    by_b, forward = _producer_index(pairs)
     for pair in sorted(pairs, key=lambda p: (p.kind != "forward", p.b_index)):
         if pair.status != "diverged" or pair.rearrangement is not None \
                 or pair.shape_a != pair.shape_b or len(pair.shape_a) < 2:
@@ -291,6 +285,15 @@ def _follow_producer_layouts(pairs, ta, tb, dims):
                                            rb.meta.get("layout"))
                      + f" (the layout of {producer.kind} {producer.label()}, which produced it"
                      + (")" if producer.diverged else ": not a divergence)"))
+
+
+def _producer_index(pairs):
+    """What ``_producer`` looks pairs up in: the first pair of each b record, and the forward
+    pairs."""
+    by_b = {}
+    for p in pairs:
+        by_b.setdefault(p.b_index, p)
+    return by_b, [p for p in pairs if p.kind == "forward"]
 
 
 def _producer(pair, tb, by_b, forward):
