@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from .replay import _is_model, load_object
+from ..replays.candidate import load_candidate
 
 
 def add_arguments(parser):
@@ -23,9 +23,7 @@ def add_arguments(parser):
 def run(args) -> int:
     from ..replays.extract import extract
 
-    model = load_object(args.candidate, "--candidate")
-    if callable(model) and not _is_model(model):
-        model = model()
+    model = load_candidate(args.candidate, "--candidate")
     case, test = extract(args.a, args.b, args.layer, model, args.out, spec=args.candidate,
                          call=args.call, rtol=args.rtol, atol=args.atol)
     print(f"wrote {case} and {test}: run `pytest {test}`", file=sys.stdout)

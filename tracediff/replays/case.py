@@ -14,14 +14,12 @@ def check_case(path) -> None:
     error when they differ beyond the stored tolerance."""
     import torch
 
-    from ..cli.replay import load_object
+    from .candidate import load_candidate
 
     with open_trace(path) as case:
         expected = case.get("expected")
         meta = expected.meta
-        model = load_object(meta["candidate"], "candidate")
-        if callable(model) and not isinstance(model, torch.nn.Module):
-            model = model()
+        model = load_candidate(meta["candidate"], "candidate")
         layer = model.get_submodule("" if meta["layer"] == "<root>" else meta["layer"])
         args, kwargs = [], {}
         for r in case:

@@ -37,7 +37,7 @@ def extract(candidate_trace, ref, layer, candidate, out_dir, *, spec, call=0, rt
     the ``package.module:object`` the test file loads it by."""
     from ..adapters.base import framework_of
     from ..compare import diff
-    from .run import _ReferenceValues, _policy, _reference_inputs
+    from .run import _policy, _reference_inputs, _ReferenceValues
 
     if framework_of(candidate) != "torch":
         raise TraceDiffError("extract: the candidate must be a torch module for now "

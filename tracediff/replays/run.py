@@ -26,8 +26,8 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
     ``backward`` (docs/replay.md) for the layers to replay.
     ``keep``: a path to keep the candidate's trace at (default: a temporary file).
     """
-    from ..compare import diff
     from ..adapters.base import framework_of
+    from ..compare import diff
 
     framework = framework_of(candidate)
     if framework is None:
