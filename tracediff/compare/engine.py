@@ -9,19 +9,24 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from ..dataflow import declared_inputs
 from ..dtypes import EPSILON, as_float
 from ..errors import TraceDiffError
 from ..format import hash_algorithm
 from ..trace import Record, Trace, open_trace
-from . import fp64 as fp64_rule, hints, kinks, layout, quantized
-from .findings import findings
-from .align import ALIGN_MODES, align as align_records
+from . import fp64 as fp64_rule
+from . import hints, kinks, layout, quantized
+from .align import ALIGN_MODES
+from .align import align as align_records
 from .decide import Decision, decide
+from .findings import findings
 from .metrics import compare, identical, rms_of, same_bytes
+from .precision import flowed_dtypes
 from .rematch import rematch
 from .report import FirstDivergence, Pair, Report
-from .rules import Rules, load as load_rules, load_tolerances, parse as parse_rules, parse_tolerances
-from .precision import flowed_dtypes
+from .rules import Rules, load_tolerances, parse_tolerances
+from .rules import load as load_rules
+from .rules import parse as parse_rules
 from .tolerances import TolerancePolicy
 
 COMPUTED = ("forward", "backward", "param_grad", "loss")
@@ -300,14 +305,10 @@ def _producer(pair, tb, by_b, forward):
     if pair.kind != "forward":   # a gradient is laid out as its forward record
         return next((p for p in forward if (p.a_name, p.a_call, p.b_name, p.b_call)
                      == (pair.a_name, pair.a_call, pair.b_name, pair.b_call)), None)
-    inputs = tb[pair.b_index].meta.get("inputs")
-    if isinstance(inputs, list):
-        for item in inputs:
-            if not isinstance(item, dict):
-                continue
-            for p in by_b.values():
-                if (p.kind, p.b_name, p.b_call) == (item.get("kind"), item.get("name"), item.get("call", 0)):
-                    return p
+    for source in declared_inputs(tb[pair.b_index]) or []:
+        for p in by_b.values():
+            if (p.kind, p.b_name, p.b_call) == source:
+                return p
     before = [p for p in forward if p.b_index < pair.b_index and p.step == pair.step
               and p.rearrangement is not None]
     return before[-1] if before else None

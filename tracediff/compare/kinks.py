@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..dataflow import declared_inputs
 from ..dtypes import as_float
 from .align import owner
 from .families import family
@@ -113,13 +114,11 @@ def _pool_ties(gate, producer, ta, tb):
 
 def _producer(gate, forward, tb, elementwise=True):
     """The forward pair whose output the gate consumed: meta ``inputs``, else the one before."""
-    inputs = tb[gate.b_index].meta.get("inputs")
-    if isinstance(inputs, list):
-        for item in inputs:
-            if isinstance(item, dict) and item.get("kind") == "forward":
-                for p in forward:
-                    if (p.b_name, p.b_call) == (item.get("name"), item.get("call", 0)):
-                        return p
+    for kind, name, call in declared_inputs(tb[gate.b_index]) or []:
+        if kind == "forward":
+            for p in forward:
+                if (p.b_name, p.b_call) == (name, call):
+                    return p
     before = [p for p in forward if p.b_index < gate.b_index and p.step == gate.step]
     if before and (not elementwise or _numel(before[-1].shape_b) == _numel(gate.shape_b)):
         return before[-1]

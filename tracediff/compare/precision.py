@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 
+from ..dataflow import declared_inputs
 from .tolerances import dtype_default
 
 FLOWING = ("forward", "loss")
@@ -86,10 +87,9 @@ def flowed_dtypes(trace) -> dict:
         if r.kind == "forward":
             flowed = lowest([flowed, _submodules(records, position, out)])
         if r.kind in FLOWING:
-            inputs = r.meta.get("inputs")
-            if isinstance(inputs, list) and not r.meta.get("inputs_partial"):
-                found = [by_key.get((r.step, e.get("kind"), e.get("name"), e.get("call", 0)))
-                         for e in inputs if isinstance(e, dict)]
+            inputs = declared_inputs(r)
+            if inputs is not None and not r.meta.get("inputs_partial"):
+                found = [by_key.get((r.step, kind, name, call)) for kind, name, call in inputs]
                 flowed = lowest([flowed, *found])
             else:
                 flowed = lowest([flowed, upstream])

@@ -2,13 +2,14 @@
 trace recorded without it, the forward (or input) record just before it."""
 from __future__ import annotations
 
+from ..dataflow import declared_inputs
+
 
 def consumed(trace, record) -> list:
     """``[(kind, name, call)]`` of the records ``record`` consumed."""
-    declared = record.meta.get("inputs")
-    if isinstance(declared, list) and declared:
-        return [(entry.get("kind", "forward"), entry["name"], int(entry.get("call", 0)))
-                for entry in declared if isinstance(entry, dict) and "name" in entry]
+    declared = declared_inputs(record)
+    if declared:
+        return declared
     previous = None
     for r in trace:
         if r.index == record.index:
