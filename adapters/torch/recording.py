@@ -15,6 +15,7 @@ import torch
 from tracediff.errors import TraceDiffError
 
 from .capture import Capture
+from .distributed import data_parallel, run_and_record
 from .meta import tensor_meta
 from .select import Selection
 from .session import FLUSH_EVERY, check_level, open_recorder, original_module
@@ -25,10 +26,11 @@ class Recording:
 
     def __init__(self, model, path, every=1, values=False, loss=True, *, level="module",
                  include=None, exclude=None, kinds=None, overwrite=False, dims=None, seed=None,
-                 model_name=None, params=True, flush_every=FLUSH_EVERY, background=None):
+                 model_name=None, params=True, flush_every=FLUSH_EVERY, background=None, shards=None):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise TraceDiffError(f"recording(every={every!r}): every must be a whole number >= 1")
-        self.module, self.compiled = original_module(model)
+        runner, module = run_and_record(model)
+        self.module, self.compiled = original_module(module)
         self.path = path
         self.every = every
         self.values = values
@@ -37,7 +39,8 @@ class Recording:
         self.selection = Selection(include, exclude, kinds)
         self.params = params
         self._options = dict(overwrite=overwrite, dims=dims, seed=seed, model_name=model_name,
-                             flush_every=flush_every, background=background)
+                             flush_every=flush_every, background=background, shards=shards,
+                             data_parallel=data_parallel(runner, self.module))
         self.steps_seen = 0
         self.step = None            # index of the step being recorded, None between them
         self.recorder = self.writer = self.capture = None
