@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tracediff.adapters import torch as tdt
+from tracediff.errors import TraceDiffError
 
 TP_SHARDS = {"mlp.up": "Shard(-1)", "mlp.act": "Shard(-1)", "mlp.down": "Partial()",
              "mlp.up.weight": "Shard(0)", "mlp.up.bias": "Shard(0)", "mlp.down.weight": "Shard(1)"}
@@ -158,6 +159,12 @@ def run_all(rank, world, port, root):
             local_x = x.chunk(world, split_axis)[rank]
             loss_fn = mse(target.chunk(world, 0)[rank]) if split_axis == 0 else None
             tdt.record(ddp, local_x, os.path.join(root, name), loss_fn=loss_fn)
+        try:   # several ranks cannot share one file
+            tdt.record(Pooled(), torch.randn(1, 2, 8), os.path.join(root, f"plain-{rank}.h5"))
+        except TraceDiffError as exc:
+            if rank == 0:
+                with open(os.path.join(root, "refusal.txt"), "w") as handle:
+                    handle.write(str(exc))
         from torch.distributed.fsdp import fully_shard
         model, x, target = dp_reference()
         fully_shard(model)

@@ -47,6 +47,13 @@ class AssembledRecord(Record):
         if self.replicated_only and not self._divisor():
             self.hash = first.hash
 
+    def choose(self, rank: int):
+        """Read replicated values from ``rank``'s copy (its hash and statistics with them)."""
+        self.prefer = rank
+        self._stats = None
+        if self.replicated_only and not self._divisor():
+            self.hash = next(p.record.hash for p in self.parts if p.rank == rank)
+
     @property
     def ranks(self) -> tuple:
         return tuple(p.rank for p in self.parts)

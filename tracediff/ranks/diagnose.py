@@ -12,13 +12,16 @@ from .assemble import AssembledRecord, ranks_text
 from .placement import Placement
 from .trace import RankedTrace
 
+# Inputs and parameters are state, each wrong on its own; of the computed records (activations,
+# gradients, loss) the first finding is reported and the later ones counted in it.
+_GROUPS = {"input": "input", "param": "param"}
 CLOSE = 1e-4          # relative L2 distance within which two copies agree
 
 
 def prepare(ta, tb) -> list:
     """The findings of the multi-rank side(s) of a diff of ``ta`` (a) against ``tb`` (b)."""
     out = []
-    first = {}       # (side, record kind) -> the earliest finding: later ones may follow from it
+    first = {}       # (side, group) -> the earliest finding: later ones may follow from it
     for trace, other, side in ((ta, tb, "a"), (tb, ta, "b")):
         if isinstance(trace, RankedTrace):
             lookup = {(r.step, r.kind, r.name, r.call): r for r in other}
@@ -27,18 +30,19 @@ def prepare(ta, tb) -> list:
                 finding = _replicas(record, reference) or _shard_axis(record, reference)
                 if not finding:
                     continue
-                earlier = first.get((side, record.kind))
+                group = (side, _GROUPS.get(record.kind, "computed"))
+                earlier = first.get(group)
                 if earlier is not None:
                     earlier["layers"] += 1
                     continue
-                first[(side, record.kind)] = {"a_name": record.name, "b_name": record.name,
+                first[group] = {"a_name": record.name, "b_name": record.name,
                                               "layers": 1, "side": side,
                                               "record_kind": record.kind, **finding}
-                out.append(first[(side, record.kind)])
+                out.append(first[group])
     for finding in out:
         if finding["layers"] > 1:
-            finding["message"] += (f" (and {finding['layers'] - 1} later {finding['record_kind']} "
-                                   "record(s) with rank findings, which may follow from it)")
+            finding["message"] += (f" (and {finding['layers'] - 1} later record(s) with rank "
+                                   "findings, which may follow from it)")
     return out
 
 
@@ -71,7 +75,7 @@ def _replicas(record: AssembledRecord, reference):
     ref = _reference_values(reference, values[first].shape)
     if ref is not None:
         errors = {r: _distance(v, ref) for r, v in values.items()}
-        record.prefer = max(errors, key=errors.get)     # the diff compares the worst copy
+        record.choose(max(errors, key=errors.get))     # the diff compares the worst copy
         total = np.sum(list(values.values()), axis=0)
         for reduce, combined in (("sum", total), ("mean", total / len(values))):
             if _close(combined, ref):
@@ -86,7 +90,7 @@ def _replicas(record: AssembledRecord, reference):
         return {"kind": "replica", "ranks": bad, "message": (
             f"{label}: the replica on rank(s) {ranks_text(bad)} diverged (rel_l2 "
             f"{max(errors[r] for r in bad):.3g} from the reference){agree}")}
-    record.prefer = apart[0]
+    record.choose(apart[0])
     return {"kind": "replica", "ranks": apart, "message": (
         f"{label}: the replica on rank(s) {ranks_text(apart)} differs from rank {first}'s "
         f"(rel_l2 {max(_distance(values[r], values[first]) for r in apart):.3g})")}
