@@ -411,12 +411,8 @@ class Trace:
 
 
 def open_trace(path, *, warn_incomplete=True) -> Trace:
-    """Open a trace lazily: the index is read, tensors only on ``Record.read()``. A multi-rank
-    trace (a folder with a manifest) opens as one logical trace (``tracediff.ranks``)."""
-    from .ranks.manifest import is_ranked
-    if is_ranked(path):
-        from .ranks.trace import RankedTrace
-        return RankedTrace(path)
+    """Open a trace file lazily: the index is read, tensors only on ``Record.read()``. A
+    multi-rank trace folder opens with ``tracediff.ranks.open_any`` (``td.open``)."""
     return Trace(path, warn_incomplete=warn_incomplete)
 
 

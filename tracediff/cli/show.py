@@ -6,7 +6,7 @@ import math
 import sys
 
 from ..primes import collisions, render_shape
-from ..trace import open_trace
+from ..ranks import open_any
 
 RICH_ROW_LIMIT = 2000  # beyond this, plain lines: rich tables of 100k rows take minutes
 
@@ -20,7 +20,7 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    trace = open_trace(args.trace)
+    trace = open_any(args.trace)
     with trace:
         records = trace.records(kind=args.kind, name=args.name)
         dims = trace.dims

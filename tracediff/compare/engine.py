@@ -14,7 +14,8 @@ from ..dtypes import EPSILON, as_float
 from ..errors import TraceDiffError
 from ..format import hash_algorithm
 from ..ranks import diagnose as ranks_diagnose
-from ..trace import Record, Trace, open_trace
+from ..ranks import open_any
+from ..trace import Record, Trace
 from . import fp64 as fp64_rule
 from . import hints, kinks, layout, quantized
 from .align import ALIGN_MODES
@@ -84,7 +85,7 @@ def _open(value, opened):
     if isinstance(value, Trace):
         return value
     if isinstance(value, (str, os.PathLike)):
-        trace = open_trace(value)
+        trace = open_any(value)   # a trace file, or a multi-rank trace folder
         opened.append(trace)
         return trace
     raise TraceDiffError(f"diff takes trace paths or opened traces, got {type(value).__name__}")
