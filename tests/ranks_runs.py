@@ -159,6 +159,12 @@ def run_all(rank, world, port, root):
             local_x = x.chunk(world, split_axis)[rank]
             loss_fn = mse(target.chunk(world, 0)[rank]) if split_axis == 0 else None
             tdt.record(ddp, local_x, os.path.join(root, name), loss_fn=loss_fn)
+        model, x, target = dp_reference()
+        ddp = nn.parallel.DistributedDataParallel(model)
+        with tdt.recording(ddp, os.path.join(root, "ddp_loop.trace"), values=True) as session:
+            loss = mse(target.chunk(world, 0)[rank])(ddp(x.chunk(world, 0)[rank]))
+            session.loss(loss)
+            loss.backward()
         try:   # several ranks cannot share one file
             tdt.record(Pooled(), torch.randn(1, 2, 8), os.path.join(root, f"plain-{rank}.h5"))
         except TraceDiffError as exc:

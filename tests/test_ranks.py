@@ -113,6 +113,18 @@ def test_data_parallel_run_diffs_clean_with_gradients_after_all_reduce(root):
     assert report.findings == [] and len(report.pairs) == len(td.open(root / "dp_ref.h5"))
 
 
+def test_recording_a_ddp_loop_records_gradients_after_their_all_reduce(root):
+    with td.open(root / "dp_ref.h5") as ref:
+        full = {r.name: r.read() for r in ref.records(kind="param_grad")}
+    with td.open(root / "ddp_loop.trace") as trace:
+        grads = trace.records(kind="param_grad")
+        assert sorted(r.name for r in grads) == sorted(full)
+        for record in grads:
+            assert record.ranks == (0, 1)
+            for part in record.parts:
+                np.testing.assert_allclose(part.record.read(), full[record.name], rtol=1e-5, atol=1e-7)
+
+
 def test_shard_taken_along_the_wrong_axis_is_named(root):
     report = td.diff(root / "ddp_axis.trace", root / "dp_ref.h5")
     assert not report.ok
