@@ -159,6 +159,16 @@ def run_all(rank, world, port, root):
             local_x = x.chunk(world, split_axis)[rank]
             loss_fn = mse(target.chunk(world, 0)[rank]) if split_axis == 0 else None
             tdt.record(ddp, local_x, os.path.join(root, name), loss_fn=loss_fn)
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel,
+                                                       parallelize_module)
+        model, x, target = tp_reference()
+        parallelize_module(model, init_device_mesh("cpu", (world,)),
+                           {"mlp.up": ColwiseParallel(), "mlp.down": RowwiseParallel()})
+        # parameters are DTensors; the activations the parallel layers hand on as local tensors
+        # are declared
+        tdt.record(model, x, os.path.join(root, "dtensor_tp.trace"), loss_fn=mse(target),
+                   shards={"mlp.up": "Shard(-1)", "mlp.act": "Shard(-1)"})
         model, x, target = dp_reference()
         ddp = nn.parallel.DistributedDataParallel(model)
         with tdt.recording(ddp, os.path.join(root, "ddp_loop.trace"), values=True) as session:
@@ -187,6 +197,9 @@ def free_port() -> int:
 
 
 def spawn(root, world=2, start_method="fork"):
+    """Run ``run_all`` on ``world`` ranks. Forked, not spawned: a spawned rank imports torch
+    again (~6 s on a loaded 2-core machine); the ranks use one thread each, so the parent's
+    thread pools are never needed in them."""
     import torch.multiprocessing as mp
     mp.start_processes(run_all, args=(world, free_port(), str(root)), nprocs=world,
                        start_method=start_method)

@@ -162,6 +162,18 @@ def test_fsdp2_parameters_are_recorded_as_their_shards(root):
     assert report.findings == []
 
 
+def test_dtensor_tensor_parallel_run_records_placements_and_diffs_clean(root):
+    with td.open(root / "dtensor_tp.trace" / "rank-00001.h5") as rank1:
+        up = rank1.get("mlp.up.weight", kind="param")
+        assert (up.shape, up.meta["placement"], up.meta["mesh_coord"]) == ((8, 8), "Shard(0)", [1])
+        down = rank1.get("mlp.down.weight", kind="param_grad")
+        assert (down.shape, down.meta["placement"]) == ((8, 8), "Shard(1)")
+        assert rank1.get("head.weight", kind="param").meta["placement"] == "Replicate()"
+    report = td.diff(root / "dtensor_tp.trace", root / "tp_ref.h5")
+    assert report.ok, [(p.kind, p.label(), p.status) for p in report.diverged_pairs]
+    assert report.findings == [] and report.unmatched == {"a": [], "b": []}
+
+
 def test_plain_file_under_several_ranks_is_refused(root):
     assert (root / "refusal.txt").read_text() == (
         f"cannot record {root / 'plain-0.h5'} from 2 ranks: each rank records its own file; give "

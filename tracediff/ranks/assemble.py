@@ -98,7 +98,7 @@ class AssembledRecord(Record):
         if any(p.kind == "shard" for p in self.placements):
             raise TraceDiffError(
                 f"record {self.name!r} ({self.kind}) is sharded across ranks "
-                f"{_ranks_text(self.ranks)} and holds statistics only: its shards cannot be "
+                f"{ranks_text(self.ranks)} and holds statistics only: its shards cannot be "
                 "reassembled; record with values=True")
         # every part has the whole tensor's size, hence the same sample indices
         indices = fmt.sample_indices(self.numel)
@@ -209,11 +209,10 @@ def placements_of(record: Record, mesh_ndim: int, where: str) -> tuple:
     return parse_all(value, mesh_ndim, where)
 
 
-def _ranks_text(ranks) -> str:
+def ranks_text(ranks) -> str:
+    """``0, 1`` or ``0-7``: the ranks a message names."""
     ranks = sorted(ranks)
     if len(ranks) > 2 and ranks == list(range(ranks[0], ranks[-1] + 1)):
         return f"{ranks[0]}-{ranks[-1]}"
     return ", ".join(map(str, ranks))
 
-
-ranks_text = _ranks_text
