@@ -55,6 +55,10 @@ class AssembledRecord(Record):
             self.hash = next(p.record.hash for p in self.parts if p.rank == rank)
 
     @property
+    def numel(self) -> int:
+        return math.prod(self.shape)   # from the shape: statistics may be computed from it
+
+    @property
     def ranks(self) -> tuple:
         return tuple(p.rank for p in self.parts)
 
