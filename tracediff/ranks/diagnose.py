@@ -105,26 +105,23 @@ def _stats_only_replicas(record):
 
 
 def _shard_axis(record: AssembledRecord, reference):
-    """A 1-D mesh Shard record that matches the reference only when its parts are joined along
-    another axis."""
-    if len(record.placements) != 1 or record.placements[0].kind != "shard" or not record.stored:
+    """A 1-D mesh Shard record whose parts join into the reference's shape and values only
+    along another axis. Parts joined along two different axes never give the same shape, so a
+    record already of the reference's shape is not read."""
+    if len(record.placements) != 1 or record.placements[0].kind != "shard" or not record.stored \
+            or reference is None or not reference.stored or len(record.parts) < 2 \
+            or tuple(record.shape) == tuple(reference.shape):
         return None
-    ref = _reference_values(reference, None)
-    if ref is None or len(record.parts) < 2:
-        return None
-    ndim = len(record.parts[0].record.shape)
-    declared = record.placements[0].axis(ndim)
-    if tuple(record.shape) == ref.shape and _close(np.asarray(record.read(), np.float64), ref):
-        return None
-    for axis in range(ndim):
-        if axis == declared:
-            continue
-        shapes = [p.record.shape for p in record.parts]
+    shapes = [p.record.shape for p in record.parts]
+    declared = record.placements[0].axis(len(shapes[0]))
+    ref = None
+    for axis in range(len(shapes[0])):
         joined = list(shapes[0])
         joined[axis] = sum(s[axis] for s in shapes)
-        if tuple(joined) != ref.shape or any(
+        if axis == declared or tuple(joined) != tuple(reference.shape) or any(
                 s[:axis] + s[axis + 1:] != shapes[0][:axis] + shapes[0][axis + 1:] for s in shapes):
             continue
+        ref = np.asarray(reference.read(), np.float64) if ref is None else ref
         values = record.assemble(lambda r: r.read(), (Placement("shard", dim=axis),))
         if _close(np.asarray(values, np.float64), ref):
             ranks = list(record.ranks)
