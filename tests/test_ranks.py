@@ -215,6 +215,18 @@ def test_cli_show_and_diff_accept_a_rank_folder(root):
                            str(root / "tp_ref.h5")], capture_output=True, text=True, timeout=60)
     assert diff.returncode == 1
     assert "finding (missing_all_reduce): forward mlp: the copies on ranks 0, 1 disagree" in diff.stdout
+    check = subprocess.run([sys.executable, "-m", "tracediff", "check", str(root / "ddp.trace")],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and "0 fail" in check.stdout, check.stdout + check.stderr
+
+
+def test_a_folder_outside_torch_distributed_is_a_one_rank_trace(tmp_path, root):
+    model, x, target = runs.tp_reference()
+    tdt.record(model, x, tmp_path / "one.trace", loss_fn=runs.mse(target))
+    assert sorted(os.listdir(tmp_path / "one.trace")) == ["manifest.json", "rank-00000.h5"]
+    with td.open(tmp_path / "one.trace") as trace:
+        assert trace.world_size == 1 and trace.get("mlp.up").ranks == (0,)
+    assert td.diff(tmp_path / "one.trace", root / "tp_ref.h5").ok
 
 
 def test_bad_shards_declaration_is_one_line(tmp_path):

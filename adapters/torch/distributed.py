@@ -77,8 +77,13 @@ def rank_target(path) -> RankTarget | None:
 
 
 def prepare(target: RankTarget):
-    """Create the folder (every rank may race to) and, on rank 0, write the manifest."""
+    """Create the folder (every rank may race to)."""
     os.makedirs(target.folder, exist_ok=True)
+
+
+def announce(target: RankTarget):
+    """On rank 0, once its own file is open (an existing run it refused to overwrite keeps its
+    manifest), write the manifest naming every rank's file."""
     if target.rank == 0:
         manifests.write(target.folder, target.world_size, target.files)
 

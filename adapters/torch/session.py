@@ -11,7 +11,7 @@ from tracediff.errors import TraceDiffError
 from tracediff.recorder import Recorder
 
 from .convert import HostWriter
-from .distributed import Placements, RankWriter, prepare, rank_target, world
+from .distributed import Placements, RankWriter, announce, prepare, rank_target, world
 from .meta import matmul_precision_meta
 
 LEVELS = ("module", "op")
@@ -59,6 +59,12 @@ def open_recorder(module, path, *, values, level, compiled, overwrite=False, dim
         path, framework="torch", dims=dims, model=model_name or type(module).__name__, seed=seed,
         framework_version=torch.__version__, overwrite=overwrite, values=values, meta=meta,
         flush_every=flush_every, **ranks)
+    if target is not None:
+        try:
+            announce(target)
+        except BaseException:
+            recorder.close(complete=False)
+            raise
     if background is None:
         background = values and spare_cpu()
     writer = HostWriter(recorder, background=background)
