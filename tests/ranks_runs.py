@@ -163,12 +163,11 @@ def run_all(rank, world, port, root):
         from torch.distributed.tensor.parallel import (ColwiseParallel, RowwiseParallel,
                                                        parallelize_module)
         model, x, target = tp_reference()
+        # parameters and the sharded activations are DTensors: nothing to declare
         parallelize_module(model, init_device_mesh("cpu", (world,)),
-                           {"mlp.up": ColwiseParallel(), "mlp.down": RowwiseParallel()})
-        # parameters are DTensors; the activations the parallel layers hand on as local tensors
-        # are declared
-        tdt.record(model, x, os.path.join(root, "dtensor_tp.trace"), loss_fn=mse(target),
-                   shards={"mlp.up": "Shard(-1)", "mlp.act": "Shard(-1)"})
+                           {"mlp.up": ColwiseParallel(use_local_output=False),
+                            "mlp.down": RowwiseParallel()})
+        tdt.record(model, x, os.path.join(root, "dtensor_tp.trace"), loss_fn=mse(target))
         model, x, target = dp_reference()
         ddp = nn.parallel.DistributedDataParallel(model)
         with tdt.recording(ddp, os.path.join(root, "ddp_loop.trace"), values=True) as session:

@@ -169,6 +169,9 @@ def test_dtensor_tensor_parallel_run_records_placements_and_diffs_clean(root):
         down = rank1.get("mlp.down.weight", kind="param_grad")
         assert (down.shape, down.meta["placement"]) == ((8, 8), "Shard(1)")
         assert rank1.get("head.weight", kind="param").meta["placement"] == "Replicate()"
+        act = rank1.get("mlp.act")
+        assert (act.shape, act.meta["placement"], act.meta["global_shape"]) == ((2, 3, 8), "Shard(2)", [2, 3, 16])
+        assert rank1.get("mlp.act", kind="backward").meta["placement"] == "Shard(2)"
     report = td.diff(root / "dtensor_tp.trace", root / "tp_ref.h5")
     assert report.ok, [(p.kind, p.label(), p.status) for p in report.diverged_pairs]
     assert report.findings == [] and report.unmatched == {"a": [], "b": []}
