@@ -134,6 +134,15 @@ def dp_reference():
     return Pooled(), torch.randn(4, 6, 8), torch.randn(4, 3)
 
 
+def encoder_reference():
+    """torch's own transformer encoder (no dropout), for FSDP2."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, dropout=0.0,
+                                       batch_first=True)
+    return nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False), \
+        torch.randn(4, 5, 8), torch.randn(4, 5, 8)
+
+
 def mse(target):
     return lambda out: F.mse_loss(out, target)
 
@@ -181,7 +190,9 @@ def run_all(rank, world, port, root):
                 with open(os.path.join(root, "refusal.txt"), "w") as handle:
                     handle.write(str(exc))
         from torch.distributed.fsdp import fully_shard
-        model, x, target = dp_reference()
+        model, x, target = encoder_reference()
+        for layer in model.layers:
+            fully_shard(layer)
         fully_shard(model)
         tdt.record(model, x.chunk(world, 0)[rank], os.path.join(root, "fsdp.trace/rank-{rank}.h5"),
                    loss_fn=mse(target.chunk(world, 0)[rank]))

@@ -36,6 +36,8 @@ def root(tmp_path_factory):
         tdt.record(model, x, folder / "tp_ref.h5", loss_fn=runs.mse(target))
         model, x, target = runs.dp_reference()
         tdt.record(model, x, folder / "dp_ref.h5", loss_fn=runs.mse(target))
+        model, x, target = runs.encoder_reference()
+        tdt.record(model, x, folder / "encoder_ref.h5", loss_fn=runs.mse(target))
     finally:
         torch.set_num_threads(before)
     return folder
@@ -134,6 +136,7 @@ def test_shard_taken_along_the_wrong_axis_is_named(root):
     assert "recorded as Shard(0) on ranks 0, 1, but its shards join into the reference along " \
            "axis 1" in finding["message"]
     assert report.first_divergence.forward.a_name == "embed"
+    assert [f["kind"] for f in report.findings] == ["shard_axis", "shard_axis"]   # input, then embed
 
 
 def test_diverged_replica_is_named_with_its_rank(root):
@@ -151,13 +154,15 @@ def test_diverged_replica_is_named_with_its_rank(root):
 
 def test_fsdp2_parameters_are_recorded_as_their_shards(root):
     with td.open(root / "fsdp.trace" / "rank-1.h5") as rank1:
-        weight = rank1.get("head.weight", kind="param")
-        assert weight.shape == (1, 8)            # 3 rows over 2 ranks: 2 on rank 0, 1 on rank 1
+        weight = rank1.get("layers.0.self_attn.in_proj_weight", kind="param")
+        assert weight.shape == (12, 8)           # 24 rows over 2 ranks
         assert weight.meta["placement"] == "Shard(0)"
         assert (weight.meta["mesh"], weight.meta["mesh_coord"]) == ([2], [1])
-        assert weight.meta["global_shape"] == [3, 8]
-        assert rank1.get("head.weight", kind="param_grad").meta["placement"] == "Shard(0)"
-    report = td.diff(root / "fsdp.trace", root / "dp_ref.h5")
+        assert weight.meta["global_shape"] == [24, 8]
+        bias = rank1.get("layers.1.linear2.bias", kind="param_grad")
+        assert (bias.shape, bias.meta["placement"]) == ((4,), "Shard(0)")
+        assert rank1.get("layers.1.linear1", kind="forward").meta["placement"] == "Shard(0)"
+    report = td.diff(root / "fsdp.trace", root / "encoder_ref.h5")
     assert report.ok, [(p.kind, p.label(), p.status) for p in report.diverged_pairs]
     assert report.findings == []
 

@@ -54,7 +54,11 @@ def annotate(report, notes):
             if getattr(pair, name_key) == note[name_key] and pair.kind == note["record_kind"]:
                 text = f"{note['kind']}: {note['message']}"
                 pair.hint = text if not pair.hint else f"{text}; {pair.hint}"
-    report.findings = notes + list(report.findings)
+    # an input whose shards were joined along the wrong axis is explained by that finding, not
+    # by the rearrangement the inputs finding would describe
+    joined_wrong = {n["a_name"] for n in notes if n["kind"] == "shard_axis" and n["record_kind"] == "input"}
+    report.findings = notes + [f for f in report.findings
+                               if not (f.get("kind") == "inputs" and f.get("a_name") in joined_wrong)]
 
 
 def _replicas(record: AssembledRecord, reference):
