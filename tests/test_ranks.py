@@ -5,8 +5,6 @@ shard along the wrong axis and a diverged replica at their layer and ranks."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ if not torch.distributed.is_available() or not torch.distributed.is_gloo_availab
     pytest.skip("torch.distributed with gloo is required", allow_module_level=True)
 
 import tracediff as td  # noqa: E402
+from tracediff.cli import main  # noqa: E402
 from tracediff.adapters import torch as tdt  # noqa: E402
 from tracediff.errors import TraceDiffError, TraceFormatError  # noqa: E402
 from tracediff.ranks import RankedTrace  # noqa: E402
@@ -188,7 +187,7 @@ def test_plain_file_under_several_ranks_is_refused(root):
         "a folder ('run.trace') or a template with {rank} ('run.trace/rank-{rank:05d}.h5')")
 
 
-def test_missing_and_incomplete_ranks_are_named_in_one_line(root, tmp_path):
+def test_missing_and_incomplete_ranks_are_named_in_one_line(root, tmp_path, capsys):
     folder = tmp_path / "run.trace"
     shutil.copytree(root / "tp.trace", folder)
     os.remove(folder / "rank-00001.h5")
@@ -197,10 +196,9 @@ def test_missing_and_incomplete_ranks_are_named_in_one_line(root, tmp_path):
     assert str(missing.value) == (
         f"{folder}: rank(s) 1 missing (rank-00001.h5) of 2 rank(s); every rank must record and "
         "close its trace: record the run again")
-    cli = subprocess.run([sys.executable, "-m", "tracediff", "diff", str(folder), str(root / "tp_ref.h5")],
-                         capture_output=True, text=True, timeout=60)
-    assert cli.returncode == 2 and "rank(s) 1 missing (rank-00001.h5)" in cli.stderr
-    assert "Traceback" not in cli.stderr and len(cli.stderr.strip().splitlines()) == 1
+    assert main(["diff", str(folder), str(root / "tp_ref.h5")]) == 2
+    err = capsys.readouterr().err
+    assert "rank(s) 1 missing (rank-00001.h5)" in err and len(err.strip().splitlines()) == 1
     writer = td.Recorder(folder / "rank-00001.h5", framework="torch", rank=1, world_size=2)
     try:
         writer.forward("ln", np.zeros((2, 3, 8), np.float32))
@@ -212,20 +210,16 @@ def test_missing_and_incomplete_ranks_are_named_in_one_line(root, tmp_path):
         writer.close()
 
 
-def test_cli_show_and_diff_accept_a_rank_folder(root):
-    show = subprocess.run([sys.executable, "-m", "tracediff", "show", str(root / "tp.trace"), "--json"],
-                          capture_output=True, text=True, timeout=60)
-    assert show.returncode == 0, show.stderr
-    listing = json.loads(show.stdout)
+def test_cli_show_diff_and_check_accept_a_rank_folder(root, capsys):
+    assert main(["show", str(root / "tp.trace"), "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
     assert listing["attrs"]["world_size"] == 2
     assert next(r for r in listing["records"] if r["name"] == "mlp.up.weight")["shape"] == [16, 8]
-    diff = subprocess.run([sys.executable, "-m", "tracediff", "diff", str(root / "tp_no_reduce.trace"),
-                           str(root / "tp_ref.h5")], capture_output=True, text=True, timeout=60)
-    assert diff.returncode == 1
-    assert "finding (missing_all_reduce): forward mlp: the copies on ranks 0, 1 disagree" in diff.stdout
-    check = subprocess.run([sys.executable, "-m", "tracediff", "check", str(root / "ddp.trace")],
-                           capture_output=True, text=True, timeout=60)
-    assert check.returncode == 0 and "0 fail" in check.stdout, check.stdout + check.stderr
+    assert main(["diff", str(root / "tp_no_reduce.trace"), str(root / "tp_ref.h5")]) == 1
+    out = capsys.readouterr().out
+    assert "finding (missing_all_reduce): forward mlp: the copies on ranks 0, 1 disagree" in out
+    assert main(["check", str(root / "ddp.trace")]) == 0
+    assert "0 fail" in capsys.readouterr().out
 
 
 def test_a_folder_outside_torch_distributed_is_a_one_rank_trace(tmp_path, root):
