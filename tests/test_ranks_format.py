@@ -1,5 +1,7 @@
 """The multi-rank trace format on its own (no torch): rank files written with td.Recorder and a
 manifest, reassembled by placement over 1-D and 2-D meshes, as docs/format.md specifies."""
+import os
+
 import numpy as np
 import pytest
 
@@ -104,6 +106,13 @@ def test_bad_folders_are_one_line(tmp_path):
     with pytest.raises(TraceFormatError, match=r"rank 0, forward 'x': placement Shard\(2\) names an axis "
                                                r"a tensor of shape \[2, 3\] does not have"):
         td.open(folder)
+    swapped = write_ranks(tmp_path / "swapped.trace", 2, lambda rank: [("forward", "x", np.zeros(2), {})])
+    os.replace(swapped / "rank-00000.h5", swapped / "tmp.h5")
+    os.replace(swapped / "rank-00001.h5", swapped / "rank-00000.h5")
+    os.replace(swapped / "tmp.h5", swapped / "rank-00001.h5")
+    with pytest.raises(TraceFormatError, match=r"rank-00000.h5 was written by rank 1, but the manifest "
+                                               r"of .*swapped.trace lists it as rank 0"):
+        td.open(swapped)
     (folder / "manifest.json").write_text('{"format": "tracediff.ranks", "world_size": 3, "ranks": []}')
     with pytest.raises(TraceFormatError, match=r"manifest.json is damaged: it must list ranks "
                                                r"0..world_size-1"):

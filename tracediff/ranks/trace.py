@@ -41,8 +41,8 @@ class RankedTrace(Trace):
             self.rank_traces.append(trace)
             if not trace.complete:
                 incomplete.append((entry["rank"], entry["file"]))
-            written = trace.rank
-            if written != entry["rank"]:
+            written = trace.attrs.get("rank")   # files written without it are taken as listed
+            if isinstance(written, int) and written != entry["rank"]:
                 raise TraceFormatError(
                     f"{file} was written by rank {written}, but the manifest of {self.path} "
                     f"lists it as rank {entry['rank']}; record the run again")
