@@ -24,8 +24,8 @@ def __getattr__(name):
         from . import trace
         return getattr(trace, name)
     if name == "open":
-        from .trace import open_trace
-        return open_trace
+        from .ranks import open_any
+        return open_any
     if name == "diff":
         from .compare import diff
         return diff

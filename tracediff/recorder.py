@@ -47,7 +47,7 @@ class Recorder:
 
     def __init__(self, path, framework="numpy", dims=None, *, model="", seed=None,
                  framework_version="", overwrite=False, values=True, meta=None,
-                 flush_every=1, expected_bytes=0):
+                 flush_every=1, expected_bytes=0, rank=None, world_size=None):
         self.path = os.fspath(path)
         self.values = values
         self._calls = defaultdict(int)
@@ -74,7 +74,8 @@ class Recorder:
             # until close) is what keeps a second writer from truncating a live trace.
             self._file = h5py.File(self.path, "w", libver="latest", locking=False)
             _forget_truncation(self.path)
-            self._init_file(framework, framework_version, dims, model, seed, meta)
+            ranks = {} if rank is None else {"rank": int(rank), "world_size": int(world_size or 1)}
+            self._init_file(framework, framework_version, dims, model, seed, meta, ranks)
         except BaseException as exc:
             if self._file is not None:
                 self._file.close()
@@ -84,7 +85,7 @@ class Recorder:
                 raise TraceDiffError(_write_error(self.path, exc)) from None
             raise
 
-    def _init_file(self, framework, framework_version, dims, model, seed, meta):
+    def _init_file(self, framework, framework_version, dims, model, seed, meta, ranks=None):
         f = self._file
         dims = {str(k): int(v) for k, v in (dims or {}).items()}
         attrs = {
@@ -95,7 +96,7 @@ class Recorder:
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "model": str(model), "seed": -1 if seed is None else int(seed),
             "dims": json.dumps(dims), "values": bool(self.values), "complete": False,
-            "meta": json.dumps(meta or {}, default=str),
+            "meta": json.dumps(meta or {}, default=str), **(ranks or {}),
         }
         _write_attributes(f, attrs)
         self._records = f.create_dataset(fmt.RECORDS, shape=(0,), maxshape=(None,),

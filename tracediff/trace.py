@@ -38,6 +38,7 @@ class Record:
     stats: dict
     hash: str = ""
     nbytes: int = 0
+    rank: int | None = 0      # the rank that wrote it (None: reassembled from several ranks)
     _meta_text: str = field(default="{}", repr=False)
     _offset: int = field(default=-1, repr=False)
     _sample: tuple = field(default=(0, 0), repr=False)
@@ -271,6 +272,7 @@ class Trace:
                    ("call", "step", "stored", "offset", "nbytes", "sample_offset", "sample_count") + STAT_FIELDS}
         shapes = {}
         out = []
+        rank = self.rank
         for index in range(count):
             kind = texts["kind"][index]
             if kind not in fmt.KINDS:
@@ -291,7 +293,7 @@ class Trace:
                 index=index, name=texts["name"][index], kind=kind, call=numbers["call"][index],
                 step=numbers["step"][index], dtype=texts["dtype"][index], shape=shape,
                 stored=bool(numbers["stored"][index]), stats=stats, hash=texts["hash"][index],
-                nbytes=numbers["nbytes"][index], _meta_text=texts["meta"][index],
+                nbytes=numbers["nbytes"][index], rank=rank, _meta_text=texts["meta"][index],
                 _offset=numbers["offset"][index],
                 _sample=(numbers["sample_offset"][index], numbers["sample_count"][index]), _trace=self))
         return out
@@ -353,6 +355,12 @@ class Trace:
             return {}
 
     @property
+    def rank(self) -> int:
+        """The rank that wrote this file (root attribute ``rank``; 0 in a one-process run)."""
+        rank = self.attrs.get("rank")
+        return rank if isinstance(rank, int) and rank >= 0 else 0
+
+    @property
     def steps(self) -> list:
         return sorted({r.step for r in self._records})
 
@@ -403,7 +411,8 @@ class Trace:
 
 
 def open_trace(path, *, warn_incomplete=True) -> Trace:
-    """Open a trace lazily: the index is read, tensors only on ``Record.read()``."""
+    """Open a trace file lazily: the index is read, tensors only on ``Record.read()``. A
+    multi-rank trace folder opens with ``tracediff.ranks.open_any`` (``td.open``)."""
     return Trace(path, warn_incomplete=warn_incomplete)
 
 

@@ -16,6 +16,7 @@ import torch
 from tracediff.errors import TraceDiffError
 
 from .capture import Capture
+from .distributed import data_parallel, run_and_record
 from .meta import tensor_meta
 from .recording import model_loss, model_loss_meta
 from .select import Selection
@@ -24,7 +25,7 @@ from .structure import split_inputs
 
 def record(model, inputs, path, loss_fn=None, *, level="module", include=None, exclude=None,
            kinds=None, values=True, overwrite=False, dims=None, seed=None, model_name=None,
-           params=True, flush_every=FLUSH_EVERY, background=None, loss_meta=None):
+           params=True, flush_every=FLUSH_EVERY, background=None, loss_meta=None, shards=None):
     """Run ``model`` once on ``inputs`` and write its trace to ``path``; returns the output.
 
     ``inputs``: a tensor, a tuple/list of positional arguments or a dict of keyword arguments.
@@ -36,11 +37,16 @@ def record(model, inputs, path, loss_fn=None, *, level="module", include=None, e
     ``background``: write CPU tensors from a writer thread (each copied into a reused staging
     buffer first) while the model runs on. None (default): for full tensors when torch leaves a
     CPU free. GPU tensors always go through the thread. See docs/torch.md.
+    Under torch.distributed ``path`` is a folder or a ``{rank}`` template: each rank writes its
+    own file; ``shards`` declares placements of plain tensors by record-name glob
+    (``{"mlp.up": "Shard(-1)", "mlp.down": "Partial()"}``); see docs/torch.md "Distributed".
     """
     if loss_meta is not None and not isinstance(loss_meta, dict):
         raise TraceDiffError(f"loss_meta must be a dict such as {{'ignore_index': -100, 'pad_id': 0}}, "
                              f"got {type(loss_meta).__name__}")
-    module, compiled = original_module(model)
+    wrapper, module = run_and_record(model)
+    module, compiled = original_module(module)
+    runner = wrapper or module
     check_level(level)
     selection = Selection(include, exclude, kinds)
     args, kwargs = split_inputs(inputs)
@@ -48,7 +54,7 @@ def record(model, inputs, path, loss_fn=None, *, level="module", include=None, e
     recorder, writer = open_recorder(
         module, path, values=values, level=level, compiled=compiled, overwrite=overwrite,
         dims=dims, seed=seed, model_name=model_name, flush_every=flush_every,
-        background=background)
+        background=background, shards=shards, data_parallel=data_parallel(wrapper, module))
     capture = Capture(module, writer, selection, level=level, grads=grads)
     complete = False
     earlier = {}
@@ -59,9 +65,9 @@ def record(model, inputs, path, loss_fn=None, *, level="module", include=None, e
         try:
             if capture.mode is not None:
                 with capture.mode:
-                    output = module(*args, **kwargs)
+                    output = runner(*args, **kwargs)
             else:
-                output = module(*args, **kwargs)
+                output = runner(*args, **kwargs)
         finally:
             capture.detach_modules()
         if loss_fn is not None:

@@ -15,6 +15,7 @@ import torch
 from tracediff.errors import TraceDiffError
 
 from .capture import Capture
+from .distributed import data_parallel, run_and_record
 from .meta import tensor_meta
 from .select import Selection
 from .session import FLUSH_EVERY, check_level, open_recorder, original_module
@@ -25,10 +26,14 @@ class Recording:
 
     def __init__(self, model, path, every=1, values=False, loss=True, *, level="module",
                  include=None, exclude=None, kinds=None, overwrite=False, dims=None, seed=None,
-                 model_name=None, params=True, flush_every=FLUSH_EVERY, background=None):
+                 model_name=None, params=True, flush_every=FLUSH_EVERY, background=None, shards=None):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise TraceDiffError(f"recording(every={every!r}): every must be a whole number >= 1")
-        self.module, self.compiled = original_module(model)
+        wrapper, module = run_and_record(model)
+        self.module, self.compiled = original_module(module)
+        # DDP averages gradients at the end of the backward, after they were accumulated
+        self.after_all_reduce = wrapper is not None
+        self._reduced_queued = False
         self.path = path
         self.every = every
         self.values = values
@@ -37,7 +42,8 @@ class Recording:
         self.selection = Selection(include, exclude, kinds)
         self.params = params
         self._options = dict(overwrite=overwrite, dims=dims, seed=seed, model_name=model_name,
-                             flush_every=flush_every, background=background)
+                             flush_every=flush_every, background=background, shards=shards,
+                             data_parallel=data_parallel(wrapper, self.module))
         self.steps_seen = 0
         self.step = None            # index of the step being recorded, None between them
         self.recorder = self.writer = self.capture = None
@@ -120,8 +126,28 @@ class Recording:
 
     def _grad_ready(self, name):
         def on_accumulated(p):
-            self.capture.parameter(name, p, grads=True)
+            if self.after_all_reduce:
+                self._queue_reduced_grads()
+            else:
+                self.capture.parameter(name, p, grads=True)
         return on_accumulated
+
+    def _queue_reduced_grads(self):
+        """Under DDP: record the gradients once the backward's final callbacks ran. DDP queues
+        its own (which waits for the all-reduce and writes the averages) during the backward;
+        ours queues a second one when it runs, which the engine runs after every callback
+        queued before it."""
+        if self._reduced_queued:
+            return
+        self._reduced_queued = True
+        engine = torch.autograd.Variable._execution_engine
+        engine.queue_callback(lambda: engine.queue_callback(self._record_reduced_grads))
+
+    def _record_reduced_grads(self):
+        self._reduced_queued = False
+        for name, p in self.module.named_parameters():
+            if p.requires_grad and p.grad is not None:
+                self.capture.parameter(name, p, grads=True)
 
     def _end_forward(self):
         if self._mode_on:

@@ -11,6 +11,7 @@ from tracediff.errors import TraceDiffError
 from tracediff.recorder import Recorder
 
 from .convert import HostWriter
+from .distributed import Placements, RankWriter, announce, prepare, rank_target, world
 from .meta import matmul_precision_meta
 
 LEVELS = ("module", "op")
@@ -42,15 +43,34 @@ def check_level(level):
 
 
 def open_recorder(module, path, *, values, level, compiled, overwrite=False, dims=None, seed=None,
-                  model_name=None, flush_every=FLUSH_EVERY, extra=None, background=None):
+                  model_name=None, flush_every=FLUSH_EVERY, extra=None, background=None,
+                  shards=None, data_parallel=False):
+    """The Recorder and its writer. Under torch.distributed (or with ``path`` a folder or a
+    ``{rank}`` template) this rank's file of a multi-rank trace, and a writer that records
+    each tensor's placement (``distributed.py``)."""
     meta = {"level": level, "compiled": compiled, **matmul_precision_meta(), **(extra or {})}
+    placements = Placements(shards, data_parallel=data_parallel, world_size=world()[1])
+    target = rank_target(path)
+    ranks = {}
+    if target is not None:
+        prepare(target)
+        path, ranks = target.file, {"rank": target.rank, "world_size": target.world_size}
     recorder = Recorder(
         path, framework="torch", dims=dims, model=model_name or type(module).__name__, seed=seed,
         framework_version=torch.__version__, overwrite=overwrite, values=values, meta=meta,
-        flush_every=flush_every)
+        flush_every=flush_every, **ranks)
+    if target is not None:
+        try:
+            announce(target)
+        except BaseException:
+            recorder.close(complete=False)
+            raise
     if background is None:
         background = values and spare_cpu()
-    return recorder, HostWriter(recorder, background=background)
+    writer = HostWriter(recorder, background=background)
+    if target is not None or shards or torch.distributed.is_initialized():
+        writer = RankWriter(writer, placements)
+    return recorder, writer
 
 
 def spare_cpu() -> bool:

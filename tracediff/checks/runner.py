@@ -4,7 +4,8 @@ from __future__ import annotations
 import os
 
 from ..errors import TraceDiffError
-from ..trace import Trace, open_trace
+from ..ranks import open_any
+from ..trace import Trace
 from . import (activations, batchnorm, gradients, inputs, labels, loss, loss_input, mode, nonfinite,
                params, regularisation, updates)
 from .context import CheckContext
@@ -49,7 +50,7 @@ def check(trace, classes=None, *, only=None, extra=()) -> CheckReport:
         return _run(trace, classes, selected, extra)
     if not isinstance(trace, (str, os.PathLike)):
         raise TraceDiffError(f"td.check takes a trace path or a td.Trace, got {type(trace).__name__}")
-    with open_trace(trace) as opened:
+    with open_any(trace) as opened:
         return _run(opened, classes, selected, extra)
 
 

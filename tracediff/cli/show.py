@@ -6,7 +6,7 @@ import math
 import sys
 
 from ..primes import collisions, render_shape
-from ..trace import open_trace
+from ..ranks import open_any
 
 RICH_ROW_LIMIT = 2000  # beyond this, plain lines: rich tables of 100k rows take minutes
 
@@ -20,7 +20,7 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    trace = open_trace(args.trace)
+    trace = open_any(args.trace)
     with trace:
         records = trace.records(kind=args.kind, name=args.name)
         dims = trace.dims
@@ -45,6 +45,7 @@ def run(args) -> int:
 
 def _record_json(r):
     return {"index": r.index, "name": r.name, "kind": r.kind, "call": r.call, "step": r.step,
+            "rank": r.rank,
             "shape": list(r.shape), "dtype": r.dtype, "stored": r.stored,
             "stats": {k: _finite_or_str(v) for k, v in r.stats.items()}, "meta": r.meta}
 
@@ -65,6 +66,9 @@ def _header(trace) -> str:
              f"{len(trace)} records", f"created {a.get('created', '?')}", f"tracediff {a.get('tracediff_version', '?')}"]
     if a.get("model"):
         parts.insert(1, f"model {a['model']}")
+    if isinstance(a.get("world_size"), int) and a["world_size"] > 1:
+        rank = a.get("rank")
+        parts.insert(1, f"{a['world_size']} ranks" if rank is None else f"rank {rank} of {a['world_size']}")
     if trace.dims:
         parts.append("dims " + ", ".join(f"{k}={v}" for k, v in trace.dims.items()))
     if not trace.complete:

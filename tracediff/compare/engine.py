@@ -13,7 +13,9 @@ from ..dataflow import declared_inputs
 from ..dtypes import EPSILON, as_float
 from ..errors import TraceDiffError
 from ..format import hash_algorithm
-from ..trace import Record, Trace, open_trace
+from ..ranks import diagnose as ranks_diagnose
+from ..ranks import open_any
+from ..trace import Record, Trace
 from . import fp64 as fp64_rule
 from . import hints, kinks, layout, quantized
 from .align import ALIGN_MODES
@@ -68,7 +70,11 @@ def diff(a, b, *, rtol=None, atol=None, align="auto", rename=None, tolerances=No
         if fp64 is not None:
             trace_g = _open(fp64, opened)
             fp64_rule.check_float64(trace_g)
-        return _diff(trace_a, trace_b, align, rules, policy, progress, started, trace_g)
+        rank_findings = ranks_diagnose.prepare(trace_a, trace_b)   # multi-rank traces only
+        report = _diff(trace_a, trace_b, align, rules, policy, progress, started, trace_g)
+        if rank_findings:
+            ranks_diagnose.annotate(report, rank_findings)
+        return report
     finally:
         for trace in opened:
             trace.close()
@@ -79,7 +85,7 @@ def _open(value, opened):
     if isinstance(value, Trace):
         return value
     if isinstance(value, (str, os.PathLike)):
-        trace = open_trace(value)
+        trace = open_any(value)   # a trace file, or a multi-rank trace folder
         opened.append(trace)
         return trace
     raise TraceDiffError(f"diff takes trace paths or opened traces, got {type(value).__name__}")
