@@ -1,0 +1,35 @@
+"""Model Explorer node keys of a LiteRT trace's records. Model Explorer's built-in TFLite adapter
+numbers each op node by its index in the subgraph and lists the full tensor name of each output
+(``tensor_name``), which node data may be keyed by too: with the model the keys are op indices,
+without it the tensor names (meta ``tflite_tensor``)."""
+from __future__ import annotations
+
+
+def node_keys(records, model=None) -> dict:
+    """``{(record name, call): {"ids": [key], "group": name scope}}`` for the forward and input
+    records."""
+    by_tensor = _op_ids(model) if model is not None else {}
+    out = {}
+    for record in records:
+        if record.kind not in ("forward", "input"):
+            continue
+        tensor = record.meta.get("tflite_tensor") or record.name
+        key = by_tensor.get(tensor, tensor)
+        scope = tensor.split(";")[0].rpartition("/")[0]
+        out[(record.name, record.call)] = {"ids": [key], "group": scope}
+    return out
+
+
+def _op_ids(model) -> dict:
+    """``{output tensor name: op index}`` of subgraph 0."""
+    from .capture import interpreter
+
+    with open(model, "rb") as handle:
+        it = interpreter(handle.read(), preserve=False)
+    names = {d["index"]: d["name"] for d in it.get_tensor_details()}
+    out = {}
+    for op in it._get_ops_details():
+        for tensor in op["outputs"]:
+            if tensor >= 0:
+                out[names[int(tensor)]] = str(op["index"])
+    return out

@@ -1,0 +1,50 @@
+"""Model Explorer node keys of an ONNX trace's records, as ``model-explorer-onnx`` builds node
+ids: a node's name (``<node_i>`` for the i-th node when it has none), ``[value] <name>`` for a
+graph input. Its groups are the node names' scopes (``/encoder/layers.0/Add`` is in
+``encoder/layers.0``)."""
+from __future__ import annotations
+
+import re
+
+_OUTPUT_SUFFIX = re.compile(r":\d+$")
+
+
+def node_keys(records, model=None) -> dict:
+    """``{(record name, call): {"ids": [node id], "group": scope}}`` for the forward and input
+    records. With ``model`` (a path or ModelProto) ids come from the graph itself (exact for
+    unnamed nodes); without it from the record names, which are the node names."""
+    producers = _producers(model) if model is not None else None
+    out = {}
+    for record in records:
+        if record.kind == "input":
+            out[(record.name, record.call)] = {"ids": [f"[value] {record.name}"], "group": ""}
+            continue
+        if record.kind != "forward":
+            continue
+        node = None
+        if producers is not None:
+            node = producers.get(record.meta.get("onnx_output"))
+            if node is None:
+                continue
+        else:
+            node = _OUTPUT_SUFFIX.sub("", record.name)
+        out[(record.name, record.call)] = {"ids": [node], "group": _scope(node)}
+    return out
+
+
+def _producers(model) -> dict:
+    """``{output tensor name: node id}`` of the main graph."""
+    import onnx
+
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(model, load_external_data=False)
+    out = {}
+    for index, node in enumerate(proto.graph.node):
+        for tensor in node.output:
+            if tensor:
+                out[tensor] = node.name or f"<node_{index}>"
+    return out
+
+
+def _scope(node_id):
+    parts = [p for p in node_id.strip("/").split("/") if p]
+    return "/".join(parts[:-1])

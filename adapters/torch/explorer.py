@@ -1,0 +1,63 @@
+"""Model Explorer node keys of a torch trace's records: the nodes of a ``torch.export`` graph,
+as Model Explorer's PyTorch adapter builds them (the fx node names). A module's record is the
+output of its call: the last node of the k-th contiguous run of nodes whose ``nn_module_stack``
+holds that module is call k."""
+from __future__ import annotations
+
+ROOT = "<root>"
+
+
+def node_keys(records, model=None) -> dict:
+    """``{(record name, call): {"ids": [fx node name], "group": module path}}`` for the forward
+    and input records; ``model`` is a ``torch.export.ExportedProgram`` or a ``.pt2`` file (none:
+    no keys, the trace alone does not say which fx node is which module)."""
+    if model is None:
+        return {}
+    program = _load(model)
+    calls = module_calls(program.graph_module.graph.nodes)
+    inputs = [spec.arg.name for spec in program.graph_signature.input_specs
+              if spec.kind.name == "USER_INPUT"]
+    input_records = [r for r in records if r.kind == "input"]
+    out = {}
+    for record in records:
+        if record.kind == "forward" and (record.name, record.call) in calls:
+            node = calls[(record.name, record.call)]
+            group = "" if record.name == ROOT else record.name.replace(".", "/")
+            out[(record.name, record.call)] = {"ids": [node], "group": group}
+    # user inputs in order, when the trace recorded as many
+    if len(input_records) == len(inputs):
+        for record, node in zip(input_records, inputs):
+            out[(record.name, record.call)] = {"ids": [node], "group": ""}
+    return out
+
+
+def module_calls(nodes) -> dict:
+    """``{(module path, call): the fx node name ending that call}``; the root module is
+    ``<root>``, ending at the last computing node."""
+    runs, open_runs, last = {}, {}, None
+    for node in nodes:
+        if node.op not in ("call_function", "call_method", "call_module"):
+            continue
+        stack = [path for path, _ in (node.meta.get("nn_module_stack") or {}).values()]
+        paths = {path or ROOT for path in stack} | {ROOT}
+        for path in list(open_runs):
+            if path not in paths:
+                del open_runs[path]
+        for path in paths:
+            if path not in open_runs:
+                open_runs[path] = len(runs.setdefault(path, []))
+                runs[path].append(node.name)
+            runs[path][open_runs[path]] = node.name
+        last = node.name
+    out = {(path, call): name for path, ends in runs.items() for call, name in enumerate(ends)}
+    if last is not None:
+        out[(ROOT, 0)] = last
+    return out
+
+
+def _load(model):
+    import torch
+
+    if isinstance(model, torch.export.ExportedProgram):
+        return model
+    return torch.export.load(model)
