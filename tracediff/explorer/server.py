@@ -2,8 +2,10 @@
 side's graph and overlays loaded. Needs ``tracediff[viewer]``."""
 from __future__ import annotations
 
+import json
 import os
 import socket
+import sys
 
 from ..errors import TraceDiffError
 from ..trace import open_trace
@@ -11,8 +13,8 @@ from .graph import trace_graph
 
 INSTALL = ("tracediff view needs Model Explorer: pip install 'tracediff[viewer]' "
            "(ai-edge-model-explorer, and model-explorer-onnx for .onnx models)")
-# the overlay loaded first is the one Model Explorer shows; the others are in its node data menu
-ORDER = ("status", "forward", "backward", "local")
+# Model Explorer shows the overlay loaded last (status); the others are a click away in its list
+ORDER = ("local", "backward", "forward", "status")
 
 
 def require_model_explorer():
@@ -45,9 +47,14 @@ def explorer_config(index: dict, directory, models):
             config.model_sources.append({"url": f"graphs://{target}/{len(config.graphs_list) - 1}"})
         for kind in ORDER:
             name = info.get("overlays", {}).get(kind)
-            if name:
+            if name and _has_results(os.path.join(os.fspath(directory), name)):
                 config.add_node_data_from_path(os.path.join(os.fspath(directory), name), target)
     return config, sorted(set(extensions))
+
+
+def _has_results(path):
+    with open(path, encoding="utf-8") as handle:
+        return bool(json.load(handle).get("results"))
 
 
 def _need_onnx_adapter():
@@ -68,5 +75,6 @@ def serve(config, extensions, host="127.0.0.1", port=None, open_browser=True):
     """Start Model Explorer's server (blocks until interrupted); it prints the URL."""
     from model_explorer import server
 
+    sys.stdout.reconfigure(line_buffering=True)   # the URL it prints reaches a pipe at once
     server.start(host=host, port=port or free_port(host), config=config, extensions=extensions,
                  no_open_in_browser=not open_browser)
