@@ -21,12 +21,12 @@ def node_keys(records, model=None) -> dict:
             continue
         if record.kind != "forward":
             continue
-        node = None
-        if producers is not None:
-            node = producers.get(record.meta.get("onnx_output"))
+        tensor = record.meta.get("onnx_output")
+        if producers is not None and tensor is not None:
+            node = producers.get(tensor)
             if node is None:
                 continue
-        else:
+        else:   # the record name is the node name (a replayed candidate's pairs carry no meta)
             node = _OUTPUT_SUFFIX.sub("", record.name)
         out[(record.name, record.call)] = {"ids": [node], "group": _scope(node)}
     return out

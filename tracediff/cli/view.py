@@ -65,7 +65,7 @@ def assign_models(models, frameworks, framework_of_model):
         side = next((i for i in (0, 1) if frameworks[i] == framework and out[i] is None), None)
         if side is None:
             raise TraceDiffError(
-                f"view: {model} is a {framework} model but neither trace left is a {framework} "
-                f"trace (A: {frameworks[0]}, B: {frameworks[1]})")
+                f"view: {model} is a {framework} model but no trace left to draw it for was "
+                f"recorded with {framework} (A: {frameworks[0]}, B: {frameworks[1]})")
         out[side] = model
     return tuple(out)

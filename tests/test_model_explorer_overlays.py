@@ -1,0 +1,180 @@
+"""Model Explorer overlays of a diff (``Report.to_model_explorer``, ``tracediff diff
+--model-explorer``): the files load in Model Explorer's own node-data classes, their keys are
+nodes that Model Explorer's own adapters build for the model (ONNX through model-explorer-onnx,
+torch.export through its PyTorch adapter), and the planted conv is the first divergence on both
+sides while the layers before it are ok."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+pytest.importorskip("model_explorer")
+pytest.importorskip("model_explorer_onnx")
+
+from model_explorer import node_data_builder as ndb  # noqa: E402
+from model_explorer.consts import DEFAULT_SETTINGS  # noqa: E402
+from model_explorer.pytorch_exported_program_adapter_impl import (  # noqa: E402
+    PytorchExportedProgramAdapterImpl)
+from model_explorer_onnx.main import ONNXAdapter  # noqa: E402
+
+import tracediff as td  # noqa: E402
+from explorer_models import planted  # noqa: E402
+from tracediff.cli import main  # noqa: E402
+from tracediff.explorer.graph import trace_graph  # noqa: E402
+from tracediff.report.model_explorer import scale_color  # noqa: E402
+
+NODE_DATA = ("status", "forward", "backward")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return planted(tmp_path_factory.mktemp("explorer"))
+
+
+@pytest.fixture(scope="module")
+def written(models, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("overlays")
+    report = td.diff(models["bad"], models["ref"])
+    index = report.to_model_explorer(folder, model_a=models["onnx"], model_b=models["pt2"])
+    return report, index, folder
+
+
+@pytest.fixture(scope="module")
+def onnx_ids(models):
+    graphs = ONNXAdapter().convert(str(models["onnx"]), {})["graphs"]
+    return {node.id for node in graphs[0].nodes}
+
+
+@pytest.fixture(scope="module")
+def torch_ids(models):
+    graphs = PytorchExportedProgramAdapterImpl(models["program"], DEFAULT_SETTINGS).convert()
+    return {node.id for node in graphs["graphs"][0].nodes}
+
+
+def _load(folder, name):
+    return json.loads((folder / name).read_text())
+
+
+def _as_model_explorer(content):
+    """The file read into Model Explorer's GraphNodeData (an unknown field is a TypeError)."""
+    data = ndb.GraphNodeData(**{
+        **content, "results": {k: ndb.NodeDataResult(**v) for k, v in content["results"].items()},
+        "gradient": [ndb.GradientItem(**g) for g in content.get("gradient", [])]})
+    return json.loads(data.to_json_string())
+
+
+@pytest.mark.parametrize("side", ["a", "b"])
+@pytest.mark.parametrize("kind", NODE_DATA)
+def test_overlays_load_in_model_explorers_data_classes(written, side, kind):
+    _, index, folder = written
+    content = _load(folder, index["sides"][side]["overlays"][kind])
+    assert content["results"], f"{side}.{kind} colours no node"
+    again = _as_model_explorer(content)
+    assert {key: again[key] for key in content} == content
+
+
+def test_onnx_keys_are_model_explorer_onnx_node_ids(written, onnx_ids):
+    _, _, folder = written
+    for kind in NODE_DATA:
+        assert set(_load(folder, f"a.{kind}.json")["results"]) <= onnx_ids
+    status = _load(folder, "a.status.json")["results"]
+    # every op node of the export is coloured (the rest are inputs and initializers)
+    assert set(status) == {i for i in onnx_ids if not i.startswith("[value]")}
+    assert {k: v["value"] for k, v in status.items()} == {
+        "/0/Conv": "ok", "/2/Relu": "ok", "/3/Conv": "first divergence",
+        "/4/Relu": "diverged", "/5/GlobalAveragePool": "diverged", "/6/Flatten": "diverged",
+        "/7/Gemm": "diverged"}
+
+
+def test_torch_keys_are_the_exported_programs_node_ids(written, torch_ids):
+    _, index, folder = written
+    for kind in NODE_DATA:
+        assert set(_load(folder, f"b.{kind}.json")["results"]) <= torch_ids
+    status = {k: v["value"] for k, v in _load(folder, "b.status.json")["results"].items()}
+    # module 3's output is fx node conv2d_1; the BatchNorm the export folded pairs with batch_norm
+    assert status["conv2d_1"] == "first divergence"
+    assert status["batch_norm"] == status["relu"] == "ok"
+    assert status["relu_1"] == status["linear"] == "diverged"
+    assert index["sides"]["a"]["first_divergence"] == ["/3/Conv"]
+    assert index["sides"]["b"]["first_divergence"] == ["conv2d_1"]
+
+
+def test_forward_errors_coloured_on_a_log_scale(written):
+    report, _, folder = written
+    content = _load(folder, "a.forward.json")
+    results = {k: v["value"] for k, v in content["results"].items()}
+    pairs = {p.a_name: p.rel_l2 for p in report.pairs if p.kind == "forward"}
+    assert results == {name: pairs[name] for name in results}
+    low, high = min(results.values()), max(results.values())
+    assert low < 1e-6 and high > 1e-2
+    stops = {g["bgColor"]: g["stop"] for g in content["gradient"]}
+    # the decade 1e-4 sits where 1e-4 falls between the smallest and largest error, in yellow
+    assert stops["#ffee58"] == pytest.approx((1e-4 - low) / (high - low))
+    assert content["gradient"][-1]["bgColor"] == scale_color(high)
+
+
+def test_gradient_errors_are_the_backward_pairs(written):
+    report, _, folder = written
+    results = {k: v["value"] for k, v in _load(folder, "b.backward.json")["results"].items()}
+    backward = [p for p in report.pairs if p.kind == "backward"]
+    assert backward and len(results) >= 5
+    assert results["conv2d_1"] == next(p.rel_l2 for p in backward if p.b_name == "3")
+
+
+def test_mapping_pairs_nodes_across_the_split_pane(written, onnx_ids, torch_ids):
+    _, _, folder = written
+    entries = _load(folder, "mapping.json")["mappingEntries"]
+    assert {"leftNodeIds": ["/3/Conv"], "rightNodeIds": ["conv2d_1"]} in entries
+    assert all(set(e["leftNodeIds"]) <= onnx_ids and set(e["rightNodeIds"]) <= torch_ids
+               for e in entries)
+
+
+def test_groups_roll_up_their_worst_child(written):
+    _, _, folder = written
+    groups = _load(folder, "b.groups.json")["groups"]
+    assert groups["3"]["status"] == "first divergence" and groups["3"]["worst_node"] == "conv2d_1"
+    assert groups["2"]["status"] == "ok"
+    onnx_groups = _load(folder, "a.groups.json")["groups"]
+    assert onnx_groups["3"]["max_rel_l2"] > 1e-2 > onnx_groups["0"]["max_rel_l2"]
+
+
+def test_replay_adds_the_local_errors(models, tmp_path):
+    report = td.replay(str(models["onnx"]), models["ref"])
+    index = report.to_model_explorer(tmp_path, model_a=models["onnx"])
+    assert index["sides"]["a"]["overlays"]["local"] == "a.local.json"
+    local = {k: v["value"] for k, v in _load(tmp_path, "a.local.json")["results"].items()}
+    assert max(local, key=local.get) == "/3/Conv"
+    assert all(value < 1e-4 for key, value in local.items() if key != "/3/Conv")
+
+
+def test_diff_cli_writes_overlays_of_the_traces_own_graph(models, tmp_path, onnx_ids, capsys):
+    out = tmp_path / "me"
+    assert main(["diff", str(models["bad"]), str(models["ref"]), "--quiet",
+                 "--model-explorer", str(out)]) == 1
+    index = _load(out, "index.json")
+    # no .pt2 given: the torch side is keyed by record names, the graph `tracediff view` draws
+    assert index["sides"]["b"]["graph"] == "trace" and index["sides"]["a"]["graph"] == "model"
+    with td.open(models["ref"]) as trace:
+        ids = {node.id for node in trace_graph(trace, "B")["graphs"][0].nodes}
+    assert set(_load(out, "b.status.json")["results"]) <= ids
+    assert _load(out, "b.status.json")["results"]["3"]["value"] == "first divergence"
+    assert set(_load(out, "a.status.json")["results"]) <= onnx_ids
+
+
+def test_view_without_model_explorer_says_what_to_install(models):
+    code = ("import sys; sys.modules['model_explorer'] = None\n"
+            "from tracediff.cli import main\n"
+            f"sys.exit(main(['view', {str(models['bad'])!r}, {str(models['ref'])!r}]))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "pip install 'tracediff[viewer]'" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_view_refuses_a_model_no_trace_was_recorded_from(models, capsys):
+    assert main(["view", str(models["bad"]), str(models["ref"]), "--no-browser",
+                 "--model", str(models["onnx"]), "--model", str(models["onnx"])]) == 2
+    assert "no trace left to draw it for was recorded with onnx" in capsys.readouterr().err
