@@ -15,9 +15,10 @@ def cnn():
         torch.nn.Flatten(), torch.nn.Linear(8, 5)).eval()
 
 
-def planted(folder):
+def planted(folder, export=True):
     """``{"ref": torch trace, "pt2": exported program file, "onnx": planted-bug export, "bad":
-    its trace, "program": the ExportedProgram}`` under ``folder``."""
+    its trace, "program": the ExportedProgram}`` under ``folder`` (no torch.export program
+    without ``export``)."""
     import torch
 
     from tracediff.adapters import onnx as tdo
@@ -32,8 +33,10 @@ def planted(folder):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(bad, (x,), paths["bad.onnx"], dynamo=False)
-    program = torch.export.export(model, (x,))
-    torch.export.save(program, paths["model.pt2"])
+    program = None
+    if export:
+        program = torch.export.export(model, (x,))
+        torch.export.save(program, paths["model.pt2"])
     tdt.record(model, x, paths["ref.h5"], loss_fn=lambda out: out.sum())
     tdo.record(paths["bad.onnx"], {"input.1": x.numpy()}, paths["bad.h5"], loss="sum")
     return {"ref": paths["ref.h5"], "pt2": paths["model.pt2"], "onnx": paths["bad.onnx"],
