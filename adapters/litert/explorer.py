@@ -25,7 +25,7 @@ def _op_ids(model) -> dict:
     from .capture import interpreter
 
     with open(model, "rb") as handle:
-        it = interpreter(handle.read(), preserve=False)
+        it = interpreter(handle.read())   # no delegate: ops keep their indices in the file
     names = {d["index"]: d["name"] for d in it.get_tensor_details()}
     out = {}
     for op in it._get_ops_details():
