@@ -39,6 +39,20 @@ NODE_TABLE = """(() => {
       r => [...r.querySelectorAll('td')].map(c => c.innerText.trim()));
 })()"""
 
+# the side panel's table of collapsed layers: {layer: {column header: cell}}
+LAYER_TABLE = """(() => {
+  const table = [...document.querySelectorAll('table')].find(
+      t => [...t.querySelectorAll('th')].some(h => /#first divergence/.test(h.innerText)));
+  if (!table) return null;
+  const heads = [...table.querySelectorAll('th')].map(h => h.innerText.replace(/\\s+/g, ' ').trim());
+  const out = {};
+  for (const row of table.querySelectorAll('tr')) {
+    const cells = [...row.querySelectorAll('td')].map(c => c.innerText.trim());
+    if (cells.length === heads.length) out[cells[1]] = Object.fromEntries(heads.map((h, i) => [h, cells[i]]));
+  }
+  return out;
+})()"""
+
 # pixels of each colour (within 6 per channel) inside the graph's canvas, from a screenshot
 COUNT_COLOURS = """(async (data, colours) => {
   const canvas = [...document.querySelectorAll('canvas')].sort(
@@ -113,6 +127,11 @@ def test_view_shows_the_planted_node_as_the_first_divergence(served):
         assert statuses == [("Conv", "ok"), ("Relu", "ok"), ("Conv", "first divergence"),
                             ("Relu", "diverged"), ("GlobalAveragePool", "diverged"),
                             ("Flatten", "diverged"), ("Gemm", "diverged")]
+        # collapsed, the graph is one layer (the ONNX graph's); it sums up its children's statuses
+        layer = browser.evaluate(LAYER_TABLE)["main_graph"]
+        counts = {label: layer[next(h for h in layer if h.endswith("#" + label))]
+                  for label in ("ok", "first divergence", "diverged")}
+        assert counts == {"ok": "2", "first divergence": "1", "diverged": "4"}
         # the graph itself: expand every layer, then the nodes are drawn in the status colours
         browser.evaluate("document.querySelector('mat-icon.expand-all').click()")
         colours = {k: STATUS_COLORS[k] for k in ("ok", "first divergence", "diverged")}
