@@ -124,14 +124,18 @@ def test_view_shows_the_planted_node_as_the_first_divergence(served):
         rows = _wait(lambda: browser.evaluate(NODE_TABLE), 60, "the overlay in the node table")
         statuses = [(row[1], next(c for c in row if c in STATUS_COLORS)) for row in rows
                     if len(row) > 2 and any(c in STATUS_COLORS for c in row)]
-        assert statuses == [("Conv", "ok"), ("Relu", "ok"), ("Conv", "first divergence"),
-                            ("Relu", "diverged"), ("GlobalAveragePool", "diverged"),
-                            ("Flatten", "diverged"), ("Gemm", "diverged")]
-        # collapsed, the graph is one layer (the ONNX graph's); it sums up its children's statuses
+        assert [s for s in statuses if s[0] not in ("Input", "Initializer")] == [
+            ("Conv", "ok"), ("Relu", "ok"), ("Conv", "first divergence"), ("Relu", "diverged"),
+            ("GlobalAveragePool", "diverged"), ("Flatten", "diverged"), ("Gemm", "diverged")]
+        # the input, and the planted weight among the four the torch parameters pair with
+        assert ("Input", "ok") in statuses
+        assert sorted(s[1] for s in statuses if s[0] == "Initializer") == ["diverged"] + ["ok"] * 3
+        # collapsed, the graph is one layer (the ONNX graph's); it sums up its children's
+        # statuses: 7 ops and 4 weights
         layer = browser.evaluate(LAYER_TABLE)["main_graph"]
         counts = {label: layer[next(h for h in layer if h.endswith("#" + label))]
                   for label in ("ok", "first divergence", "diverged")}
-        assert counts == {"ok": "2", "first divergence": "1", "diverged": "4"}
+        assert counts == {"ok": "5", "first divergence": "1", "diverged": "5"}
         # the graph itself: expand every layer, then the nodes are drawn in the status colours
         browser.evaluate("document.querySelector('mat-icon.expand-all').click()")
         colours = {k: STATUS_COLORS[k] for k in ("ok", "first divergence", "diverged")}
@@ -142,8 +146,7 @@ def test_view_shows_the_planted_node_as_the_first_divergence(served):
             return counts if counts and counts["first divergence"] > 100 else None
 
         counts = _wait(drawn, 20, "the planted node drawn in the first-divergence colour")
-        assert counts["ok"] > 100 and counts["diverged"] > 100
-        # one node is the first divergence, two are ok, four downstream diverged
-        assert counts["first divergence"] < counts["ok"] < counts["diverged"]
+        # one node is the first divergence; more are ok (before it, and weights) or diverged
+        assert counts["first divergence"] < min(counts["ok"], counts["diverged"])
     finally:
         browser.close()

@@ -80,13 +80,15 @@ def test_onnx_keys_are_model_explorer_onnx_node_ids(written, onnx_ids):
     _, _, folder = written
     for kind in NODE_DATA:
         assert set(_load(folder, f"a.{kind}.json")["results"]) <= onnx_ids
-    status = _load(folder, "a.status.json")["results"]
-    # every op node of the export is coloured (the rest are inputs and initializers)
-    assert set(status) == {i for i in onnx_ids if not i.startswith("[value]")}
-    assert {k: v["value"] for k, v in status.items()} == {
+    status = {k: v["value"] for k, v in _load(folder, "a.status.json")["results"].items()}
+    # every op node of the export is coloured, the input and the weights a torch parameter
+    # pairs with (the folded conv+BatchNorm weights, onnx::Conv_*, are no parameter)
+    assert status == {
         "/0/Conv": "ok", "/2/Relu": "ok", "/3/Conv": "first divergence",
         "/4/Relu": "diverged", "/5/GlobalAveragePool": "diverged", "/6/Flatten": "diverged",
-        "/7/Gemm": "diverged"}
+        "/7/Gemm": "diverged", "[value] input.1": "ok", "[value] 3.weight": "diverged",
+        "[value] 3.bias": "ok", "[value] 7.weight": "ok", "[value] 7.bias": "ok"}
+    assert {i for i in onnx_ids if not i.startswith("[value]")} <= set(status)
 
 
 def test_torch_keys_are_the_exported_programs_node_ids(written, torch_ids):
@@ -98,6 +100,8 @@ def test_torch_keys_are_the_exported_programs_node_ids(written, torch_ids):
     assert status["conv2d_1"] == "first divergence"
     assert status["batch_norm"] == status["relu"] == "ok"
     assert status["relu_1"] == status["linear"] == "diverged"
+    # the planted weight on its placeholder; the user input on its own
+    assert status["p_3_weight"] == "diverged" and status["p_3_bias"] == status["input"] == "ok"
     assert index["sides"]["a"]["first_divergence"] == ["/3/Conv"]
     assert index["sides"]["b"]["first_divergence"] == ["conv2d_1"]
 
@@ -106,7 +110,8 @@ def test_forward_errors_coloured_on_a_log_scale(written):
     report, _, folder = written
     content = _load(folder, "a.forward.json")
     results = {k: v["value"] for k, v in content["results"].items()}
-    pairs = {p.a_name: p.rel_l2 for p in report.pairs if p.kind == "forward"}
+    pairs = {p.a_name if p.kind == "forward" else f"[value] {p.a_name}": p.rel_l2
+             for p in report.pairs if p.kind in ("forward", "input", "param")}
     assert results == {name: pairs[name] for name in results}
     low, high = min(results.values()), max(results.values())
     assert low < 1e-6 and high > 1e-2

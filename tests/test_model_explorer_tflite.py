@@ -41,7 +41,7 @@ def setup(tmp_path_factory):
     tflite.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
     tdl.record(tflite, {"features": x}, folder / "bad.h5")
     graph = BuiltinTfliteFlatbufferAdapter().convert(str(tflite), {})["graphCollections"][0]
-    nodes = graph.graphs[0]["nodes"]
+    nodes = [node for node in graph.graphs[0]["nodes"]]
     tensors = {attr["value"]: node["id"] for node in nodes for item in node["outputsMetadata"]
                for attr in item["attrs"] if attr["key"] == "tensor_name"}
     report = td.diff(folder / "bad.h5", folder / "keras.h5")
@@ -57,7 +57,11 @@ def test_keys_are_the_tflite_adapters_op_node_ids(setup, tmp_path):
     report, tflite, node_ids, tensors, _ = setup
     report.to_model_explorer(tmp_path, model_a=tflite)
     status = _status(tmp_path)
-    assert status and set(status) <= node_ids
+    # op outputs are keyed by op node id, inputs and weights by the tensor names the adapter lists
+    assert status and set(status) <= node_ids | set(tensors)
+    assert {tensors[name] for name in ("net_1/middle_1/Tanh", "StatefulPartitionedCall_1:0")} \
+        <= set(status) & node_ids
+    assert status["serving_default_features:0"] == "ok"
     # the planted layer's output (Tanh), and the fused MatMul+Relu before it
     assert report.first_divergence.forward.a_name == "net_1/middle_1/Tanh"
     assert status[tensors["net_1/middle_1/Tanh"]] == "first divergence"

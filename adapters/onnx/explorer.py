@@ -10,14 +10,17 @@ _OUTPUT_SUFFIX = re.compile(r":\d+$")
 
 
 def node_keys(records, model=None) -> dict:
-    """``{(record name, call): {"ids": [node id], "group": scope}}`` for the forward and input
-    records. With ``model`` (a path or ModelProto) ids come from the graph itself (exact for
-    unnamed nodes); without it from the record names, which are the node names."""
-    producers = _producers(model) if model is not None else None
+    """``{(record name, call): {"ids": [node id], "group": scope}}`` for the forward, input and
+    param records (a parameter is its initializer's ``[value]`` node). With ``model`` (a path or
+    ModelProto) ids come from the graph itself (exact for unnamed nodes, and an aliased
+    parameter, an Identity output, is left out); without it from the record names, which are
+    the node names."""
+    producers, initializers = _graph(model) if model is not None else (None, None)
     out = {}
     for record in records:
-        if record.kind == "input":
-            out[(record.name, record.call)] = {"ids": [f"[value] {record.name}"], "group": ""}
+        if record.kind in ("input", "param"):
+            if record.kind == "input" or initializers is None or record.name in initializers:
+                out[(record.name, record.call)] = {"ids": [f"[value] {record.name}"], "group": ""}
             continue
         if record.kind != "forward":
             continue
@@ -32,8 +35,8 @@ def node_keys(records, model=None) -> dict:
     return out
 
 
-def _producers(model) -> dict:
-    """``{output tensor name: node id}`` of the main graph."""
+def _graph(model):
+    """``({output tensor name: node id}, {initializer names})`` of the main graph."""
     import onnx
 
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load(model, load_external_data=False)
@@ -42,7 +45,7 @@ def _producers(model) -> dict:
         for tensor in node.output:
             if tensor:
                 out[tensor] = node.name or f"<node_{index}>"
-    return out
+    return out, {t.name for t in proto.graph.initializer}
 
 
 def _scope(node_id):

@@ -8,15 +8,18 @@ ROOT = "<root>"
 
 
 def node_keys(records, model=None) -> dict:
-    """``{(record name, call): {"ids": [fx node name], "group": module path}}`` for the forward
-    and input records; ``model`` is a ``torch.export.ExportedProgram`` or a ``.pt2`` file (none:
-    no keys, the trace alone does not say which fx node is which module)."""
+    """``{(record name, call): {"ids": [fx node name], "group": module path}}`` for the forward,
+    input and param records (a parameter or buffer is its placeholder); ``model`` is a
+    ``torch.export.ExportedProgram`` or a ``.pt2`` file (none: no keys, the trace alone does not
+    say which fx node is which module)."""
     if model is None:
         return {}
     program = _load(model)
     calls = module_calls(program.graph_module.graph.nodes)
-    inputs = [spec.arg.name for spec in program.graph_signature.input_specs
-              if spec.kind.name == "USER_INPUT"]
+    specs = program.graph_signature.input_specs
+    inputs = [spec.arg.name for spec in specs if spec.kind.name == "USER_INPUT"]
+    placeholders = {spec.target: spec.arg.name for spec in specs
+                    if spec.kind.name in ("PARAMETER", "BUFFER") and spec.target}
     input_records = [r for r in records if r.kind == "input"]
     out = {}
     for record in records:
@@ -24,6 +27,8 @@ def node_keys(records, model=None) -> dict:
             node = calls[(record.name, record.call)]
             group = "" if record.name == ROOT else record.name.replace(".", "/")
             out[(record.name, record.call)] = {"ids": [node], "group": group}
+        elif record.kind == "param" and record.name in placeholders:
+            out[(record.name, record.call)] = {"ids": [placeholders[record.name]], "group": ""}
     # user inputs in order, when the trace recorded as many
     if len(input_records) == len(inputs):
         for record, node in zip(input_records, inputs):

@@ -15,8 +15,12 @@ MODEL_FRAMEWORKS = {".onnx": "onnx", ".pt2": "torch", ".tflite": "litert"}
 _WITHOUT_MODEL = ("onnx", "litert")
 
 
+# the records that are nodes: a model input, a layer's output, a parameter
+KINDS = ("input", "forward", "param")
+
+
 @dataclass
-class Record:
+class PairedRecord:
     """What keying needs of a record, when only the report's pairs are left (a replayed
     candidate's trace is deleted with its temporary folder)."""
     name: str

@@ -7,7 +7,7 @@ import os
 from ..errors import TraceDiffError
 from ..report import model_explorer
 from ..trace import open_trace
-from .keys import Record, framework_of_model, side_nodes
+from .keys import KINDS, PairedRecord, framework_of_model, side_nodes
 
 
 def write_overlays(report: dict, directory, models=(None, None)) -> dict:
@@ -37,17 +37,17 @@ def write_overlays(report: dict, directory, models=(None, None)) -> dict:
 
 
 def _records(path, report, side):
-    """The side's forward and input records: from its trace, or (a replayed candidate, whose
+    """The side's input, forward and param records: from its trace, or (a replayed candidate, whose
     trace is gone) from the report's pairs."""
     if path and os.path.isfile(path):
         with open_trace(path) as trace:
-            records = [r for r in trace.records() if r.kind in ("forward", "input")]
+            records = [r for r in trace.records() if r.kind in KINDS]
             for record in records:
                 record.meta   # parsed while the file is open
             return records
     seen = {}
     for pair in report.get("pairs") or []:
-        if pair.get("kind") == "forward":
-            key = (pair[f"{side}_name"], int(pair.get(f"{side}_call") or 0))
-            seen.setdefault(key, Record(*key[:1], call=key[1]))
+        if pair.get("kind") in KINDS:
+            key = (pair["kind"], pair[f"{side}_name"], int(pair.get(f"{side}_call") or 0))
+            seen.setdefault(key, PairedRecord(key[1], kind=key[0], call=key[2]))
     return list(seen.values())

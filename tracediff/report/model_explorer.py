@@ -14,6 +14,9 @@ import os
 
 SCHEMA = "tracediff.model_explorer/1"
 SIDES = ("a", "b")
+# the pairs drawn: values (a model input, a layer's output, a parameter) and their gradients
+VALUE_KINDS = ("input", "forward", "param")
+GRADIENT_KINDS = ("backward", "param_grad")
 
 # status labels, most telling first: a node several pairs land on shows the first of them
 STATUS_COLORS = {
@@ -32,9 +35,9 @@ SCALE = ((-7.0, (0x81, 0xc7, 0x84)), (-4.0, (0xff, 0xee, 0x58)), (-1.0, (0xe5, 0
 
 def overlays(report: dict, nodes: dict) -> dict:
     """``{file name: JSON-able content}`` for the sides in ``nodes`` (``{"a": ..., "b": ...}``,
-    a side left out when its graph is unknown): ``<side>.status.json``, ``<side>.forward.json``,
-    ``<side>.backward.json``, ``<side>.local.json`` (replay only), ``<side>.groups.json``, and
-    ``mapping.json`` when both sides are keyed."""
+    a side left out when its graph is unknown): ``<side>.status.json`` and ``.forward.json``
+    (inputs, layer outputs, parameters), ``.backward.json`` (their gradients), ``.local.json``
+    (replay only), ``.groups.json`` (layer outputs), and ``mapping.json``."""
     pairs = report.get("pairs") or []
     first = _first_keys(report)
     causes = {(c.get("a_name"), c.get("b_name")) for c in report.get("root_causes") or []}
@@ -44,8 +47,8 @@ def overlays(report: dict, nodes: dict) -> dict:
             continue
         keyed = nodes[side]
         label = f"{side.upper()}: {(report.get(side) or {}).get('framework', '?')}"
-        forward = [p for p in pairs if p.get("kind") == "forward"]
-        backward = [p for p in pairs if p.get("kind") == "backward"]
+        forward = [p for p in pairs if p.get("kind") in VALUE_KINDS]
+        backward = [p for p in pairs if p.get("kind") in GRADIENT_KINDS]
         files[f"{side}.status.json"] = _status(forward, keyed, side, first, causes, label)
         files[f"{side}.forward.json"] = _errors(forward, keyed, side, _rel_l2,
                                                 f"tracediff forward rel_l2 ({label})")
@@ -54,7 +57,8 @@ def overlays(report: dict, nodes: dict) -> dict:
         if report.get("root_causes") is not None:
             files[f"{side}.local.json"] = _errors(forward, keyed, side, _local_rel_l2,
                                                   f"tracediff local rel_l2, replay ({label})")
-        files[f"{side}.groups.json"] = _groups(forward, keyed, side, first, causes)
+        files[f"{side}.groups.json"] = _groups([p for p in forward if p.get("kind") == "forward"],
+                                               keyed, side, first, causes)
     if all(side in nodes for side in SIDES):
         files["mapping.json"] = _mapping(pairs, nodes)
     return files
@@ -233,11 +237,11 @@ def _groups(pairs, keyed, side, first, causes):
 
 
 def _mapping(pairs, nodes):
-    """Model Explorer's sync-navigation mapping (``mappingEntries``): every forward pair whose
-    records are nodes on both sides, A on the left."""
+    """Model Explorer's sync-navigation mapping (``mappingEntries``): every pair of values
+    whose records are nodes on both sides, A on the left."""
     entries, seen = [], set()
     for pair in pairs:
-        if pair.get("kind") != "forward":
+        if pair.get("kind") not in VALUE_KINDS:
             continue
         left = (nodes["a"].get(_record(pair, "a")) or {}).get("ids")
         right = (nodes["b"].get(_record(pair, "b")) or {}).get("ids")
