@@ -163,8 +163,11 @@ def test_diff_cli_writes_overlays_of_the_traces_own_graph(models, tmp_path, onnx
     # no .pt2 given: the torch side is keyed by record names, the graph `tracediff view` draws
     assert index["sides"]["b"]["graph"] == "trace" and index["sides"]["a"]["graph"] == "model"
     with td.open(models["ref"]) as trace:
-        ids = {node.id for node in trace_graph(trace, "B")["graphs"][0].nodes}
-    assert set(_load(out, "b.status.json")["results"]) <= ids
+        nodes = trace_graph(trace, "B")["graphs"][0].nodes
+    # the trace's graph: a node a record, wired by the records' dataflow
+    edges = {node.id: [edge.sourceNodeId for edge in node.incomingEdges] for node in nodes}
+    assert edges["input"] == [] and edges["0"] == ["input"] and edges["3"] == ["2"]
+    assert set(_load(out, "b.status.json")["results"]) <= set(edges)
     assert _load(out, "b.status.json")["results"]["3"]["value"] == "first divergence"
     assert set(_load(out, "a.status.json")["results"]) <= onnx_ids
 

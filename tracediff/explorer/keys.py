@@ -66,8 +66,12 @@ def node_id(name, call) -> str:
 
 
 def group_of(record) -> str:
-    """A record's module group: its meta ``module``, else its name's dotted path."""
+    """A record's layer in the trace's graph: the module it belongs to (meta ``module``, else its
+    name's dotted path), less the record itself when it is that module's output (Model Explorer
+    puts a node beside the layers inside it, not in a layer of its own)."""
     if record.kind == "input":
         return ""
-    module = record.meta.get("module") or record.name.rpartition(".")[0]
+    module = record.meta.get("module") or record.name
+    if module == record.name:
+        module = record.name.rpartition(".")[0]
     return "" if module == "<root>" else module.replace(".", "/").replace(":", "/")
