@@ -186,3 +186,37 @@ def test_view_refuses_a_model_no_trace_was_recorded_from(models, capsys):
     assert main(["view", str(models["bad"]), str(models["ref"]), "--no-browser",
                  "--model", str(models["onnx"]), "--model", str(models["onnx"])]) == 2
     assert "no trace left to draw it for was recorded with onnx" in capsys.readouterr().err
+
+
+class _Block(torch.nn.Module):
+    """One ReLU called twice in a row: two calls, two nodes."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.act, self.norm = torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.LayerNorm(4)
+
+    def forward(self, x):
+        return self.norm(self.act(self.fc(x)) + self.act(x))
+
+
+def test_each_call_of_a_module_is_its_own_node(tmp_path):
+    from tracediff.adapters import torch as tdt
+    from tracediff.adapters.torch.explorer import node_keys
+
+    model = torch.nn.Sequential(_Block(), torch.nn.Linear(4, 2)).eval()
+    x = torch.randn(3, 4)
+    tdt.record(model, x, tmp_path / "t.h5")
+    program = torch.export.export(model, (x,))
+    with td.open(tmp_path / "t.h5") as trace:
+        keys = node_keys(trace.records(), program)
+    nodes = {node.name: node for node in program.graph.nodes}
+
+    def innermost(key):
+        stack = nodes[keys[key]["ids"][0]].meta["nn_module_stack"]
+        return list(stack.values())[-1][0]
+
+    assert [keys[("0.act", call)]["ids"] for call in (0, 1)] == [["relu"], ["relu_1"]]
+    # a block's output is its last node, the LayerNorm's; <root> the last computing node
+    assert innermost(("0", 0)) == innermost(("0.norm", 0)) == "0.norm"
+    assert keys[("<root>", 0)] == {"ids": [keys[("1", 0)]["ids"][0]], "group": ""}
+    assert keys[("0.fc.weight", 0)]["ids"] == ["p_0_fc_weight"]

@@ -1,7 +1,7 @@
 """Model Explorer node keys of a torch trace's records: the nodes of a ``torch.export`` graph,
 as Model Explorer's PyTorch adapter builds them (the fx node names). A module's record is the
 output of its call: the last node of the k-th contiguous run of nodes whose ``nn_module_stack``
-holds that module is call k."""
+holds that module is call k (a new entry in the stack, ``act@1``, starts a new call)."""
 from __future__ import annotations
 
 ROOT = "<root>"
@@ -38,21 +38,24 @@ def node_keys(records, model=None) -> dict:
 
 def module_calls(nodes) -> dict:
     """``{(module path, call): the fx node name ending that call}``; the root module is
-    ``<root>``, ending at the last computing node."""
+    ``<root>``, ending at the last computing node. A call is a contiguous run of nodes under
+    the same ``nn_module_stack`` entry: a module called twice in a row has two entries
+    (``...act`` and ``...act@1``)."""
     runs, open_runs, last = {}, {}, None
     for node in nodes:
         if node.op not in ("call_function", "call_method", "call_module"):
             continue
-        stack = [path for path, _ in (node.meta.get("nn_module_stack") or {}).values()]
-        paths = {path or ROOT for path in stack} | {ROOT}
+        entries = {(path or ROOT): key
+                   for key, (path, _) in (node.meta.get("nn_module_stack") or {}).items()}
+        entries.setdefault(ROOT, ROOT)
         for path in list(open_runs):
-            if path not in paths:
+            if entries.get(path) != open_runs[path][1]:
                 del open_runs[path]
-        for path in paths:
+        for path, key in entries.items():
             if path not in open_runs:
-                open_runs[path] = len(runs.setdefault(path, []))
+                open_runs[path] = (len(runs.setdefault(path, [])), key)
                 runs[path].append(node.name)
-            runs[path][open_runs[path]] = node.name
+            runs[path][open_runs[path][0]] = node.name
         last = node.name
     out = {(path, call): name for path, ends in runs.items() for call, name in enumerate(ends)}
     if last is not None:
