@@ -220,3 +220,23 @@ def test_each_call_of_a_module_is_its_own_node(tmp_path):
     assert innermost(("0", 0)) == innermost(("0.norm", 0)) == "0.norm"
     assert keys[("<root>", 0)] == {"ids": [keys[("1", 0)]["ids"][0]], "group": ""}
     assert keys[("0.fc.weight", 0)]["ids"] == ["p_0_fc_weight"]
+
+
+def test_a_second_root_cause_is_marked_beside_the_first_divergence(models, tmp_path):
+    import copy
+    import warnings
+
+    from explorer_models import cnn
+
+    bad = copy.deepcopy(cnn())
+    with torch.no_grad():
+        bad[0].weight.mul_(1.05)
+        bad[3].weight.mul_(1.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(bad, (torch.randn(2, 3, 6, 6),), tmp_path / "two.onnx", dynamo=False)
+    report = td.replay(str(tmp_path / "two.onnx"), models["ref"])
+    report.to_model_explorer(tmp_path / "me", model_a=tmp_path / "two.onnx")
+    status = {k: v["value"] for k, v in _load(tmp_path / "me", "a.status.json")["results"].items()}
+    assert status["/0/Conv"] == "first divergence" and status["/3/Conv"] == "root cause"
+    assert status["/2/Relu"] == status["/4/Relu"] == "diverged"

@@ -40,7 +40,8 @@ def overlays(report: dict, nodes: dict) -> dict:
     (replay only), ``.groups.json`` (layer outputs), and ``mapping.json``."""
     pairs = report.get("pairs") or []
     first = _first_keys(report)
-    causes = {(c.get("a_name"), c.get("b_name")) for c in report.get("root_causes") or []}
+    causes = {(c.get("kind", "forward"), c.get("a_name"), c.get("b_name"))
+              for c in report.get("root_causes") or []}
     files = {}
     for side in SIDES:
         if side not in nodes:
@@ -110,7 +111,7 @@ def _first_ids(report, keyed, side):
 def _label(pair, first, causes):
     if first is not None and _identity(pair) == first:
         return "first divergence"
-    if (pair.get("a_name"), pair.get("b_name")) in causes:
+    if (pair.get("kind"), pair.get("a_name"), pair.get("b_name")) in causes:
         return "root cause"
     status = pair.get("status", "ok")
     if status == "ok" or (status == "layout" and not pair.get("diverged")):
