@@ -53,11 +53,16 @@ LAYER_TABLE = """(() => {
   return out;
 })()"""
 
-# pixels of each colour (within 6 per channel) inside the graph's canvas, from a screenshot
-COUNT_COLOURS = """(async (data, colours) => {
+# the graph's canvas on the page: {x, y, width, height}
+CANVAS_BOX = """(() => {
   const canvas = [...document.querySelectorAll('canvas')].sort(
       (a, b) => b.clientWidth * b.clientHeight - a.clientWidth * a.clientHeight)[0];
   const box = canvas.getBoundingClientRect();
+  return {x: box.x, y: box.y, width: box.width, height: box.height, scale: 1};
+})()"""
+
+# pixels of each colour (within 6 per channel) in a PNG screenshot
+COUNT_COLOURS = """(async (data, colours) => {
   const image = new Image();
   image.src = 'data:image/png;base64,' + data;
   await image.decode();
@@ -65,7 +70,7 @@ COUNT_COLOURS = """(async (data, colours) => {
   board.width = image.width; board.height = image.height;
   const context = board.getContext('2d');
   context.drawImage(image, 0, 0);
-  const px = context.getImageData(box.x, box.y, box.width, box.height).data;
+  const px = context.getImageData(0, 0, image.width, image.height).data;
   const out = {};
   for (const [name, hex] of Object.entries(colours)) {
     const rgb = [1, 3, 5].map(i => parseInt(hex.slice(i, i + 2), 16));
@@ -140,8 +145,10 @@ def test_view_shows_the_planted_node_as_the_first_divergence(served):
         browser.evaluate("document.querySelector('mat-icon.expand-all').click()")
         colours = {k: STATUS_COLORS[k] for k in ("ok", "first divergence", "diverged")}
 
+        box = browser.evaluate(CANVAS_BOX)
+
         def drawn():
-            shot = browser.call("Page.captureScreenshot", format="png")["data"]
+            shot = browser.call("Page.captureScreenshot", format="png", clip=box)["data"]
             counts = browser.evaluate(f"{COUNT_COLOURS}({shot!r}, {colours!r})")
             return counts if counts and counts["first divergence"] > 100 else None
 
