@@ -7,10 +7,12 @@ import importlib
 import os
 from dataclasses import dataclass
 
+from ..adapters.base import MODEL_SUFFIXES
 from ..errors import TraceDiffError
 
-# model files Model Explorer's adapters open, by suffix, and the trace framework they belong to
-MODEL_FRAMEWORKS = {".onnx": "onnx", ".pt2": "torch", ".tflite": "litert"}
+# model files Model Explorer's adapters open, by suffix, and the trace framework they belong to:
+# those tracediff records, and torch.export programs (torch.export.save)
+MODEL_FRAMEWORKS = {**MODEL_SUFFIXES, ".pt2": "torch"}
 # frameworks whose adapter keys records without a model (the record names are node names)
 _WITHOUT_MODEL = ("onnx", "litert")
 
