@@ -18,6 +18,7 @@ VERBS = {
     "check": "run the health checks on a trace",
     "record": "record every tensor of an ONNX (onnxruntime) or LiteRT (.tflite) model",
     "demo": "record planted-bug ports and their references, and diff them",
+    "view": "open a diff in Model Explorer: both graphs with the errors coloured on their nodes",
 }
 
 EXIT_OK, EXIT_DIFFERENT, EXIT_ERROR = 0, 1, 2

@@ -32,6 +32,8 @@ def add_options(parser):
     parser.add_argument("--json", dest="json_out", metavar="OUT", help="write the report as JSON ('-': stdout)")
     parser.add_argument("--html", dest="html_out", metavar="OUT", help="write a self-contained HTML report")
     parser.add_argument("--markdown", dest="markdown_out", metavar="OUT", help="write a Markdown report")
+    parser.add_argument("--model-explorer", metavar="DIR",
+                        help="write Model Explorer node-data overlays of both sides into DIR")
     parser.add_argument("--quiet", action="store_true", help="print only the summary line")
 
 
@@ -61,7 +63,7 @@ class _Progress:
 
 
 OPTIONS = ("rtol", "atol", "align", "rename", "tolerances", "json_out", "html_out",
-           "markdown_out", "quiet")
+           "markdown_out", "model_explorer", "quiet")
 
 
 def run(args) -> int:
@@ -99,6 +101,8 @@ def publish(report, args) -> int:
         report.to_html(args.html_out)
     if args.markdown_out:
         report.to_markdown(args.markdown_out)
+    if getattr(args, "model_explorer", None):
+        report.to_model_explorer(args.model_explorer)
     if args.json_out != "-":
         if args.quiet:
             print(summary_line(report))

@@ -163,6 +163,14 @@ class Report:
             _write(path, text)
         return text
 
+    def to_model_explorer(self, directory, model_a=None, model_b=None) -> dict:
+        """Model Explorer node data for both sides written into ``directory`` (docs/graph.md);
+        ``model_a``/``model_b``: the .onnx, .tflite or torch.export .pt2 drawn for that side
+        (None: the trace's own graph, or for ONNX and LiteRT the node names). Returns the
+        directory's ``index.json``."""
+        from ..explorer import write_overlays
+        return write_overlays(self.to_dict(), directory, (model_a, model_b))
+
     def render(self, console=None, context=3) -> None:
         from ..report.terminal import render
         render(self, console=console, context=context)
