@@ -119,7 +119,7 @@ def _producer(gate, forward, tb, elementwise=True):
             for p in forward:
                 if (p.b_name, p.b_call) == (name, call):
                     return p
-    before = [p for p in forward if p.b_index < gate.b_index and p.step == gate.step]
+    before = [p for p in forward if p.b_index < gate.b_index and p.position == gate.position]
     if before and (not elementwise or _numel(before[-1].shape_b) == _numel(gate.shape_b)):
         return before[-1]
     return None
@@ -187,7 +187,7 @@ def _upstream(pairs, gated, producer, budget, gate, tb):
     before) that differ no more than GROWTH times the excused difference."""
     forward_at = {p.b_name: p.b_index for p in pairs if p.kind == "forward" and p.b_call == 0}
     for p in pairs:
-        if not p.diverged or p.step != gated.step or p.status not in ("diverged", "shape_mismatch"):
+        if not p.diverged or p.position != gated.position or p.status not in ("diverged", "shape_mismatch"):
             continue
         if p.rel_l2 is None or p.rel_l2 > GROWTH * max(budget, 1e-300):
             continue
