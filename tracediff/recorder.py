@@ -235,7 +235,7 @@ class Recorder:
         else:
             place = (0, -1, summary.nbytes, self._data_end, summary.sample_count)
         self._append_data(summary.stored)
-        if self._positions is not None and "positions" not in meta:
+        if self._positions is not None and "positions" not in meta and kind not in ("param", "param_grad"):
             meta["positions"] = self._positions
         texts = (name, summary.dtype, _shape_text(summary.shape), summary.digest,
                  _META_JSON.encode({k: v for k, v in meta.items() if v is not None}))

@@ -45,7 +45,9 @@ def window(ra, rb) -> tuple | None:
     """``(side, axis, start, stop)``: the slice of the whole-run record (side ``"a"`` or ``"b"``)
     that the decode-step record computed; None where the shapes agree or cannot be reconciled
     along one sequence axis. A record as long as the step's new positions (hidden states,
-    logits) takes them; one as long as everything so far (a KV cache) takes the prefix."""
+    logits) takes them; one as long as everything so far (a KV cache) takes the prefix; a
+    shorter one the step's last positions (Hugging Face's ``generate`` computes the prompt's
+    logits at its last position only)."""
     decoded, whole, side = (ra, rb, "b") if ra.decode_step >= 0 else (rb, ra, "a")
     positions = decoded.meta.get("positions")
     if not (isinstance(positions, list) and len(positions) == 2 and whole.stored) \
@@ -61,6 +63,8 @@ def window(ra, rb) -> tuple | None:
         return side, axis, start, stop
     if n == stop and m >= stop:
         return side, axis, 0, stop
+    if n < stop - start and m >= stop:
+        return side, axis, stop - n, stop
     return None
 
 
