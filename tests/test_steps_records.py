@@ -1,0 +1,79 @@
+"""Issue 22 §1: steps, decode steps and batches are three distinct record fields (format v3),
+older traces still read, and the checks treat only ``step`` as training."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+import tracediff as td
+
+GOLDEN_V2 = Path(__file__).parent.parent / "traces" / "test_golden_examples" / "test_numpy_demo_net[mlp].h5"
+
+
+def test_step_decode_step_and_batch_index_round_trip(tmp_path):
+    path = tmp_path / "t.h5"
+    with td.Recorder(path) as rec:
+        rec.step(2)
+        rec.forward("fc", np.ones(3))
+        rec.decode_step(1, positions=(5, 6))
+        rec.forward("fc", np.ones(3))
+        rec.batch(4)
+        rec.forward("fc", np.ones(3))
+        rec.param("fc.weight", np.ones(2))
+    trace = td.open(path)
+    assert trace.attrs["format_version"] == 3
+    assert [r.position for r in trace] == [(2, -1, -1), (2, 1, -1), (2, 1, 4), (2, 1, 4)]
+    # call indices restart in each group: the same layer again is call 0, not 1
+    assert [r.call for r in trace] == [0, 0, 0, 0]
+    assert trace.get("fc", decode_step=1, batch_index=-1).meta["positions"] == [5, 6]
+    assert "positions" not in trace.get("fc.weight", kind="param").meta
+    assert (trace.steps, trace.decode_steps, trace.batches) == ([2], [-1, 1], [-1, 4])
+    assert len(trace.records(kind="forward", decode_step=1)) == 2
+
+
+def test_a_v2_trace_still_reads_outside_decode_steps_and_batches(tmp_path):
+    path = tmp_path / "v2.h5"
+    shutil.copyfile(GOLDEN_V2, path)
+    trace = td.open(path)
+    assert trace.version == 2 and len(trace) > 5
+    assert {(r.decode_step, r.batch_index) for r in trace} == {(-1, -1)}
+    assert td.diff(path, path).ok
+
+
+def _identical_inputs_differing_outputs(path, group):
+    """Two forward passes on the same input whose outputs differ: as a KV cache makes decode
+    steps differ, and as an active dropout makes two batches differ."""
+    x = np.arange(6.0).reshape(2, 3)
+    with td.Recorder(path, meta={"mode": "eval"}) as rec:
+        for k in range(2):
+            group(rec, k)
+            rec.input("input_ids", x)
+            rec.forward("attn", x * (k + 1), op_type="Linear")
+
+
+def _check(path, check_id="train_mode"):
+    return next(c for c in td.check(path).to_dict()["checks"] if c["id"] == check_id)
+
+
+def test_train_mode_does_not_fire_on_decode_steps(tmp_path):
+    _identical_inputs_differing_outputs(tmp_path / "decode.h5", lambda rec, k: rec.decode_step(k + 1))
+    assert _check(tmp_path / "decode.h5")["status"] != "fail"
+    # the same two passes as batches of an evaluation set are a nondeterministic forward
+    _identical_inputs_differing_outputs(tmp_path / "batches.h5", lambda rec, k: rec.batch(k))
+    result = _check(tmp_path / "batches.h5")
+    assert result["status"] == "fail" and result["layers"] == ["attn"]
+    assert "batch 0" in result["message"] and "batch 1" in result["message"]
+
+
+def test_a_plain_diff_report_names_step_minus_one_and_no_decode_step(tmp_path):
+    path = tmp_path / "one.h5"
+    with td.Recorder(path) as rec:
+        rec.forward("fc", np.ones(3))
+    other = tmp_path / "two.h5"
+    with td.Recorder(other) as rec:
+        rec.forward("fc", np.zeros(3))
+    first = json.loads(td.diff(path, other).to_json())["first_divergence"]
+    assert first["step"] == -1 and "decode_step" not in first and first["forward"]["b_name"] == "fc"
+    assert json.loads(td.diff(path, path).to_json())["first_divergence"]["step"] is None
+    assert json.loads(td.diff(path, path).to_json())["steps"] is None
