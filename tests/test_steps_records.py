@@ -77,3 +77,19 @@ def test_a_plain_diff_report_names_step_minus_one_and_no_decode_step(tmp_path):
     assert first["step"] == -1 and "decode_step" not in first and first["forward"]["b_name"] == "fc"
     assert json.loads(td.diff(path, path).to_json())["first_divergence"]["step"] is None
     assert json.loads(td.diff(path, path).to_json())["steps"] is None
+
+
+def test_show_lists_where_each_record_lies(tmp_path, capsys):
+    from tracediff.cli import main
+
+    path = tmp_path / "gen.h5"
+    with td.Recorder(path) as rec:
+        for t in range(2):
+            rec.decode_step(t, positions=(3 + t, 4 + t))
+            rec.forward("h", np.ones(2))
+    assert main(["show", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert " at " in out.splitlines()[2] and "decode step 1" in out
+    assert main(["show", str(path), "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)["records"]
+    assert [(r["step"], r["decode_step"], r["batch_index"]) for r in records] == [(-1, 0, -1), (-1, 1, -1)]
