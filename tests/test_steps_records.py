@@ -93,3 +93,31 @@ def test_show_lists_where_each_record_lies(tmp_path, capsys):
     assert main(["show", str(path), "--json"]) == 0
     records = json.loads(capsys.readouterr().out)["records"]
     assert [(r["step"], r["decode_step"], r["batch_index"]) for r in records] == [(-1, 0, -1), (-1, 1, -1)]
+
+
+def test_numpy_record_over_batches_names_the_worst_batch_and_row(tmp_path):
+    from tracediff.adapters import numpy as tdn
+
+    rng = np.random.default_rng(0)
+    W = rng.normal(size=(5, 7))
+    batches = [rng.normal(size=(4, 5)) for _ in range(3)]
+
+    def net(clip):
+        def run(rec, x):
+            h = rec_forward(rec, "fc", x @ W)
+            return rec_forward(rec, "act", np.clip(h, -clip, clip))   # a port's wrong clamp
+        return run
+
+    def rec_forward(rec, name, value):
+        rec.forward(name, value)
+        return value
+
+    tdn.record(net(np.inf), batches, tmp_path / "ref.h5", batches=True)
+    outputs = tdn.record(net(2.5), batches, tmp_path / "cand.h5", batches=True)
+    assert len(outputs) == 3 and td.open(tmp_path / "cand.h5").batches == [0, 1, 2]
+    report = td.diff(tmp_path / "cand.h5", tmp_path / "ref.h5")
+    act = next(x for x in report.to_dict()["steps"]["layers"] if x["b_name"] == "act")
+    h = [np.abs(x @ W) - 2.5 for x in batches]              # how far each row is clipped
+    worst = max(range(3), key=lambda b: h[b].max())
+    assert (act["worst"]["batch_index"], act["worst"]["row"]) == (worst, int(np.argmax(h[worst].max(axis=1))))
+    assert report.first_divergence.forward.b_name == "act"

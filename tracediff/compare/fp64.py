@@ -36,9 +36,9 @@ def check_float64(trace):
 
 def judge(pairs, ta, tb, tg):
     """Re-judge every comparable pair of ``pairs`` against ``tg``, matched to b's records by
-    (step, kind, name, call)."""
-    truth = {(r.step, r.kind, r.name, r.call): r for r in tg}
-    if not any((r.step, r.kind, r.name, r.call) in truth for r in tb):
+    (position, kind, name, call): the same step, decode step and batch."""
+    truth = {(r.position, r.kind, r.name, r.call): r for r in tg}
+    if not any((r.position, r.kind, r.name, r.call) in truth for r in tb):
         raise TraceDiffError(
             f"--fp64 {tg.path}: none of its records has the name of a record of {tb.path}: "
             "record G from the reference model itself, in float64 (docs/diff.md)")
@@ -46,7 +46,7 @@ def judge(pairs, ta, tb, tg):
         if pair.status not in JUDGED:
             continue
         rb = tb[pair.b_index]
-        rg = truth.get((rb.step, rb.kind, rb.name, rb.call))
+        rg = truth.get((rb.position, rb.kind, rb.name, rb.call))
         ra = ta[pair.a_index]
         if rg is None or not (ra.stored and rb.stored and rg.stored) or rg.shape != rb.shape:
             continue
