@@ -39,14 +39,6 @@ class Aligned:
     group: int = 0     # rank of the (step, decode_step, batch_index) groups it was aligned in
     window: tuple | None = None   # ("a" | "b", axis, start, stop): the part of that side compared
 
-    @property
-    def decode_step(self) -> int:
-        return self.a.decode_step if self.a.decode_step >= 0 else self.b.decode_step
-
-    @property
-    def batch_index(self) -> int:
-        return self.a.batch_index if self.a.batch_index >= 0 else self.b.batch_index
-
 
 class Alignment:
     def __init__(self):

@@ -144,7 +144,7 @@ def _diff(ta, tb, mode, rules, policy, progress, started, tg=None) -> Report:
     compared = _compare_all([(*steps.windowed(item.a, item.b, item.window), tol)
                              for item, tol in zip(aligned, tols)], dims)
     for done, (item, pair, tol) in enumerate(zip(aligned, compared, tols), 1):
-        pair.match, pair.confidence = item.match, item.confidence
+        pair.match, pair.confidence, pair.window = item.match, item.confidence, item.window
         _limit_rel_l2(pair, tol)
         pairs.append(pair)
         if progress is not None:
@@ -277,7 +277,7 @@ def _follow_producer_layouts(pairs, ta, tb, dims):
         if found is None or producer.status != "layout" or tuple(found.b_shape) != tuple(pair.shape_b) \
                 or found.is_identity(math.prod(pair.shape_b)):
             continue
-        ra, rb = ta[pair.a_index], tb[pair.b_index]
+        ra, rb = steps.records(pair, ta, tb)
         if not (ra.stored and rb.stored):
             continue
         a, b = ra.view(), rb.view()
@@ -659,7 +659,7 @@ def _explain(pair: Pair, ta, tb, pairs, dims, explained) -> dict | None:
     """Hint and error histogram of one diverged pair, reading its two tensors again. Hints look
     at the leading HINT_LIMIT elements; the histogram covers every element, chunk by chunk."""
     explained.add(pair.b_index)
-    ra, rb = ta[pair.a_index], tb[pair.b_index]
+    ra, rb = steps.records(pair, ta, tb)
     if not (ra.stored and rb.stored) or pair.status in ("shape_mismatch", "nonfinite"):
         return None
     if pair.status == "layout" or ra.shape != rb.shape:
@@ -677,7 +677,7 @@ def _explain(pair: Pair, ta, tb, pairs, dims, explained) -> dict | None:
     if pair.kind == "forward":
         before = [p for p in pairs if p.kind == "forward" and p.b_index < pair.b_index and p.position == pair.position]
         if before and before[-1].shape_b == pair.shape_b and rb.numel <= hints.HINT_LIMIT:
-            prev_record = tb[before[-1].b_index]
+            prev_record = steps.records(before[-1], ta, tb)[1]
             if prev_record.stored:
                 previous = prev_record.view()
     eps = max(EPSILON.get(pair.dtype_a, 0.0), EPSILON.get(pair.dtype_b, 0.0)) or None

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..dtypes import as_float
 from ..errors import TraceDiffError
+from . import steps
 from .tolerances import LOW_PRECISION, dtype_default
 
 K_FLOAT32 = 2.0
@@ -48,6 +49,10 @@ def judge(pairs, ta, tb, tg):
         rb = tb[pair.b_index]
         rg = truth.get((rb.position, rb.kind, rb.name, rb.call))
         ra = ta[pair.a_index]
+        if pair.window is not None:   # a decode step against a whole run
+            ra, rb = steps.records(pair, ta, tb)
+            if pair.window[0] == "b" and rg is not None:   # G, a run like b's, is cut like it
+                rg = steps.Window(rg, *pair.window[1:]) if rg.stored else None
         if rg is None or not (ra.stored and rb.stored and rg.stored) or rg.shape != rb.shape:
             continue
         a = ra.view()

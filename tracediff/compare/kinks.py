@@ -15,6 +15,7 @@ import numpy as np
 from ..dataflow import declared_inputs
 from ..dtypes import as_float
 from .align import owner
+from . import steps
 from .families import family
 from .tolerances import SCALE_FLOOR
 
@@ -131,7 +132,7 @@ def _numel(shape):
 
 def _values(pair, ta, tb):
     """Both tensors in b's shape (a rearranged as the pair was compared), float64."""
-    ra, rb = ta[pair.a_index], tb[pair.b_index]
+    ra, rb = steps.records(pair, ta, tb)
     if not (ra.stored and rb.stored):
         return None
     a, b = np.asarray(as_float(ra.view()), np.float64), np.asarray(as_float(rb.view()), np.float64)

@@ -44,6 +44,7 @@ class Pair:
     rearrangement: object = field(default=None, repr=False, compare=False)   # layout pairs; not in JSON
     tied: list = field(default_factory=list, repr=False, compare=False)      # as good layouts; not in JSON
     contradicts_declared: bool = field(default=False, repr=False, compare=False)
+    window: tuple | None = field(default=None, repr=False, compare=False)  # steps.window; not in JSON
 
     @property
     def rel_l2(self):

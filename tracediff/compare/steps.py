@@ -78,6 +78,12 @@ def windowed(ra, rb, where):
     return ra, Window(rb, axis, start, stop)
 
 
+def records(pair, ta, tb):
+    """The two records ``pair`` compared: its records of a and b, the whole-run side cut to the
+    decode step's slice where it was."""
+    return windowed(ta[pair.a_index], tb[pair.b_index], pair.window)
+
+
 class Window:
     """Positions ``start:stop`` along ``axis`` of a stored record, standing in for the record
     (as the diff reads records) as if it held only those positions."""
