@@ -75,6 +75,13 @@ def test_the_cached_generation_matches_the_whole_sequence_run(tmp_path, weights,
     assert len(trace.records(kind="param", name="transformer.wte.weight")) == 1
     check = next(c for c in td.check(tmp_path / "gen.h5").to_dict()["checks"] if c["id"] == "train_mode")
     assert check["status"] == "pass"
+    # the other way round (the whole run as the candidate) slices the candidate instead
+    assert td.diff(tmp_path / "full.h5", tmp_path / "gen.h5").ok
+
+
+def test_a_model_without_generate_is_refused_with_one_line(tmp_path):
+    with pytest.raises(td.TraceDiffError, match=r"record_generation needs a model with a generate method"):
+        tdt.record_generation(torch.nn.Linear(3, 2), torch.ones(1, 3), tmp_path / "t.h5")
 
 
 def test_wrong_position_ids_are_named_at_the_first_decode_step(tmp_path, weights, torch_one_thread):

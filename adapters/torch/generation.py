@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from tracediff.errors import TraceDiffError
+
 from .recording import Recording
 from .session import FLUSH_EVERY
 from .structure import split_inputs
@@ -23,10 +25,15 @@ def record_generation(model, inputs, path, *, level="module", include=None, excl
     (``{"input_ids": ..., "attention_mask": ...}``). Parameters are recorded once, at decode
     step 0.
     """
+    if not callable(getattr(model, "generate", None)):
+        raise TraceDiffError(
+            f"record_generation needs a model with a generate method (a Hugging Face causal LM), "
+            f"got {type(model).__name__}: for a decoding loop of your own, wrap it in "
+            "tdt.recording(model, path, decode=True)")
     args, kwargs = split_inputs(inputs)
     with Recording(model, path, every=1, values=values, loss=False, level=level, include=include,
                    exclude=exclude, kinds=kinds, overwrite=overwrite, dims=dims, seed=seed,
                    model_name=model_name, params=params, flush_every=flush_every,
                    background=background, decode=True) as session:
         with torch.no_grad():
-            return session.module.generate(*args, **kwargs, **generate_kwargs)
+            return model.generate(*args, **kwargs, **generate_kwargs)

@@ -93,12 +93,13 @@ class Recording:
         self._end_step()
         n = self.steps_seen
         self.steps_seen += 1
+        positions = self._positions(args, kwargs) if self.decode else None   # counted every step
         if n % self.every:
             return None
         self.step = n
         self._loss_seen = False
         if self.decode:
-            self.recorder.decode_step(n, positions=self._positions(args, kwargs))
+            self.recorder.decode_step(n, positions=positions)
         else:
             self.recorder.step(n)
         capture = self.capture
