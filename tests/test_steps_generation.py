@@ -91,6 +91,10 @@ def test_wrong_position_ids_are_named_at_the_first_decode_step(tmp_path, weights
     assert first["forward"]["decode_step"] == 1
     prompt = [p for p in report.pairs if p.decode_step == 0]
     assert prompt and not any(p.diverged for p in prompt)
+    # the generation's position ids have no input of that name in the whole run: listed, per step
+    unmatched = json.loads(report.to_json())["unmatched_records"]["a"]
+    assert [(r["name"], r["decode_step"]) for r in unmatched] == \
+        [("input:position_ids", t) for t in range(NEW_TOKENS)]
 
 
 def test_a_stale_cache_entry_is_named_at_its_decode_step_and_layer(tmp_path, weights, torch_one_thread):

@@ -378,11 +378,6 @@ class Trace:
         """The batch indices of an evaluation set (``[-1]`` outside one)."""
         return sorted({r.batch_index for r in self._records})
 
-    @property
-    def positions(self) -> list:
-        """The (step, decode_step, batch_index) groups, in execution order of their first record."""
-        return list(dict.fromkeys(r.position for r in self._records))
-
     # -- records ------------------------------------------------------------------------------
     def __len__(self):
         return len(self._records)

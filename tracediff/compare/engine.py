@@ -349,7 +349,11 @@ def _limit_rel_l2(pair: Pair, tol):
 
 
 def _brief(r: Record) -> dict:
-    return {"name": r.name, "kind": r.kind, "call": r.call, "step": r.step, "shape": list(r.shape)}
+    out = {"name": r.name, "kind": r.kind, "call": r.call, "step": r.step, "shape": list(r.shape)}
+    for key in ("decode_step", "batch_index"):   # only in traces that have them
+        if getattr(r, key) >= 0:
+            out[key] = getattr(r, key)
+    return out
 
 
 def category(dtype: str) -> str:
