@@ -121,3 +121,19 @@ def test_numpy_record_over_batches_names_the_worst_batch_and_row(tmp_path):
     worst = max(range(3), key=lambda b: h[b].max())
     assert (act["worst"]["batch_index"], act["worst"]["row"]) == (worst, int(np.argmax(h[worst].max(axis=1))))
     assert report.first_divergence.forward.b_name == "act"
+
+
+def test_cli_diff_exits_1_and_its_json_names_the_step(tmp_path):
+    from tracediff.cli import main
+
+    def run(path, bad_step):
+        with td.Recorder(path) as rec:
+            for step in range(3):
+                rec.step(step)
+                rec.forward("fc", np.full(4, float(step)) + (1.0 if step == bad_step else 0.0))
+    run(tmp_path / "a.h5", bad_step=1)
+    run(tmp_path / "b.h5", bad_step=None)
+    assert main(["diff", str(tmp_path / "a.h5"), str(tmp_path / "b.h5"), "--json", str(tmp_path / "r.json")]) == 1
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["first_divergence"]["step"] == 1 and report["first_divergence"]["forward"]["step"] == 1
+    assert report["steps"]["layers"][0]["diverged"] == [1]
