@@ -295,7 +295,7 @@ def e29_folder_instead_of_a_trace(tmp, monkeypatch):
 def e30_trace_of_a_newer_format(tmp, monkeypatch):
     path = reference(tmp)
     with h5py.File(path, "r+") as f:
-        f.attrs["format_version"] = 3
+        f.attrs["format_version"] = 4
     return cli("show", path)
 
 

@@ -104,7 +104,7 @@ def test_the_global_heap_check_finds_one_in_a_v1_trace():
 
 def test_root_attributes_keep_their_python_values(trace_path):
     attrs = td.open(trace_path).attrs
-    assert attrs["format_version"] == fmt.FORMAT_VERSION == 2
+    assert attrs["format_version"] == fmt.FORMAT_VERSION == 3
     assert (attrs["model"], attrs["seed"], attrs["values"], attrs["complete"]) == ("modèle σ", 3, True, True)
     assert json.loads(attrs["dims"]) == {"batch": 2, "größe": 3}
     assert json.loads(attrs["meta"]) == {"note": "naïve"}
@@ -150,7 +150,7 @@ def test_a_v1_trace_and_its_v2_rerecording_hold_the_same_records(tmp_path):
     path = tmp_path / "new.h5"
     _load_v1_maker().record(path)
     new, old = td.open(path), td.open(V1_TRACE)
-    assert (new.attrs["format_version"], old.attrs["format_version"]) == (2, 1)
+    assert (new.attrs["format_version"], old.attrs["format_version"]) == (3, 1)
     assert len(new) == len(old) == 8
     for a, b in zip(new, old):
         # v1 traces predate the dataflow meta ``inputs`` (issue 19), which the v2 writer adds

@@ -85,7 +85,7 @@ def test_open_newer_format(tmp_path):
         rec.forward("x", np.ones(1))
     with h5py.File(path, "r+") as f:
         f.attrs["format_version"] = 99
-    with pytest.raises(TraceFormatError, match=r"uses trace format v99, newer than this tracediff reads \(v2\); upgrade"):
+    with pytest.raises(TraceFormatError, match=r"uses trace format v99, newer than this tracediff reads \(v3\); upgrade"):
         td.open(path)
 
 

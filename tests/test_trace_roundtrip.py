@@ -92,7 +92,7 @@ def test_root_attributes(tmp_path):
         rec.loss(np.float32(1.5))
     trace = td.open(path)
     attrs = trace.attrs
-    assert attrs["format"] == "tracediff.trace" and attrs["format_version"] == 2
+    assert attrs["format"] == "tracediff.trace" and attrs["format_version"] == 3
     assert (attrs["framework"], attrs["framework_version"], attrs["model"], attrs["seed"]) == \
         ("torch", "2.13.0", "MLP", 11)
     assert trace.dims == {"batch": 3} and trace.complete is True

@@ -1,4 +1,4 @@
-"""Layout of a trace file (format v2; v1 still read); ``docs/format.md`` is the specification."""
+"""Layout of a trace file (format v3; v2 and v1 still read); ``docs/format.md`` is the specification."""
 from __future__ import annotations
 
 import functools
@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 
 FORMAT_NAME = "tracediff.trace"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 KINDS = ("input", "forward", "backward", "param", "param_grad", "loss")  # v2 stores the position
 
@@ -30,8 +30,12 @@ STRINGS_CHUNK = 1 << 14   # a record's text is ~50 bytes: a smaller chunk keeps 
 RECORDS_CHUNK = 128
 SAMPLE_SIZE = 64      # elements kept by a stats-only record
 
+# v3 adds the decode step of a generation and the batch of an evaluation set beside the
+# training step: three distinct positions of a record, each -1 where it does not apply.
+POSITION_FIELDS = ("step", "decode_step", "batch_index")
+
 _NUMBERS = [
-    ("call", "<i4"), ("step", "<i8"), ("stored", "u1"),
+    ("call", "<i4"), ("step", "<i8"), ("decode_step", "<i8"), ("batch_index", "<i8"), ("stored", "u1"),
     ("offset", "<i8"), ("nbytes", "<i8"), ("sample_offset", "<i8"), ("sample_count", "<i8"),
     ("numel", "<i8"),
     ("min", "<f8"), ("max", "<f8"), ("mean", "<f8"), ("std", "<f8"), ("l2", "<f8"),
@@ -41,10 +45,18 @@ _NUMBERS = [
 
 @functools.lru_cache(maxsize=None)  # built once: the writer and every open() ask for it
 def record_dtype() -> np.dtype:
-    """The v2 index row: fixed-size numbers only, so a v2 file holds no variable-length data
+    """The v3 index row: fixed-size numbers only, so a file holds no variable-length data
     (HDF5 keeps that in global heaps, where one flipped bit can hang libhdf5 forever)."""
     return np.dtype([("kind", "u1")] + _NUMBERS + [("strings_offset", "<i8")]
                     + [(f"{name}_len", "<i4") for name in TEXT_FIELDS])
+
+
+@functools.lru_cache(maxsize=None)
+def record_dtype_v2() -> np.dtype:
+    """The v2 index row, read only: v3's without ``decode_step`` and ``batch_index``."""
+    v3 = record_dtype()
+    return np.dtype([(name, v3[name]) for name in v3.names
+                     if name not in ("decode_step", "batch_index")])
 
 
 @functools.lru_cache(maxsize=None)

@@ -53,6 +53,9 @@ class Recorder:
         self._calls = defaultdict(int)
         self._last_flow = None      # (kind, name) of the latest input or forward record
         self._step = -1
+        self._decode_step = -1
+        self._batch_index = -1
+        self._positions = None      # [start, stop) of the sequence a decode step computes
         self._count = 0
         self._data_end = 0
         self._file = None
@@ -173,6 +176,25 @@ class Recorder:
     def step(self, step: int):
         """Records after this call belong to training step ``step``; call indices restart."""
         self._step = int(step)
+        self._restart()
+
+    def decode_step(self, decode_step: int, positions=None):
+        """Records after this call belong to decode step ``decode_step`` of a generation (the
+        prompt's forward is step 0, each new token's one step after); call indices restart.
+        ``positions``: ``(start, stop)``, the sequence positions this step computes, kept in
+        each record's meta ``positions`` so that the diff can compare the step with those
+        positions of a run on the whole sequence."""
+        self._decode_step = int(decode_step)
+        self._positions = None if positions is None else [int(positions[0]), int(positions[1])]
+        self._restart()
+
+    def batch(self, batch_index: int):
+        """Records after this call belong to batch ``batch_index`` of an evaluation set; call
+        indices restart."""
+        self._batch_index = int(batch_index)
+        self._restart()
+
+    def _restart(self):
         self._calls.clear()
         self._last_flow = None
 
@@ -214,11 +236,13 @@ class Recorder:
         else:
             place = (0, -1, summary.nbytes, self._data_end, summary.sample_count)
         self._append_data(summary.stored)
+        if self._positions is not None and "positions" not in meta and kind not in ("param", "param_grad"):
+            meta["positions"] = self._positions
         texts = (name, summary.dtype, _shape_text(summary.shape), summary.digest,
                  _META_JSON.encode({k: v for k, v in meta.items() if v is not None}))
         encoded = [text.encode("utf-8") for text in texts]
         # the v2 row, field by field (_ROW_FIELDS)
-        row = (_KIND_CODES[kind], call, self._step, *place, *_STAT_VALUES(summary.stats),
+        row = (_KIND_CODES[kind], call, self._step, self._decode_step, self._batch_index, *place, *_STAT_VALUES(summary.stats),
                self._strings_end, *map(len, encoded))
         block = b"".join(encoded)
         self._strings_end += len(block)
@@ -335,7 +359,7 @@ class Recorder:
 
 
 _KIND_CODES = {kind: code for code, kind in enumerate(fmt.KINDS)}
-_ROW_FIELDS = ("kind", "call", "step", "stored", "offset", "nbytes", "sample_offset", "sample_count",
+_ROW_FIELDS = ("kind", "call", *fmt.POSITION_FIELDS, "stored", "offset", "nbytes", "sample_offset", "sample_count",
                *STAT_FIELDS, "strings_offset", *(f"{field}_len" for field in fmt.TEXT_FIELDS))
 assert _ROW_FIELDS == fmt.record_dtype().names, "Recorder.record builds rows in this order"
 _STAT_VALUES = operator.itemgetter(*STAT_FIELDS)

@@ -38,6 +38,8 @@ class Record:
     stats: dict
     hash: str = ""
     nbytes: int = 0
+    decode_step: int = -1      # the decode step of a generation, -1 outside one (format v3)
+    batch_index: int = -1      # the batch of an evaluation set, -1 outside one (format v3)
     rank: int | None = 0      # the rank that wrote it (None: reassembled from several ranks)
     _meta_text: str = field(default="{}", repr=False)
     _offset: int = field(default=-1, repr=False)
@@ -59,8 +61,13 @@ class Record:
 
     @property
     def key(self) -> tuple:
-        """(kind, name, call): unique within a step."""
+        """(kind, name, call): unique within a position."""
         return (self.kind, self.name, self.call)
+
+    @property
+    def position(self) -> tuple:
+        """(step, decode_step, batch_index): the group of records a key is unique in."""
+        return (self.step, self.decode_step, self.batch_index)
 
     @property
     def numel(self) -> int:
@@ -147,7 +154,8 @@ class Trace:
                 f"(v{fmt.FORMAT_VERSION}); upgrade tracediff")
         self.attrs = attrs
         self.version = version
-        layout = fmt.record_dtype() if version >= 2 else fmt.record_dtype_v1()
+        layout = (fmt.record_dtype() if version >= 3 else fmt.record_dtype_v2() if version == 2
+                  else fmt.record_dtype_v1())
         required = (fmt.RECORDS, fmt.DATA, fmt.STRINGS) if version >= 2 else (fmt.RECORDS, fmt.DATA)
         for name in required:
             if name not in f or not isinstance(f[name], h5py.Dataset):
@@ -270,6 +278,8 @@ class Trace:
         numpy rows is what made listing slow)."""
         numbers = {name: columns[name].tolist() for name in
                    ("call", "step", "stored", "offset", "nbytes", "sample_offset", "sample_count") + STAT_FIELDS}
+        for name in ("decode_step", "batch_index"):   # v3; earlier traces have neither
+            numbers[name] = columns[name].tolist() if name in columns else [-1] * count
         shapes = {}
         out = []
         rank = self.rank
@@ -291,7 +301,8 @@ class Trace:
                     f"{stats['inf']} Inf); record it again")
             out.append(Record(
                 index=index, name=texts["name"][index], kind=kind, call=numbers["call"][index],
-                step=numbers["step"][index], dtype=texts["dtype"][index], shape=shape,
+                step=numbers["step"][index], decode_step=numbers["decode_step"][index],
+                batch_index=numbers["batch_index"][index], dtype=texts["dtype"][index], shape=shape,
                 stored=bool(numbers["stored"][index]), stats=stats, hash=texts["hash"][index],
                 nbytes=numbers["nbytes"][index], rank=rank, _meta_text=texts["meta"][index],
                 _offset=numbers["offset"][index],
@@ -362,7 +373,18 @@ class Trace:
 
     @property
     def steps(self) -> list:
+        """The training steps (``-1``: records outside training)."""
         return sorted({r.step for r in self._records})
+
+    @property
+    def decode_steps(self) -> list:
+        """The decode steps of a generation (``[-1]`` outside one)."""
+        return sorted({r.decode_step for r in self._records})
+
+    @property
+    def batches(self) -> list:
+        """The batch indices of an evaluation set (``[-1]`` outside one)."""
+        return sorted({r.batch_index for r in self._records})
 
     # -- records ------------------------------------------------------------------------------
     def __len__(self):
@@ -374,8 +396,9 @@ class Trace:
     def __getitem__(self, index) -> Record:
         return self._records[index]
 
-    def records(self, kind=None, name=None, step=None) -> list:
-        """Records in execution order, filtered by kind (one or several), name glob and step."""
+    def records(self, kind=None, name=None, step=None, decode_step=None, batch_index=None) -> list:
+        """Records in execution order, filtered by kind (one or several), name glob, step,
+        decode step and batch."""
         kinds = (kind,) if isinstance(kind, str) else kind
         out = []
         for r in self._records:
@@ -385,12 +408,18 @@ class Trace:
                 continue
             if step is not None and r.step != step:
                 continue
+            if decode_step is not None and r.decode_step != decode_step:
+                continue
+            if batch_index is not None and r.batch_index != batch_index:
+                continue
             out.append(r)
         return out
 
-    def get(self, name, kind="forward", call=0, step=None) -> Record:
+    def get(self, name, kind="forward", call=0, step=None, decode_step=None, batch_index=None) -> Record:
         for r in self._records:
-            if r.name == name and r.kind == kind and r.call == call and (step is None or r.step == step):
+            if r.name == name and r.kind == kind and r.call == call and (step is None or r.step == step) \
+                    and (decode_step is None or r.decode_step == decode_step) \
+                    and (batch_index is None or r.batch_index == batch_index):
                 return r
         raise KeyError(f"no {kind} record named {name!r} (call {call}) in {self.path}")
 

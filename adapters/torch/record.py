@@ -11,6 +11,8 @@ block) and are removed afterwards, also when the model raises. See docs/torch.md
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+
 import torch
 
 from tracediff.errors import TraceDiffError
@@ -25,12 +27,16 @@ from .structure import split_inputs
 
 def record(model, inputs, path, loss_fn=None, *, level="module", include=None, exclude=None,
            kinds=None, values=True, overwrite=False, dims=None, seed=None, model_name=None,
-           params=True, flush_every=FLUSH_EVERY, background=None, loss_meta=None, shards=None):
+           params=True, flush_every=FLUSH_EVERY, background=None, loss_meta=None, shards=None,
+           batches=False):
     """Run ``model`` once on ``inputs`` and write its trace to ``path``; returns the output.
 
     ``inputs``: a tensor, a tuple/list of positional arguments or a dict of keyword arguments.
     With ``loss_fn(output) -> scalar`` (and autograd enabled) the loss is backpropagated and
     gradients are recorded; without it, or under ``torch.no_grad()``, forward only.
+    ``batches=True``: ``inputs`` is an iterable of such inputs (a DataLoader, a list of
+    batches): the model runs on each, its records carry the batch's ``batch_index`` (parameters
+    are recorded with the first batch only), and the list of outputs is returned.
     ``flush_every``: records between index flushes; a Python exception still closes the trace
     with every record, but a hard crash (killed process) loses up to that many. 1 = each record
     durable as it is written (slower, see docs/benchmarks.md).
@@ -49,7 +55,10 @@ def record(model, inputs, path, loss_fn=None, *, level="module", include=None, e
     runner = wrapper or module
     check_level(level)
     selection = Selection(include, exclude, kinds)
-    args, kwargs = split_inputs(inputs)
+    if batches and (isinstance(inputs, (torch.Tensor, Mapping)) or not isinstance(inputs, Iterable)):
+        raise TraceDiffError(
+            f"record(batches=True) takes an iterable of batches (a DataLoader, a list of inputs), "
+            f"got {type(inputs).__name__}: pass a list of them, or batches=False for one input")
     grads = loss_fn is not None and torch.is_grad_enabled()
     recorder, writer = open_recorder(
         module, path, values=values, level=level, compiled=compiled, overwrite=overwrite,
@@ -57,11 +66,37 @@ def record(model, inputs, path, loss_fn=None, *, level="module", include=None, e
         background=background, shards=shards, data_parallel=data_parallel(wrapper, module))
     capture = Capture(module, writer, selection, level=level, grads=grads)
     complete = False
-    earlier = {}
     try:
-        capture.start()
-        capture.inputs(args, kwargs)
-        capture.attach()
+        if batches:
+            output = []
+            for index, batch in enumerate(inputs):
+                writer.drain()            # the previous batch's records keep their index
+                recorder.batch(index)
+                output.append(_run(module, capture, writer, selection, batch, loss_fn, grads,
+                                   loss_meta, params and index == 0))
+        else:
+            output = _run(module, capture, writer, selection, inputs, loss_fn, grads, loss_meta,
+                          params)
+        writer.close()
+        complete = True
+    finally:
+        capture.detach()
+        try:
+            if not complete:  # keep what was written before the failure; never mask it
+                writer.close(raise_errors=False)
+        finally:
+            recorder.close(complete=complete)
+    return output
+
+
+def _run(module, capture, writer, selection, inputs, loss_fn, grads, loss_meta, params):
+    """One forward (and backward) of ``module`` on ``inputs``, recorded; returns the output."""
+    args, kwargs = split_inputs(inputs)
+    earlier = {}
+    capture.start()
+    capture.inputs(args, kwargs)
+    capture.attach()
+    try:
         try:
             if capture.mode is not None:
                 with capture.mode:
@@ -82,16 +117,8 @@ def record(model, inputs, path, loss_fn=None, *, level="module", include=None, e
                 loss.backward()
         if params:
             capture.parameters(grads=grads)
-        writer.close()
-        complete = True
     finally:
-        capture.detach()
         _accumulate(earlier)
-        try:
-            if not complete:  # keep what was written before the failure; never mask it
-                writer.close(raise_errors=False)
-        finally:
-            recorder.close(complete=complete)
     return output
 
 

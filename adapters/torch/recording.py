@@ -26,7 +26,8 @@ class Recording:
 
     def __init__(self, model, path, every=1, values=False, loss=True, *, level="module",
                  include=None, exclude=None, kinds=None, overwrite=False, dims=None, seed=None,
-                 model_name=None, params=True, flush_every=FLUSH_EVERY, background=None, shards=None):
+                 model_name=None, params=True, flush_every=FLUSH_EVERY, background=None, shards=None,
+                 decode=False):
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise TraceDiffError(f"recording(every={every!r}): every must be a whole number >= 1")
         wrapper, module = run_and_record(model)
@@ -41,6 +42,10 @@ class Recording:
         self.level = check_level(level)
         self.selection = Selection(include, exclude, kinds)
         self.params = params
+        # decode=True: each forward is a decode step of a generation (``decode_step``), not a
+        # training step; parameters are recorded at the first only (generation changes none)
+        self.decode = decode
+        self._position = 0          # decode: the next sequence position
         self._options = dict(overwrite=overwrite, dims=dims, seed=seed, model_name=model_name,
                              flush_every=flush_every, background=background, shards=shards,
                              data_parallel=data_parallel(wrapper, self.module))
@@ -94,18 +99,22 @@ class Recording:
         self._end_step()
         n = self.steps_seen
         self.steps_seen += 1
+        positions = self._positions(args, kwargs) if self.decode else None   # counted every step
         if n % self.every:
             return None
         self.step = n
         self._loss_seen = False
-        self.recorder.step(n)
+        if self.decode:
+            self.recorder.decode_step(n, positions=positions)
+        else:
+            self.recorder.step(n)
         capture = self.capture
         capture.start()
         capture.inputs(args, kwargs)
         capture.attach()
         # registered after the capture's hooks, so it runs after <root> has been recorded
         self._step_handles.append(module.register_forward_hook(self._on_forward_end, always_call=True))
-        if self.params and torch.is_grad_enabled():
+        if self.params and torch.is_grad_enabled() and not self.decode:
             for name, p in self.module.named_parameters():
                 if p.requires_grad:
                     self._step_handles.append(p.register_post_accumulate_grad_hook(self._grad_ready(name)))
@@ -120,9 +129,24 @@ class Recording:
             loss = model_loss(output)
             if loss is not None:
                 self.loss(loss, **model_loss_meta(self.module))
-        if self.params:
+        if self.params and not (self.decode and self.step):
             # trainable parameters arrive with their gradients; without autograd, record them now
-            self.capture.parameters(grads=False, trainable=None if not torch.is_grad_enabled() else False)
+            trainable = None if self.decode or not torch.is_grad_enabled() else False
+            self.capture.parameters(grads=False, trainable=trainable)
+
+    def _positions(self, args, kwargs) -> tuple:
+        """[start, stop): the sequence positions this decode step computes: Hugging Face's
+        ``cache_position`` where the model is given one, else the new tokens' count after
+        those of the steps before."""
+        cache_position = kwargs.get("cache_position")
+        if isinstance(cache_position, torch.Tensor) and cache_position.numel():
+            start, stop = int(cache_position.min()), int(cache_position.max()) + 1
+        else:
+            tokens = kwargs.get("input_ids", kwargs.get("inputs_embeds", args[0] if args else None))
+            width = tokens.shape[1] if isinstance(tokens, torch.Tensor) and tokens.ndim >= 2 else 1
+            start, stop = self._position, self._position + width
+        self._position = stop
+        return start, stop
 
     def _grad_ready(self, name):
         def on_accumulated(p):

@@ -29,13 +29,24 @@ class CheckContext:
         steps = trace.steps
         with_forward = [s for s in steps if trace.records(kind="forward", step=s)]
         self.step = (with_forward or steps or [-1])[0]
+        # of a generation or an evaluation set, the first decode step and batch of that step:
+        # the init-time checks reason about one forward pass
+        first = next((r for r in trace if r.step == self.step and r.kind == "forward"), None)
+        self.decode_step = first.decode_step if first is not None else -1
+        self.batch_index = first.batch_index if first is not None else -1
         self._by_step = {}
 
     def records(self, kind, step=None) -> list:
-        step = self.step if step is None else step
+        """Records of ``kind`` at ``step``, by default the analysed step (and its first decode
+        step and batch)."""
         key = (kind if isinstance(kind, str) else tuple(kind), step)
         if key not in self._by_step:
-            self._by_step[key] = self.trace.records(kind=kind, step=step)
+            if step is None:
+                found = self.trace.records(kind=kind, step=self.step)
+                self._by_step[key] = [r for r in found if (r.decode_step, r.batch_index) in
+                                      ((self.decode_step, self.batch_index), (-1, -1))]
+            else:
+                self._by_step[key] = self.trace.records(kind=kind, step=step)
         return self._by_step[key]
 
     @property

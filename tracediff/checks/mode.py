@@ -84,21 +84,29 @@ def _is_evaluation(ctx: CheckContext):
 
 
 def _passes(ctx: CheckContext) -> list:
-    """[(step, label, inputs, forward records, params)] for each forward pass: one per step, or one
-    per repetition of the first input record within a step."""
+    """[(step, decode_step, label, inputs, forward records, params)] for each forward pass: one
+    per step, decode step and batch, or one per repetition of the first input record within
+    one. A decode step is no training step: its outputs depend on the cache of the steps before,
+    so it is never an identical pass of another decode step."""
     out = []
     for step in ctx.trace.steps:
         records = ctx.trace.records(step=step)
-        inputs = [r for r in records if r.kind == "input"]
         params = [r for r in records if r.kind == "param"]
-        if not inputs:
-            continue
-        starts = [r.index for r in inputs if r.name == inputs[0].name] + [float("inf")]
-        for k, (lo, hi) in enumerate(zip(starts, starts[1:])):
-            inside = [r for r in records if lo <= r.index < hi]
-            label = f"step {step}" + (f" pass {k}" if len(starts) > 2 else "")
-            out.append((step, label, [r for r in inside if r.kind == "input"],
-                        [r for r in inside if r.kind == "forward"], params))
+        groups = {}
+        for r in records:
+            groups.setdefault((r.decode_step, r.batch_index), []).append(r)
+        for (decode_step, batch_index), group in groups.items():
+            inputs = [r for r in group if r.kind == "input"]
+            if not inputs:
+                continue
+            where = f"step {step}" + (f" decode step {decode_step}" if decode_step >= 0 else "") \
+                + (f" batch {batch_index}" if batch_index >= 0 else "")
+            starts = [r.index for r in inputs if r.name == inputs[0].name] + [float("inf")]
+            for k, (lo, hi) in enumerate(zip(starts, starts[1:])):
+                inside = [r for r in group if lo <= r.index < hi]
+                label = where + (f" pass {k}" if len(starts) > 2 else "")
+                out.append((step, decode_step, label, [r for r in inside if r.kind == "input"],
+                            [r for r in inside if r.kind == "forward"], params))
     return out
 
 
@@ -123,12 +131,12 @@ def _close(a, b) -> bool:
 def _repeated_pass_difference(ctx: CheckContext):
     """(first differing layer, pass labels, max abs difference) for two identical passes."""
     groups = {}
-    for step, label, inputs, forward, params in _passes(ctx):
+    for step, decode_step, label, inputs, forward, params in _passes(ctx):
         if not inputs:
             continue
         # across steps the weights may have been updated: passes are identical only if shown
         weights = _fingerprint(params) if params else ("step", step)
-        groups.setdefault((_fingerprint(inputs), weights), []).append((label, forward))
+        groups.setdefault((_fingerprint(inputs), weights, decode_step), []).append((label, forward))
     for same in groups.values():
         (la, fa) = same[0]
         for lb, fb in same[1:]:

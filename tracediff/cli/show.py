@@ -7,6 +7,7 @@ import sys
 
 from ..primes import collisions, render_shape
 from ..ranks import open_any
+from ..report.common import position_text
 
 RICH_ROW_LIMIT = 2000  # beyond this, plain lines: rich tables of 100k rows take minutes
 
@@ -45,7 +46,7 @@ def run(args) -> int:
 
 def _record_json(r):
     return {"index": r.index, "name": r.name, "kind": r.kind, "call": r.call, "step": r.step,
-            "rank": r.rank,
+            "rank": r.rank, "decode_step": r.decode_step, "batch_index": r.batch_index,
             "shape": list(r.shape), "dtype": r.dtype, "stored": r.stored,
             "stats": {k: _finite_or_str(v) for k, v in r.stats.items()}, "meta": r.meta}
 
@@ -105,6 +106,10 @@ COLUMNS = ["#", "name", "kind", "shape", "dtype", "min", "max", "mean", "std", "
 
 def _print_table(trace, records, dims):
     rows = [_row(r, dims) for r in records]
+    columns = COLUMNS
+    if any(r.position != (-1, -1, -1) for r in records):   # steps, decode steps or batches
+        columns = COLUMNS[:3] + ["at"] + COLUMNS[3:]
+        rows = [row[:3] + [position_text(r)] + row[3:] for row, r in zip(rows, records)]
     try:
         from rich.console import Console
         from rich.table import Table
@@ -113,8 +118,8 @@ def _print_table(trace, records, dims):
         Console = None
     if Console is None or len(rows) > RICH_ROW_LIMIT:
         print(_header(trace))
-        widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(COLUMNS)]
-        print("  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)))
+        widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(columns)]
+        print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
         out = sys.stdout
         for row in rows:
             out.write("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() + "\n")
@@ -124,7 +129,7 @@ def _print_table(trace, records, dims):
         console.width = 200  # pipes and files get whole rows, not 80-column wrapping
     console.print(Text(_header(trace)), soft_wrap=True)
     table = Table(show_lines=False)
-    for column in COLUMNS:
+    for column in columns:
         table.add_column(column, justify="right" if column in ("#", "min", "max", "mean", "std") else "left",
                          overflow="fold")
     for row in rows:

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from ..errors import TraceDiffError
-from . import passthrough, structure
+from . import passthrough, steps, structure
 from .families import family
 from .rules import Rules
 
@@ -36,6 +36,8 @@ class Aligned:
     b: object          # Record
     match: str         # name | rule | module | structure | order
     confidence: float = 1.0
+    group: int = 0     # rank of the (step, decode_step, batch_index) groups it was aligned in
+    window: tuple | None = None   # ("a" | "b", axis, start, stop): the part of that side compared
 
 
 class Alignment:
@@ -68,24 +70,35 @@ def align(trace_a, trace_b, mode="auto", rules: Rules | None = None):
         raise TraceDiffError(f"unknown alignment {mode!r}: use one of {', '.join(ALIGN_MODES)}")
     rules = rules or Rules()
     result = Alignment()
-    steps_a = _by_step(trace_a)
-    steps_b = _by_step(trace_b)
-    if set(steps_a) == set(steps_b):
-        step_pairs = [(s, s) for s in sorted(steps_b)]
-    else:
-        step_pairs = list(zip(sorted(steps_a), sorted(steps_b)))
-    for sa, sb in step_pairs:
-        _align_step(steps_a[sa], steps_b[sb], mode, rules, result)
-    pairs = sorted(result.pairs, key=lambda p: (p.b.index, p.a.index))
+    groups_a = _by_position(trace_a)
+    groups_b = _by_position(trace_b)
+    for rank, (ga, gb, windowed) in enumerate(steps.group_pairs(groups_a, groups_b)):
+        start = len(result.pairs)
+        if windowed:
+            # every decode step of one side against the other's whole-sequence run, whose
+            # records each decode step uses again (sliced to its positions)
+            own = Alignment()
+            _align_step(groups_a[ga], groups_b[gb], mode, rules, own)
+            result.pairs.extend(own.pairs)
+            result.used_a |= own.used_a
+            result.used_b |= own.used_b
+        else:
+            _align_step(groups_a[ga], groups_b[gb], mode, rules, result)
+        for item in result.pairs[start:]:
+            item.group = rank
+            if windowed:
+                item.window = steps.window(item.a, item.b)
+    pairs = sorted(result.pairs, key=lambda p: (p.group, p.b.index, p.a.index))
     unmatched_a = [r for r in trace_a if r.index not in result.used_a]
     unmatched_b = [r for r in trace_b if r.index not in result.used_b]
     return pairs, unmatched_a, unmatched_b
 
 
-def _by_step(trace):
+def _by_position(trace):
+    """Records grouped by (step, decode_step, batch_index): keys are unique within a group."""
     out = {}
     for r in trace:
-        out.setdefault(r.step, []).append(r)
+        out.setdefault(r.position, []).append(r)
     return out
 
 

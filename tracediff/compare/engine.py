@@ -17,7 +17,7 @@ from ..ranks import diagnose as ranks_diagnose
 from ..ranks import open_any
 from ..trace import Record, Trace
 from . import fp64 as fp64_rule
-from . import hints, kinks, layout, quantized
+from . import hints, kinks, layout, quantized, step_summary, steps
 from .align import ALIGN_MODES
 from .align import align as align_records
 from .decide import Decision, decide
@@ -115,8 +115,8 @@ def depths(trace) -> dict:
     """Record index -> depth: one plus the computed records before it in its step."""
     out, count, step = {}, 0, None
     for r in trace:
-        if r.step != step:
-            step, count = r.step, 0
+        if r.position != step:
+            step, count = r.position, 0
         if r.kind in COMPUTED:
             count += 1
             out[r.index] = count
@@ -147,9 +147,10 @@ def _diff(ta, tb, mode, rules, policy, progress, started, tg=None) -> Report:
                            flowed_a.get(item.a.index, item.a.dtype),
                            flowed_b.get(item.b.index, item.b.dtype),
                            depth.get(item.b.index, 1)) for item in aligned]
-    compared = _compare_all([(item.a, item.b, tol) for item, tol in zip(aligned, tols)], dims)
+    compared = _compare_all([(*steps.windowed(item.a, item.b, item.window), tol)
+                             for item, tol in zip(aligned, tols)], dims)
     for done, (item, pair, tol) in enumerate(zip(aligned, compared, tols), 1):
-        pair.match, pair.confidence = item.match, item.confidence
+        pair.match, pair.confidence, pair.window = item.match, item.confidence, item.window
         _limit_rel_l2(pair, tol)
         pairs.append(pair)
         if progress is not None:
@@ -174,7 +175,8 @@ def _diff(ta, tb, mode, rules, policy, progress, started, tg=None) -> Report:
     first = FirstDivergence(
         forward=next((p for p in pairs if p.kind == "forward" and p.diverged), None),
         backward=next((p for p in pairs if p.kind == "backward" and p.diverged), None),
-        param_grad=next((p for p in pairs if p.kind == "param_grad" and p.diverged), None))
+        param_grad=next((p for p in pairs if p.kind == "param_grad" and p.diverged), None),
+        first=next((p for p in pairs if p.diverged), None))
     histogram = {"forward": None, "backward": None}
     explained = set()
     for which in ("forward", "backward", "param_grad"):
@@ -195,7 +197,7 @@ def _diff(ta, tb, mode, rules, policy, progress, started, tg=None) -> Report:
         unmatched={"a": [r.name for r in unmatched_a], "b": [r.name for r in unmatched_b]},
         unmatched_records={"a": [_brief(r) for r in unmatched_a], "b": [_brief(r) for r in unmatched_b]},
         histogram=histogram, dims=named, elapsed_s=time.perf_counter() - started,
-        findings=findings(aligned, pairs, ta, tb))
+        findings=findings(aligned, pairs, ta, tb), steps=step_summary.summarize(pairs))
 
 
 def _declared_flattens(*traces) -> tuple:
@@ -281,7 +283,7 @@ def _follow_producer_layouts(pairs, ta, tb, dims):
         if found is None or producer.status != "layout" or tuple(found.b_shape) != tuple(pair.shape_b) \
                 or found.is_identity(math.prod(pair.shape_b)):
             continue
-        ra, rb = ta[pair.a_index], tb[pair.b_index]
+        ra, rb = steps.records(pair, ta, tb)
         if not (ra.stored and rb.stored):
             continue
         a, b = ra.view(), rb.view()
@@ -315,7 +317,7 @@ def _producer(pair, tb, by_b, forward):
         for p in by_b.values():
             if (p.kind, p.b_name, p.b_call) == source:
                 return p
-    before = [p for p in forward if p.b_index < pair.b_index and p.step == pair.step
+    before = [p for p in forward if p.b_index < pair.b_index and p.position == pair.position
               and p.rearrangement is not None]
     return before[-1] if before else None
 
@@ -353,7 +355,11 @@ def _limit_rel_l2(pair: Pair, tol):
 
 
 def _brief(r: Record) -> dict:
-    return {"name": r.name, "kind": r.kind, "call": r.call, "step": r.step, "shape": list(r.shape)}
+    out = {"name": r.name, "kind": r.kind, "call": r.call, "step": r.step, "shape": list(r.shape)}
+    for key in ("decode_step", "batch_index"):   # only in traces that have them
+        if getattr(r, key) >= 0:
+            out[key] = getattr(r, key)
+    return out
 
 
 def category(dtype: str) -> str:
@@ -417,6 +423,8 @@ def _compare_pair(ra: Record, rb: Record, tol, dims) -> Pair:
     pair = Pair(a_name=ra.name, b_name=rb.name, kind=rb.kind, status="ok", shape_a=list(ra.shape),
                 shape_b=list(rb.shape), stats={}, tolerance=tol.to_dict(), a_call=ra.call,
                 b_call=rb.call, a_index=ra.index, b_index=rb.index, step=rb.step,
+                decode_step=max(ra.decode_step, rb.decode_step),
+                batch_index=max(ra.batch_index, rb.batch_index),
                 dtype_a=ra.dtype, dtype_b=rb.dtype)
     b_rms = rms_from_stats(rb)
     dtype_clash = category(ra.dtype) != category(rb.dtype)
@@ -627,7 +635,7 @@ def _finish(pair: Pair, cmp, dtype_clash, declared_layout=False) -> Pair:
 
 def _introduced(pair: Pair, pairs: list, first: FirstDivergence) -> dict:
     """Was the error introduced at this record, or inherited from the record before it?"""
-    before = [p for p in pairs if p.b_index < pair.b_index and p.step == pair.step]
+    before = [p for p in pairs if p.b_index < pair.b_index and p.position == pair.position]
     if pair.kind == "forward":
         previous = [p for p in before if p.kind == "forward"] or [p for p in before if p.kind == "input"]
     elif pair.kind == "backward":
@@ -661,7 +669,7 @@ def _explain(pair: Pair, ta, tb, pairs, dims, explained) -> dict | None:
     """Hint and error histogram of one diverged pair, reading its two tensors again. Hints look
     at the leading HINT_LIMIT elements; the histogram covers every element, chunk by chunk."""
     explained.add(pair.b_index)
-    ra, rb = ta[pair.a_index], tb[pair.b_index]
+    ra, rb = steps.records(pair, ta, tb)
     if not (ra.stored and rb.stored) or pair.status in ("shape_mismatch", "nonfinite"):
         return None
     if pair.status == "layout" or ra.shape != rb.shape:
@@ -677,9 +685,9 @@ def _explain(pair: Pair, ta, tb, pairs, dims, explained) -> dict | None:
     del scale
     previous = None
     if pair.kind == "forward":
-        before = [p for p in pairs if p.kind == "forward" and p.b_index < pair.b_index and p.step == pair.step]
+        before = [p for p in pairs if p.kind == "forward" and p.b_index < pair.b_index and p.position == pair.position]
         if before and before[-1].shape_b == pair.shape_b and rb.numel <= hints.HINT_LIMIT:
-            prev_record = tb[before[-1].b_index]
+            prev_record = steps.records(before[-1], ta, tb)[1]
             if prev_record.stored:
                 previous = prev_record.view()
     eps = max(EPSILON.get(pair.dtype_a, 0.0), EPSILON.get(pair.dtype_b, 0.0)) or None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import steps
 from .families import family
 from .hints import explain_inputs
 
@@ -31,7 +32,7 @@ def findings(aligned, pairs, ta, tb) -> list:
 
 
 def _input_finding(pair, ta, tb):
-    ra, rb = ta[pair.a_index], tb[pair.b_index]
+    ra, rb = steps.records(pair, ta, tb)
     if not (ra.stored and rb.stored) or ra.numel != rb.numel or ra.numel == 0:
         return None
     a = np.asarray(ra.read(), np.float64)

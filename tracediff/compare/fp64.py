@@ -16,6 +16,7 @@ import numpy as np
 
 from ..dtypes import as_float
 from ..errors import TraceDiffError
+from . import steps
 from .tolerances import LOW_PRECISION, dtype_default
 
 K_FLOAT32 = 2.0
@@ -36,9 +37,9 @@ def check_float64(trace):
 
 def judge(pairs, ta, tb, tg):
     """Re-judge every comparable pair of ``pairs`` against ``tg``, matched to b's records by
-    (step, kind, name, call)."""
-    truth = {(r.step, r.kind, r.name, r.call): r for r in tg}
-    if not any((r.step, r.kind, r.name, r.call) in truth for r in tb):
+    (position, kind, name, call): the same step, decode step and batch."""
+    truth = {(r.position, r.kind, r.name, r.call): r for r in tg}
+    if not any((r.position, r.kind, r.name, r.call) in truth for r in tb):
         raise TraceDiffError(
             f"--fp64 {tg.path}: none of its records has the name of a record of {tb.path}: "
             "record G from the reference model itself, in float64 (docs/diff.md)")
@@ -46,8 +47,12 @@ def judge(pairs, ta, tb, tg):
         if pair.status not in JUDGED:
             continue
         rb = tb[pair.b_index]
-        rg = truth.get((rb.step, rb.kind, rb.name, rb.call))
+        rg = truth.get((rb.position, rb.kind, rb.name, rb.call))
         ra = ta[pair.a_index]
+        if pair.window is not None:   # a decode step against a whole run
+            ra, rb = steps.records(pair, ta, tb)
+            if pair.window[0] == "b" and rg is not None:   # G, a run like b's, is cut like it
+                rg = steps.Window(rg, *pair.window[1:]) if rg.stored else None
         if rg is None or not (ra.stored and rb.stored and rg.stored) or rg.shape != rb.shape:
             continue
         a = ra.view()

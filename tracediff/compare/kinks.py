@@ -15,6 +15,7 @@ import numpy as np
 from ..dataflow import declared_inputs
 from ..dtypes import as_float
 from .align import owner
+from . import steps
 from .families import family
 from .tolerances import SCALE_FLOOR
 
@@ -119,7 +120,7 @@ def _producer(gate, forward, tb, elementwise=True):
             for p in forward:
                 if (p.b_name, p.b_call) == (name, call):
                     return p
-    before = [p for p in forward if p.b_index < gate.b_index and p.step == gate.step]
+    before = [p for p in forward if p.b_index < gate.b_index and p.position == gate.position]
     if before and (not elementwise or _numel(before[-1].shape_b) == _numel(gate.shape_b)):
         return before[-1]
     return None
@@ -131,7 +132,7 @@ def _numel(shape):
 
 def _values(pair, ta, tb):
     """Both tensors in b's shape (a rearranged as the pair was compared), float64."""
-    ra, rb = ta[pair.a_index], tb[pair.b_index]
+    ra, rb = steps.records(pair, ta, tb)
     if not (ra.stored and rb.stored):
         return None
     a, b = np.asarray(as_float(ra.view()), np.float64), np.asarray(as_float(rb.view()), np.float64)
@@ -187,7 +188,7 @@ def _upstream(pairs, gated, producer, budget, gate, tb):
     before) that differ no more than GROWTH times the excused difference."""
     forward_at = {p.b_name: p.b_index for p in pairs if p.kind == "forward" and p.b_call == 0}
     for p in pairs:
-        if not p.diverged or p.step != gated.step or p.status not in ("diverged", "shape_mismatch"):
+        if not p.diverged or p.position != gated.position or p.status not in ("diverged", "shape_mismatch"):
             continue
         if p.rel_l2 is None or p.rel_l2 > GROWTH * max(budget, 1e-300):
             continue

@@ -77,8 +77,8 @@ def flowed_dtypes(trace) -> dict:
     step = object()
     records = list(trace)
     for position, r in enumerate(records):
-        if r.step != step:
-            step, upstream = r.step, None
+        if r.position != step:
+            step, upstream = r.position, None
         own = r.dtype
         if not is_float(own):
             out[r.index] = own
@@ -89,18 +89,18 @@ def flowed_dtypes(trace) -> dict:
         if r.kind in FLOWING:
             inputs = declared_inputs(r)
             if inputs is not None and not r.meta.get("inputs_partial"):
-                found = [by_key.get((r.step, kind, name, call)) for kind, name, call in inputs]
+                found = [by_key.get((r.position, kind, name, call)) for kind, name, call in inputs]
                 flowed = lowest([flowed, *found])
             else:
                 flowed = lowest([flowed, upstream])
         if r.kind in ("input", "forward", "loss"):
-            by_key[(r.step, r.kind, r.name, r.call)] = flowed
+            by_key[(r.position, r.kind, r.name, r.call)] = flowed
             upstream = lowest([upstream, flowed]) if r.kind != "loss" else upstream
-            step_lowest[r.step] = lowest([step_lowest.get(r.step), flowed])
+            step_lowest[r.position] = lowest([step_lowest.get(r.position), flowed])
         out[r.index] = flowed
     for r in records:   # gradients: after the whole step's forward is known
         if r.kind in ("backward", "param_grad") and is_float(r.dtype):
-            out[r.index] = lowest([out[r.index], step_lowest.get(r.step)])
+            out[r.index] = lowest([out[r.index], step_lowest.get(r.position)])
     return out
 
 
@@ -117,7 +117,7 @@ def _submodules(records, position, out) -> str | None:
     for j in range(position - 1, -1, -1):
         inner = records[j]
         inner_path = inner.meta.get("module")
-        if inner.kind != "forward" or inner.step != r.step or not isinstance(inner_path, str):
+        if inner.kind != "forward" or inner.position != r.position or not isinstance(inner_path, str):
             break
         if not (inner_path.startswith(prefixes) and inner_path != path
                 or inner_path == path and inner.name != r.name):

@@ -93,7 +93,7 @@ def _positions(records):
 
 
 def _plausible(ra, rb, order_a, order_b) -> bool:
-    if ra.step != rb.step or ra.numel != rb.numel or ra.numel == 0 or not _norms_agree(ra, rb):
+    if ra.position != rb.position or ra.numel != rb.numel or ra.numel == 0 or not _norms_agree(ra, rb):
         return False
     if ra.kind in ("param", "param_grad"):
         role_a, role_b = ra.meta.get("role"), rb.meta.get("role")

@@ -33,6 +33,8 @@ class Pair:
     a_index: int = -1
     b_index: int = -1
     step: int = -1
+    decode_step: int = -1         # the decode step of a generation, -1 outside one
+    batch_index: int = -1         # the batch of an evaluation set, -1 outside one
     dtype_a: str = ""
     dtype_b: str = ""
     diverged: bool = False        # counts as a divergence (a layout between declared layouts does not)
@@ -42,10 +44,16 @@ class Pair:
     rearrangement: object = field(default=None, repr=False, compare=False)   # layout pairs; not in JSON
     tied: list = field(default_factory=list, repr=False, compare=False)      # as good layouts; not in JSON
     contradicts_declared: bool = field(default=False, repr=False, compare=False)
+    window: tuple | None = field(default=None, repr=False, compare=False)  # steps.window; not in JSON
 
     @property
     def rel_l2(self):
         return self.stats.get("rel_l2") if self.stats else None
+
+    @property
+    def position(self) -> tuple:
+        """(step, decode_step, batch_index): the group of records it was aligned in."""
+        return (self.step, self.decode_step, self.batch_index)
 
     def label(self) -> str:
         a = self.a_name + (f"#{self.a_call}" if self.a_call else "")
@@ -62,6 +70,9 @@ class Pair:
             "dtype_a": self.dtype_a, "dtype_b": self.dtype_b, "diverged": self.diverged,
             "worst": self.worst,
         }
+        for key in ("decode_step", "batch_index"):   # only in traces that have them
+            if getattr(self, key) >= 0:
+                out[key] = getattr(self, key)
         if self.introduced is not None:
             out["introduced"] = self.introduced
         if self.local is not None:
@@ -75,10 +86,30 @@ class FirstDivergence:
     backward: Pair | None = None
     param_grad: Pair | None = None
 
+    first: Pair | None = None     # the earliest diverging pair of any kind: its step is the report's
+
     def to_dict(self) -> dict:
-        return {"forward": self.forward.to_dict() if self.forward else None,
-                "backward": self.backward.to_dict() if self.backward else None,
-                "param_grad": self.param_grad.to_dict() if self.param_grad else None}
+        out = {"forward": self.forward.to_dict() if self.forward else None,
+               "backward": self.backward.to_dict() if self.backward else None,
+               "param_grad": self.param_grad.to_dict() if self.param_grad else None,
+               "step": self.step}
+        for key in ("decode_step", "batch_index"):   # only in traces that have them
+            if self.first is not None and getattr(self.first, key) >= 0:
+                out[key] = getattr(self.first, key)
+        return out
+
+    @property
+    def step(self) -> int | None:
+        """The first divergent training step (-1: a trace outside training); None: no divergence."""
+        return None if self.first is None else self.first.step
+
+    @property
+    def decode_step(self) -> int | None:
+        return None if self.first is None or self.first.decode_step < 0 else self.first.decode_step
+
+    @property
+    def batch_index(self) -> int | None:
+        return None if self.first is None or self.first.batch_index < 0 else self.first.batch_index
 
 
 @dataclass
@@ -95,6 +126,7 @@ class Report:
     root_causes: list | None = None       # replay: the layers wrong on the reference's inputs
     replayed: bool = False
     findings: list = field(default_factory=list)   # inputs and settings that differ (findings.py)
+    steps: dict | None = None             # per-step summary (step_summary.py); None: one group
 
     @property
     def ok(self) -> bool:
@@ -117,6 +149,7 @@ class Report:
             "summary": self.summary_counts(),
             "root_causes": self.root_causes,
             "replay": self.replay_summary(),
+            "steps": self.steps,
         })
 
     def replay_summary(self) -> dict | None:

@@ -41,6 +41,7 @@ class AssembledRecord(Record):
         dtype = numpy_dtype(first.dtype)
         super().__init__(
             index=index, name=first.name, kind=first.kind, call=first.call, step=first.step,
+            decode_step=first.decode_step, batch_index=first.batch_index,
             dtype=first.dtype, shape=shape, stored=stored, stats=None, hash="",
             nbytes=math.prod(shape) * dtype.itemsize, _meta_text=first._meta_text, _trace=trace,
             rank=None)

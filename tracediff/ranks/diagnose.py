@@ -24,9 +24,9 @@ def prepare(ta, tb) -> list:
     first = {}       # (side, group) -> the earliest finding: later ones may follow from it
     for trace, other, side in ((ta, tb, "a"), (tb, ta, "b")):
         if isinstance(trace, RankedTrace):
-            lookup = {(r.step, r.kind, r.name, r.call): r for r in other}
+            lookup = {(r.position, r.kind, r.name, r.call): r for r in other}
             for record in trace:
-                reference = lookup.get((record.step, record.kind, record.name, record.call))
+                reference = lookup.get((record.position, record.kind, record.name, record.call))
                 finding = _replicas(record, reference) or _shard_axis(record, reference)
                 if not finding:
                     continue

@@ -66,7 +66,7 @@ class RankedTrace(Trace):
         groups = {}
         for rank, trace in enumerate(self.rank_traces):
             for record in trace:
-                key = (record.step, record.kind, record.name, record.call)
+                key = (record.position, record.kind, record.name, record.call)
                 group = groups.get(key)
                 if group is None:
                     group = groups[key] = []

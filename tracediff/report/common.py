@@ -80,7 +80,20 @@ def summary(report: dict) -> str:
         grad = first.get("param_grad")
         where = f" (first: {pair_label(grad)})" if grad else ""
         parts.append(f"activations and their gradients match; parameter records diverge{where}")
-    return f"{bad} of {len(pairs)} pairs diverged; " + "; ".join(parts)
+    where = position_text(first)
+    return f"{bad} of {len(pairs)} pairs diverged; " + (f"in {where}: " if where else "") + "; ".join(parts)
+
+
+def position_text(item) -> str:
+    """``step 3, decode step 1``: the fields of a pair, first divergence or step column that
+    apply (>= 0); "" where none does. ``item``: a dict or an object with those attributes."""
+    get = item.get if isinstance(item, dict) else (lambda key: getattr(item, key, None))
+    parts = []
+    for key, label in (("step", "step"), ("decode_step", "decode step"), ("batch_index", "batch")):
+        value = get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            parts.append(f"{label} {value}")
+    return ", ".join(parts)
 
 
 def directions(first: dict) -> tuple:

@@ -12,7 +12,7 @@ import html
 import json
 import math
 
-from . import common
+from . import common, steps
 
 TABLE_LIMIT = 2000
 PLOT_METRIC = "rel_l2"
@@ -34,6 +34,7 @@ def render_html(report: dict, *, title: str = "tracediff report", limit: int = T
         '<svg id="histogram" width="900" height="240" role="img" '
         'aria-label="histogram of the first divergence error"></svg></section>',
         _first_divergence(report.get("first_divergence") or {}, dims),
+        steps.html_heatmap(report),
         _root_causes(report),
         _pairs_table(report.get("pairs") or [], dims, limit),
         _unmatched(report.get("unmatched") or {}),

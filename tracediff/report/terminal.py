@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from ..report.common import number
+from ..report.common import number, position_text
+from .steps import terminal_tables as step_tables
 
 STATUS_STYLE = {"ok": "green", "diverged": "bold red", "shape_mismatch": "bold magenta",
                 "dtype_mismatch": "bold magenta", "nonfinite": "bold red", "layout": "yellow"}
@@ -29,8 +30,9 @@ def summary_line(report) -> str:
         if not parts and report.diverged_pairs:  # a loss, input or parameter pair: name it
             first = report.diverged_pairs[0]
             parts.append(f"{first.kind} at {first.label()} ({first.status})")
-        text = (f"DIVERGED: first divergence {'; '.join(parts) if parts else 'in parameters'} "
-                f"({others} of {n} pairs diverge)")
+        where = position_text(fd.first) if fd.first is not None else ""
+        text = (f"DIVERGED: first divergence {f'in {where}: ' if where else ''}"
+                f"{'; '.join(parts) if parts else 'in parameters'} ({others} of {n} pairs diverge)")
     unmatched = len(report.unmatched["a"]) + len(report.unmatched["b"])
     if unmatched:
         text += f"; {len(report.unmatched['a'])} record(s) of a and {len(report.unmatched['b'])} of b unmatched"
@@ -62,7 +64,7 @@ def render(report, console=None, context=3):
             continue
         if kind == "param_grad" and (fd.forward or fd.backward):
             continue
-        rows = [p for p in report.pairs if p.kind == kind]
+        rows = [p for p in report.pairs if p.kind == kind and p.position == first.position]
         at = rows.index(first)
         window = rows[max(0, at - context):at + context + 1]
         table = Table(title=Text(f"{kind} pairs around the first divergence"), title_justify="left")
@@ -89,12 +91,15 @@ def render(report, console=None, context=3):
         console.print(Text(f"diverged {', '.join(sorted({p.kind for p in other}))} pairs:", style="bold"))
         for p in other[:MAX_LISTED]:
             hint = f": {p.hint}" if p.hint else ""
-            console.print(Text(f"  {p.kind} {p.label()} {p.status} "
+            where = position_text(p)
+            console.print(Text(f"  {p.kind} {p.label()}{f' at {where}' if where else ''} {p.status} "
                                f"(rel_l2 {number((p.stats or {}).get('rel_l2'))}){hint}"))
         if len(other) > MAX_LISTED:
             console.print(Text(f"  ... and {len(other) - MAX_LISTED} more"))
     if not shown and report.ok:
         console.print(Text(_compared_line(report), style="dim"))
+    for table in step_tables(report):
+        console.print(table)
     for line in replay_lines(report):
         console.print(Text(line, style="bold red" if report.root_causes else "cyan"))
     for line in _unmatched_lines(report):
