@@ -72,11 +72,11 @@ def record(model, inputs, path, loss_fn=None, *, level="module", include=None, e
             for index, batch in enumerate(inputs):
                 writer.drain()            # the previous batch's records keep their index
                 recorder.batch(index)
-                output.append(_run(module, capture, writer, selection, batch, loss_fn, grads,
+                output.append(_run(module, runner, capture, writer, selection, batch, loss_fn, grads,
                                    loss_meta, params and index == 0))
         else:
-            output = _run(module, capture, writer, selection, inputs, loss_fn, grads, loss_meta,
-                          params)
+            output = _run(module, runner, capture, writer, selection, inputs, loss_fn, grads,
+                          loss_meta, params)
         writer.close()
         complete = True
     finally:
@@ -89,8 +89,9 @@ def record(model, inputs, path, loss_fn=None, *, level="module", include=None, e
     return output
 
 
-def _run(module, capture, writer, selection, inputs, loss_fn, grads, loss_meta, params):
-    """One forward (and backward) of ``module`` on ``inputs``, recorded; returns the output."""
+def _run(module, runner, capture, writer, selection, inputs, loss_fn, grads, loss_meta, params):
+    """One forward (and backward) of ``module`` on ``inputs``, run by ``runner`` (``module``
+    or its data-parallel wrapper), recorded; returns the output."""
     args, kwargs = split_inputs(inputs)
     earlier = {}
     capture.start()
