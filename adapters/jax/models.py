@@ -89,10 +89,36 @@ class Nnx:
         return flat_named(self.frozen)
 
 
+class Bound:
+    """``fn(params, *inputs)`` with its parameters (``tracediff.adapters.jax.bind``): a plain
+    function handed whole to ``td.replay`` (or ``record``), as a bound Linen module is."""
+
+    def __init__(self, fn, params):
+        if not callable(fn):
+            raise TraceDiffError(f"jax.bind needs a function fn(params, *inputs), got "
+                                 f"{type(fn).__name__}")
+        self.fn, self.params = fn, params
+        self.__name__ = _name(fn)
+
+    def __call__(self, *inputs, **kwargs):
+        return self.fn(self.params, *inputs, **kwargs)
+
+
+def bind(fn, params) -> Bound:
+    """``fn(params, *inputs)`` bound to ``params``: ``td.replay(tdj.bind(f, params), "ref.h5")``
+    replays a plain function between its ``tap`` marks (docs/jax.md)."""
+    return Bound(fn, params)
+
+
 class Function:
     api = "function"
 
     def __init__(self, fn, params):
+        if isinstance(fn, Bound):
+            if params is not None:
+                raise TraceDiffError("jax.record of a bound function takes no params=: it "
+                                     "carries its own")
+            fn, params = fn.fn, fn.params
         if params is None:
             raise TraceDiffError(
                 f"jax.record of the function {_name(fn)} needs its parameters: pass "
