@@ -35,6 +35,24 @@ def readable_names(tensor_names) -> dict:
     return out
 
 
+# the TensorFlow op a fused activation was (its location's last component)
+_ACTIVATION_OPS = {"RELU": "Relu", "RELU6": "Relu6", "TANH": "Tanh", "RELU_N1_TO_1": "Relu1",
+                   "SIGN_BIT": "Sign"}
+
+
+def value_first(full, activation) -> str:
+    """The ``;``-joined name of a tensor with a fused ``activation`` reordered so that the
+    activation's location comes first: the tensor holds the activation's value. The converter
+    lists a separate Keras ReLU layer after the op it fused into (``fc1_1/MatMul;act1_1/Relu;
+    fc1_1/BiasAdd``), which would name the record, and its ``module``, after the Dense."""
+    op = _ACTIVATION_OPS.get(activation)
+    parts = full.split(";")
+    own = [p for p in parts if op and p.rsplit("/", 1)[-1] == op]
+    if not own or parts[0] == own[0]:
+        return full
+    return ";".join([own[0]] + [p for p in parts if p != own[0]])
+
+
 def module_decoder(tensor_names):
     """A function tensor name -> Keras layer path (``conv``, ``inner/d2``) or None.
 

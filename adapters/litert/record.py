@@ -15,7 +15,7 @@ from ...recorder import Recorder
 from . import capture
 from .inputs import check_feeds, input_names, load_model
 from .meta import (activation_layout, fused_activations, module_decoder, param_meta,
-                   passes_through, quantization, readable_names)
+                   passes_through, quantization, readable_names, value_first)
 
 __all__ = ["record"]
 
@@ -36,9 +36,12 @@ def record(model, inputs, path, *, overwrite=False, values=True, num_threads=Non
     capture.run(it, feeds)
     graph_ops = capture.ops(it)
     details = {d["index"]: d for d in it.get_tensor_details()}
-    names = readable_names({i: d["name"] for i, d in details.items()})
-    decode = module_decoder([d["name"] for d in details.values()])
     activations = fused_activations(data)
+    activated = {t: activations.get(op_index) for op_index, (_, _, outs) in enumerate(graph_ops)
+                 for t in outs}
+    located = {i: value_first(d["name"], activated.get(i)) for i, d in details.items()}
+    names = readable_names(located)
+    decode = module_decoder(list(located.values()))
     inputs_named = input_names(it)
     outputs = {d["index"] for d in it.get_output_details()}
 
@@ -57,7 +60,7 @@ def record(model, inputs, path, *, overwrite=False, values=True, num_threads=Non
     for op_type, ins, outs in graph_ops:
         own = [modules.get(t) for t in ins if t in constant_set]
         for t in outs:
-            module = decode(details[t]["name"])
+            module = decode(located[t])
             if module is None and passes_through(op_type) and ins:
                 module = modules.get(ins[0])          # a (de)quantized copy of its input
             if module is None and len(set(m for m in own if m)) == 1:
