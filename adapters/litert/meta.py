@@ -17,6 +17,16 @@ _SPATIAL = {"CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "MAX_POOL_2D", "AV
 # ops that only change a tensor's representation: their output belongs to their input's layer
 _PASS_THROUGH = {"QUANTIZE", "DEQUANTIZE"}
 _KERAS_SUFFIX = re.compile(r"_\d+$")
+# name scopes a TensorFlow op opens inside its layer's (tf.nn.batch_normalization's)
+OP_SCOPES = {"batchnorm"}
+_FOLDING_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "CONV_3D", "FULLY_CONNECTED"}
+
+
+def folds_batchnorm(op_type, output_name) -> bool:
+    """A convolution (or FULLY_CONNECTED) whose output the converter named after a BatchNorm's
+    ``batchnorm`` ops: it folded that BatchNormalization into its weights and bias."""
+    first = output_name.split(";", 1)[0].split("/")
+    return op_type in _FOLDING_OPS and any(c in OP_SCOPES for c in first[:-1])
 
 
 def readable_names(tensor_names) -> dict:
@@ -74,6 +84,8 @@ def module_decoder(tensor_names):
         parts = scope[1:]
         if strip:
             parts = [_KERAS_SUFFIX.sub("", c) for c in parts]
+        if len(parts) > 1 and parts[-1] in OP_SCOPES:
+            parts = parts[:-1]          # bn/batchnorm/add_1 is the layer bn's
         return "/".join(parts)
 
     return decode

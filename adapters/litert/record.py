@@ -14,8 +14,8 @@ import numpy as np
 from ...recorder import Recorder
 from . import capture
 from .inputs import check_feeds, input_names, load_model
-from .meta import (activation_layout, fused_activations, module_decoder, param_meta,
-                   passes_through, quantization, readable_names, value_first)
+from .meta import (activation_layout, folds_batchnorm, fused_activations, module_decoder,
+                   param_meta, passes_through, quantization, readable_names, value_first)
 
 __all__ = ["record"]
 
@@ -53,6 +53,11 @@ def record(model, inputs, path, *, overwrite=False, values=True, num_threads=Non
     constants = [i for i in sorted(consumers) if i not in produced and i not in inputs_named
                  and _is_parameter(details[i])]
 
+    # constants a folded BatchNorm rewrote are not the model's parameters (docs/litert.md)
+    folded = {t for op_type, ins, outs in graph_ops
+              if outs and folds_batchnorm(op_type, located[outs[0]])
+              for t in ins[1:] if t in set(constants)}
+    constants = [i for i in constants if i not in folded]
     constant_set = set(constants)
     modules = {}
     for i in constants:
@@ -72,7 +77,8 @@ def record(model, inputs, path, *, overwrite=False, values=True, num_threads=Non
 
     recorded = {}   # tensor index -> (kind, name)
     run_meta = {"signatures": sorted(it.get_signature_list()), "resolver":
-                "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "preserve_all_tensors": True}
+                "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "preserve_all_tensors": True,
+                "folded_constants": sorted(details[t]["name"] for t in folded)}
     if compare_delegate:
         run_meta["delegate_difference"] = capture.delegate_difference(
             data, feeds, {t: (names[t], capture.value(it, t)) for t in outputs}, num_threads)
@@ -109,6 +115,8 @@ def record(model, inputs, path, *, overwrite=False, values=True, num_threads=Non
                     meta["quantization_step"] = float(np.max(quantization(details[ins[0]])["scale"]))
                 if t in outputs:
                     meta["graph_output"] = True
+                if folds_batchnorm(op_type, located[t]):
+                    meta["folded"] = "BatchNormalization"
                 rec.forward(names[t], array, **{k: v for k, v in meta.items() if v is not None})
                 recorded[t] = ("forward", names[t])
 
