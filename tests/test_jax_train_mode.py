@@ -65,7 +65,15 @@ def torch_loss(output):
 
 
 def variables():
-    return Net().init({"params": jax.random.key(0)}, jnp.zeros((N, W)), train=False)
+    """Net's variables, as ``init`` lays them out (made directly: an eager init costs seconds)."""
+    rng = np.random.default_rng(5)
+
+    def array(*shape, low=-0.5, high=0.5):
+        return jnp.asarray(rng.uniform(low, high, shape).astype(np.float32))
+    return {"params": {"fc1": {"kernel": array(W, H), "bias": array(H)},
+                       "bn": {"scale": array(H, low=0.5, high=1.5), "bias": array(H)},
+                       "fc2": {"kernel": array(H, K), "bias": array(K)}},
+            "batch_stats": {"bn": {"mean": array(H), "var": array(H, low=0.5, high=1.5)}}}
 
 
 def torch_equivalent(variables, mask):
