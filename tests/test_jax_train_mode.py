@@ -32,7 +32,7 @@ class Act(nn.Module):
 
 
 class Net(nn.Module):
-    """Linear, BatchNorm, Dropout, ReLU, Linear; ``train`` passed at call time, as Flax code does."""
+    """Linear, BatchNorm, Dropout, ReLU, Linear; ``train`` given at call time, as Flax code does."""
     bn_trains: bool = True
 
     @nn.compact
@@ -83,7 +83,8 @@ def torch_equivalent(variables, mask):
         drop=MaskedDropout(mask), act=torch.nn.ReLU(), fc2=torch.nn.Linear(H, K)))
     with torch.no_grad():
         for name in ("fc1", "fc2"):
-            getattr(model, name).weight.copy_(torch.from_numpy(np.asarray(params[name]["kernel"]).T))
+            kernel = np.array(params[name]["kernel"]).T
+            getattr(model, name).weight.copy_(torch.from_numpy(kernel))
             getattr(model, name).bias.copy_(torch.from_numpy(np.asarray(params[name]["bias"])))
         model.bn.weight.copy_(torch.from_numpy(np.asarray(params["bn"]["scale"])))
         model.bn.bias.copy_(torch.from_numpy(np.asarray(params["bn"]["bias"])))

@@ -35,8 +35,9 @@ def record(model, inputs, path, loss_fn=None, *, params=None, rngs=None, mutable
     or not). ``inputs``: an array, a tuple/list of positional inputs or a dict of keyword
     inputs. ``loss_fn(output) -> scalar`` adds the loss, backward records and parameter
     gradients. ``rngs``, ``mutable``: Linen ``apply``'s (dropout keys, and the collections a
-    training step updates, recorded as they are after the run). ``jit``: run both passes under ``jax.jit`` (default: when ``model`` is a jitted
-    function). ``include``/``exclude``: glob patterns on record names.
+    training step updates, recorded as they are after the run). ``jit``: run both passes
+    under ``jax.jit`` (default: when ``model`` is a jitted function). ``include``/``exclude``:
+    glob patterns on record names.
     """
     include = [include] if isinstance(include, str) else include
     exclude = [exclude] if isinstance(exclude, str) else exclude
@@ -56,7 +57,8 @@ def record(model, inputs, path, loss_fn=None, *, params=None, rngs=None, mutable
         return output, dict(taps.values), runner.updates
 
     try:
-        output, captured, updates = (jax.jit(forward) if use_jit else forward)(runner.trainable, args, kwargs)
+        output, captured, updates = (jax.jit(forward) if use_jit else forward)(
+            runner.trainable, args, kwargs)
     except TraceDiffError:
         raise
     except Exception as exc:  # noqa: BLE001 - JAX and Flax raise many types; one line each

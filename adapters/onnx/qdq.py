@@ -111,7 +111,8 @@ def quantization(node, initializers) -> dict:
     zero = (numpy_helper.to_array(initializers[node.input[2]]) if len(node.input) > 2
             and node.input[2] in initializers else np.zeros_like(scale, dtype=np.int64))
     if scale.size == 1:
-        return {"scale": float(scale.reshape(())), "zero_point": int(np.asarray(zero).reshape(-1)[0])}
+        return {"scale": float(scale.reshape(())),
+                "zero_point": int(np.asarray(zero).reshape(-1)[0])}
     axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
     return {"scale": [float(s) for s in scale.reshape(-1)],
             "zero_point": [int(z) for z in np.broadcast_to(zero, scale.shape).reshape(-1)],

@@ -88,8 +88,8 @@ def record(model, inputs, path, *, loss=None, target=None, max_memory=None, prov
             by_node.setdefault(kept[k], []).append((tensor, name))
         owners = reader_owners(kept_nodes, found,
                                {k: by_node[i][0][1] for k, i in enumerate(kept) if i in by_node})
-        _record_params(rec, graph, kept_nodes + (view.fused if view else []), skip=set(folded), legacy=legacy, owners=owners,
-                       view=view)
+        _record_params(rec, graph, kept_nodes + (view.fused if view else []), skip=set(folded),
+                       legacy=legacy, owners=owners, view=view)
         names = _record_forward(rec, proto, nodes, by_node, origins, groups, feeds,
                                 initializers, resolved_providers, shown,
                                 view.quantization if view else {})

@@ -181,7 +181,8 @@ def _print_case(console, case: Case, report: dict):
             if pair.get("hint"):
                 console.print(f"    hint: {escape(str(pair['hint']))}")
     bad_params = [p for p in report.get("pairs") or []
-                  if p.get("kind") in ("param", "param_grad") and p.get("diverged", p.get("status") != "ok")]
+                  if p.get("kind") in ("param", "param_grad")
+                  and p.get("diverged", p.get("status") != "ok")]
     for pair in bad_params[:3]:
         hint = f"  hint: {pair['hint']}" if pair.get("hint") else ""
         console.print(f"  {pair.get('kind')}: [bold]{escape(pair_label(pair))}[/bold] "
