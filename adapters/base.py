@@ -76,5 +76,7 @@ def is_jax_model(model) -> bool:
         flax = sys.modules.get(name)
         if flax is not None and isinstance(model, flax.Module):
             return True
+    if type(model).__module__ == "tracediff.adapters.jax.models":     # jax.bind(fn, params)
+        return True
     return "jax" in sys.modules and type(model).__module__.startswith(("jax", "jaxlib")) \
         and callable(model) and hasattr(model, "lower")

@@ -80,3 +80,26 @@ def test_demo_out_that_is_a_file_is_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"tracediff demo: error: cannot create the demo folder {target}: ")
     assert err.endswith("; choose another --out\n") and err.count("\n") == 1
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="the Flax and LiteRT ports are diffed against torch")
+def test_demo_ports_in_other_runtimes_are_named_at_their_bug(tmp_path, capsys):
+    """--ports jax,litert: a Flax CNN port whose Dense kernel was not reordered for the
+    channels-last flatten, and a LiteRT conversion of the MLP without fc2's bias."""
+    pytest.importorskip("flax")
+    pytest.importorskip("ai_edge_litert")
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--ports", "jax,litert"]) == 1
+    text = capsys.readouterr().out
+    assert "Flax, LiteRT ports with planted bugs against PyTorch float32 references" in text
+    assert "mlp-correct" not in text
+    flax = json.loads((out / "cnn-jax-flatten-kernel" / "report.json").read_text())
+    # the NHWC activations and the flatten pair through their layouts: only fc is wrong
+    assert flax["first_divergence"]["forward"]["b_name"] == "fc"
+    assert flax["a"]["framework"] == "jax" and flax["b"]["framework"] == "torch"
+    litert = json.loads((out / "mlp-litert-missing-bias" / "report.json").read_text())
+    forward = litert["first_divergence"]["forward"]
+    # fc2 and the ReLU layer after it are one fused TFLite op, named after the ReLU it ends in
+    assert (forward["a_name"], forward["b_name"]) == ("mlp_1/act2_1/Relu", "act2")
+    assert main(["demo", "--out", str(out), "--ports", "numpy,tpu"]) == 2
+    assert "unknown port 'tpu': --ports takes numpy, jax, litert" in capsys.readouterr().err

@@ -235,3 +235,34 @@ def test_golden_recording_takes_a_tflite_path(setup):
     _, x, paths, folder = setup
     assert golden_record(str(paths["float"]), x, folder / "golden.h5") == "litert"
     assert td.diff(folder / "golden.h5", paths["keras"]).ok
+
+
+def test_a_conv_with_its_batchnorm_folded_pairs_with_the_batchnorm(tmp_path):
+    """Conv2D then BatchNormalization (trained statistics), no activation: the converter folds
+    the BatchNorm into the convolution and names the output after the BatchNorm's ops
+    (bn_1/batchnorm/add_1): the record pairs with the Keras bn, and the folded kernel and bias,
+    which are no parameters of the Keras model, get no param record."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(SHAPE[1:], name="image")
+    x = keras.layers.Conv2D(5, 3, padding="same", name="conv")(inp)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    x = keras.layers.Flatten(name="flat")(keras.layers.MaxPooling2D(name="pool")(x))
+    model = keras.Model(inp, keras.layers.Dense(11, name="fc")(x), name="net")
+    rng = np.random.default_rng(3)
+    gamma, beta = rng.uniform(0.5, 1.5, 5), rng.normal(size=5)
+    mean, var = rng.normal(size=5), rng.uniform(0.5, 2.0, 5)
+    model.get_layer("bn").set_weights([a.astype(np.float32) for a in (gamma, beta, mean, var)])
+    tflite = tmp_path / "bn.tflite"
+    tflite.write_bytes(_convert(model))
+    x = np.random.default_rng(1).standard_normal(SHAPE).astype(np.float32)
+    tdtf.record(model, x, tmp_path / "keras.h5")
+    tdl.record(tflite, x, tmp_path / "bn.h5")
+    report = td.diff(tmp_path / "bn.h5", tmp_path / "keras.h5")
+    assert report.ok, [(p.a_name, p.b_name, p.status) for p in report.pairs if p.diverged]
+    bn = next(p for p in report.pairs if p.kind == "forward" and p.b_name == "bn")
+    assert bn.a_name.startswith("net_1/bn_1/batchnorm/") and bn.status == "ok"
+    assert "conv" in report.unmatched["b"] and "conv/kernel" in report.unmatched["b"]
+    with td.open(tmp_path / "bn.h5") as trace:
+        assert trace.get(bn.a_name).meta["folded"] == "BatchNormalization"
+        assert "net_1/conv_1/convolution" in json.loads(trace.attrs["meta"])["folded_constants"]
+        assert not any(r.kind == "param" and r.meta.get("module") in ("conv", "bn") for r in trace)

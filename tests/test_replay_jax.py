@@ -85,3 +85,39 @@ def test_tracediff_replay_takes_a_flax_module_from_the_command_line(tmp_path, mo
     assert [c["a_name"] for c in causes] == ["fc2"]
     assert main(["replay", "flax_ports:nothing", "ref.h5"]) == 2
     assert "CANDIDATE: flax_ports has no 'nothing'" in capsys.readouterr().err
+
+
+# -- plain JAX functions: the values marked with tap are the layers ----------------------------
+def mlp_function(params, x, activation=jax.nn.relu, fc2_bias=True):
+    from tracediff.adapters import jax as tdj
+    h = tdj.tap("fc1", x @ params["fc1"]["kernel"] + params["fc1"]["bias"])
+    h = tdj.tap("act", activation(h))
+    out = h @ params["fc2"]["kernel"]
+    return tdj.tap("fc2", out + params["fc2"]["bias"] if fc2_bias else out)
+
+
+def mlp_params(reference):
+    return linen_mlp_variables(reference)["params"]
+
+
+def test_a_plain_function_replays_between_its_taps(mlp_reference):
+    """Two planted bugs in a plain-function port: tanh for the ReLU and the output bias left out.
+    The diff names the first; replay runs each span of code ending in a tap on the reference's
+    value of the tap before it, and names both at their taps."""
+    from tracediff.adapters import jax as tdj
+    reference, path, _ = mlp_reference
+    params = mlp_params(reference)
+    assert td.replay(tdj.bind(mlp_function, params), path, loss_fn=jax_loss).root_causes == []
+
+    def bad(params, x):
+        return mlp_function(params, x, activation=jnp.tanh, fc2_bias=False)
+
+    report = td.replay(tdj.bind(bad, params), path, loss_fn=jax_loss)
+    assert report.first_divergence.forward.a_name == "act"
+    assert sorted(c["a_name"] for c in report.root_causes) == ["act", "fc2"]
+    local = {p.a_name: p.local["status"] for p in report.pairs if p.kind == "forward"}
+    # <root> returns what the last tap gave it: the reference's fc2
+    assert local == {"fc1": "ok", "act": "diverged", "fc2": "diverged", "<root>": "ok"}
+    assert "bias" in next(c["hint"] for c in report.root_causes if c["a_name"] == "fc2")
+    # bind also records, and a jitted function replays eagerly all the same
+    assert td.replay(tdj.bind(jax.jit(bad), params), path).root_causes == report.root_causes

@@ -23,3 +23,19 @@ def dequantize(values, meta, shape=None, flat_index=None):
             scale = scale.reshape(view)
             zero = zero.reshape(view) if zero.ndim and zero.size == scale.size else zero
     return ((values - zero) * scale).astype(np.float32)
+
+
+def quantize(values, meta, dtype):
+    """``values`` as a quantized tensor of integer ``dtype`` stores them: ``round(x / scale) +
+    zero_point``, clipped to the type's range (the inverse of :func:`dequantize`)."""
+    dtype = np.dtype(dtype)
+    scale = np.asarray(meta["scale"], dtype=np.float64)
+    zero = np.asarray(meta.get("zero_point", 0), dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    if scale.ndim and scale.size > 1:
+        view = [1] * values.ndim
+        view[int(meta.get("quantized_dimension", 0))] = scale.size
+        scale = scale.reshape(view)
+        zero = zero.reshape(view) if zero.ndim and zero.size == scale.size else zero
+    info = np.iinfo(dtype)
+    return np.clip(np.round(values / scale) + zero, info.min, info.max).astype(dtype)

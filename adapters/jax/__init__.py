@@ -2,6 +2,7 @@
 of a Flax NNX or Linen module (or the values a plain JAX function marks with ``tap``), their
 gradients dL/d output, parameters and parameter gradients of one run. See docs/jax.md."""
 from .capture import tap
+from .models import bind
 from .record import record
 
-__all__ = ["record", "tap"]
+__all__ = ["bind", "record", "tap"]

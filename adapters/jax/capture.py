@@ -85,13 +85,14 @@ class Taps:
         return args, kwargs
 
     def module_output(self, path, module, args, output):
-        """Tap every array leaf of a module's ``output``; returns the output to pass on."""
+        """Tap every array leaf of a module's ``output`` (``args``: the call's ``(args,
+        kwargs)``); returns the output to pass on."""
         self.modules.setdefault(path, module)
         inputs = [leaf for leaf in jax.tree_util.tree_leaves(args) if is_array(leaf)]
         for leaf in inputs:   # a convolution's input is channels-last: marks the model inputs
             self._set_layout(leaf, jmeta.declared_layout(module, leaf.ndim))
         base = {"op_type": type(module).__name__, "module": "" if path == ROOT else path,
-                **jmeta.config_meta(module), "inputs": self.consumed(args)}
+                **jmeta.config_meta(module, args[1]), "inputs": self.consumed(args)}
         return self._tap_tree(path, output, lambda leaf: dict(
             base, **self._layout(module, inputs, leaf)))
 

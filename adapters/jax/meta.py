@@ -43,9 +43,12 @@ def flatten_layout(input_layout: str | None, input_shape, output_shape) -> dict:
             "unflattened_shape": [int(d) for d in input_shape]}
 
 
-def config_meta(module) -> dict:
+def config_meta(module, call_kwargs=None) -> dict:
     """``eps`` of a normalisation; ``momentum`` of a BatchNorm in torch's convention (the weight
-    of the new batch: Flax's 0.99 is recorded 0.01); ``approximate`` of a GELU module."""
+    of the new batch: Flax's 0.99 is recorded 0.01); ``training`` of a BatchNorm
+    (``use_running_average``) or Dropout (``deterministic``), given as an attribute or, as
+    Flax merges them, as an argument of the call (``call_kwargs``)."""
+    call_kwargs = call_kwargs or {}
     meta = {}
     names = class_names(module)
     eps = getattr(module, "epsilon", None)
@@ -54,9 +57,10 @@ def config_meta(module) -> dict:
     momentum = getattr(module, "momentum", None)
     if "BatchNorm" in names and isinstance(momentum, float):
         meta["momentum"] = round(1.0 - momentum, 12)
-    use_running_average = getattr(module, "use_running_average", None)
-    if "BatchNorm" in names and isinstance(use_running_average, bool):
-        meta["training"] = not use_running_average
+    for cls, flag in (("BatchNorm", "use_running_average"), ("Dropout", "deterministic")):
+        value = call_kwargs.get(flag, getattr(module, flag, None))
+        if cls in names and isinstance(value, bool):
+            meta["training"] = not value
     return meta
 
 

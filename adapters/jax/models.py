@@ -31,8 +31,12 @@ def flat_named(tree) -> list:
 class Linen:
     api = "linen"
 
-    def __init__(self, module, params):
+    def __init__(self, module, params, rngs=None, mutable=None):
         if params is None and module.scope is not None:     # a bound module: module.bind(v)
+            scope = module.scope            # bind(variables, rngs=..., mutable=...) keeps both
+            if rngs is None and scope.rngs:
+                rngs = {name: lazy.as_jax_rng() for name, lazy in scope.rngs.items()}
+            mutable = scope.mutable if mutable is None else mutable
             module, params = module.unbind()
         if params is None:
             raise TraceDiffError(
@@ -47,24 +51,47 @@ class Linen:
         self.trainable = variables.pop("params")
         self.frozen = variables           # batch_stats and other collections: no gradient
         self.name = type(module).__name__
+        # apply's rngs= (the same keys in every pass: the same dropout masks) and mutable=
+        self.rngs, self.mutable = rngs or None, mutable or False
+        self.updates = {}
 
     def run(self, trainable, args, kwargs):
         import flax.linen as nn
         with nn.intercept_methods(linen_interceptor(current())):
-            return self.module.apply({"params": trainable, **self.frozen}, *args, **kwargs)
+            return self.plain(trainable, args, kwargs)
 
     def plain(self, trainable, args, kwargs):
-        return self.module.apply({"params": trainable, **self.frozen}, *args, **kwargs)
+        """The output of ``apply``; with ``mutable``, the updated collections are kept in
+        ``updates`` (the forward pass returns them, out of ``jit`` too)."""
+        result = self.module.apply({"params": trainable, **self.frozen}, *args, rngs=self.rngs,
+                                   mutable=self.mutable, **kwargs)
+        if not self.mutable:
+            return result
+        output, self.updates = result
+        return output
+
+    def updated(self, updates):
+        """After the run: the collections ``apply`` updated (batch statistics) are recorded as
+        they are after it, as torch records its buffers after the forward pass."""
+        self.frozen = {**self.frozen, **{k: v for k, v in updates.items() if k != "params"}}
 
     def frozen_named(self):
         return [(name.split(".", 1)[1] if "." in name else name, leaf)
                 for name, leaf in flat_named(self.frozen)]
 
 
+def _no_apply_options(what, rngs, mutable):
+    if rngs is not None or mutable is not None:
+        raise TraceDiffError(f"rngs= and mutable= are Linen apply's options; {what} takes "
+                             "neither (an NNX module holds its nnx.Rngs and BatchStat variables)")
+
+
 class Nnx:
     api = "nnx"
+    updates = {}
 
-    def __init__(self, module, params):
+    def __init__(self, module, params, rngs=None, mutable=None):
+        _no_apply_options("an NNX module", rngs, mutable)
         from flax import nnx
         if params is not None:
             raise TraceDiffError(
@@ -89,10 +116,38 @@ class Nnx:
         return flat_named(self.frozen)
 
 
-class Function:
-    api = "function"
+class Bound:
+    """``fn(params, *inputs)`` with its parameters (``tracediff.adapters.jax.bind``): a plain
+    function handed whole to ``td.replay`` (or ``record``), as a bound Linen module is."""
 
     def __init__(self, fn, params):
+        if not callable(fn):
+            raise TraceDiffError(f"jax.bind needs a function fn(params, *inputs), got "
+                                 f"{type(fn).__name__}")
+        self.fn, self.params = fn, params
+        self.__name__ = _name(fn)
+
+    def __call__(self, *inputs, **kwargs):
+        return self.fn(self.params, *inputs, **kwargs)
+
+
+def bind(fn, params) -> Bound:
+    """``fn(params, *inputs)`` bound to ``params``: ``td.replay(tdj.bind(f, params), "ref.h5")``
+    replays a plain function between its ``tap`` marks (docs/jax.md)."""
+    return Bound(fn, params)
+
+
+class Function:
+    api = "function"
+    updates = {}
+
+    def __init__(self, fn, params, rngs=None, mutable=None):
+        _no_apply_options("a plain function", rngs, mutable)
+        if isinstance(fn, Bound):
+            if params is not None:
+                raise TraceDiffError("jax.record of a bound function takes no params=: it "
+                                     "carries its own")
+            fn, params = fn.fn, fn.params
         if params is None:
             raise TraceDiffError(
                 f"jax.record of the function {_name(fn)} needs its parameters: pass "

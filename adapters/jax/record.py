@@ -25,21 +25,24 @@ from .inputs import jitted, kind_of, named_inputs, run_error, split_inputs
 from .models import RUNNERS, flat_named
 
 
-def record(model, inputs, path, loss_fn=None, *, params=None, jit=None, values=True,
-           overwrite=False, dims=None, seed=None, model_name=None, include=None, exclude=None):
+def record(model, inputs, path, loss_fn=None, *, params=None, rngs=None, mutable=None,
+           jit=None, values=True, overwrite=False, dims=None, seed=None, model_name=None,
+           include=None, exclude=None):
     """Run ``model`` once on ``inputs`` and write its trace to ``path``; returns the output.
 
     ``model``: a Flax NNX module, a Flax Linen module (``params`` = its variables from
     ``init``) or a function ``fn(params, *inputs)`` over a params pytree (``jax.jit``-compiled
     or not). ``inputs``: an array, a tuple/list of positional inputs or a dict of keyword
     inputs. ``loss_fn(output) -> scalar`` adds the loss, backward records and parameter
-    gradients. ``jit``: run both passes under ``jax.jit`` (default: when ``model`` is a jitted
-    function). ``include``/``exclude``: glob patterns on record names.
+    gradients. ``rngs``, ``mutable``: Linen ``apply``'s (dropout keys, and the collections a
+    training step updates, recorded as they are after the run). ``jit``: run both passes
+    under ``jax.jit`` (default: when ``model`` is a jitted function). ``include``/``exclude``:
+    glob patterns on record names.
     """
     include = [include] if isinstance(include, str) else include
     exclude = [exclude] if isinstance(exclude, str) else exclude
     kind = kind_of(model)
-    runner = RUNNERS[kind](model, params)
+    runner = RUNNERS[kind](model, params, rngs, mutable)
     args, kwargs = split_inputs(inputs)
     use_jit = jitted(model) if jit is None else bool(jit)
     what = f"{kind} {runner.name}"
@@ -51,10 +54,11 @@ def record(model, inputs, path, loss_fn=None, *, params=None, jit=None, values=T
         with active(taps):
             output = runner.run(trainable, args, kwargs)
         taps.note_input_layouts(named)
-        return output, dict(taps.values)
+        return output, dict(taps.values), runner.updates
 
     try:
-        output, captured = (jax.jit(forward) if use_jit else forward)(runner.trainable, args, kwargs)
+        output, captured, updates = (jax.jit(forward) if use_jit else forward)(
+            runner.trainable, args, kwargs)
     except TraceDiffError:
         raise
     except Exception as exc:  # noqa: BLE001 - JAX and Flax raise many types; one line each
@@ -67,6 +71,8 @@ def record(model, inputs, path, loss_fn=None, *, params=None, jit=None, values=T
     if loss_fn is not None:
         loss, param_grads, output_grads = _gradients(
             runner, loss_fn, args, kwargs, zeros_for(captured), use_jit)
+    if updates:
+        runner.updated(updates)
 
     rec = Recorder(path, framework="jax", dims=dims, model=model_name or runner.name, seed=seed,
                    framework_version=_versions(),

@@ -3,7 +3,8 @@ values of the records it consumed.
 
 The recording's interception (Linen ``intercept_methods``, NNX's tapped copy) substitutes,
 before each module call, every argument that a recorded module produced (or that is a model
-input) with the reference's value of that record, when the shapes agree. The run is eager, so
+input) with the reference's value of that record, when the shapes agree; in a plain function
+(``bind(fn, params)``) the value a ``tap`` returns is the reference's. The run is eager, so
 each array is the object its producer returned; a value made by plain ``jnp`` code between
 modules has no record and is computed from substituted values.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from .capture import Taps, active, is_array
+from .capture import ROOT, Taps, active, is_array
 from .inputs import kind_of, named_inputs, split_inputs
 from .models import RUNNERS
 
@@ -35,6 +36,12 @@ class _Substitution(Taps):
         if value is None or tuple(value.shape) != tuple(leaf.shape):
             return leaf
         return jnp.asarray(value, dtype=leaf.dtype)
+
+    def function_value(self, name, value, meta):
+        """A plain function's ``tap``: the candidate's value is its local result; the code
+        after it runs on the reference's value of that record."""
+        value = super().function_value(name, value, meta)
+        return value if name == ROOT else jax.tree_util.tree_map(self._substituted, value)
 
     def _tap(self, name, value, meta):
         call = self._calls[name]

@@ -17,6 +17,16 @@ _SPATIAL = {"CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "MAX_POOL_2D", "AV
 # ops that only change a tensor's representation: their output belongs to their input's layer
 _PASS_THROUGH = {"QUANTIZE", "DEQUANTIZE"}
 _KERAS_SUFFIX = re.compile(r"_\d+$")
+# name scopes a TensorFlow op opens inside its layer's (tf.nn.batch_normalization's)
+OP_SCOPES = {"batchnorm"}
+_FOLDING_OPS = {"CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "CONV_3D", "FULLY_CONNECTED"}
+
+
+def folds_batchnorm(op_type, output_name) -> bool:
+    """A convolution (or FULLY_CONNECTED) whose output the converter named after a BatchNorm's
+    ``batchnorm`` ops: it folded that BatchNormalization into its weights and bias."""
+    first = output_name.split(";", 1)[0].split("/")
+    return op_type in _FOLDING_OPS and any(c in OP_SCOPES for c in first[:-1])
 
 
 def readable_names(tensor_names) -> dict:
@@ -33,6 +43,24 @@ def readable_names(tensor_names) -> dict:
         taken.add(name)
         out[index] = name
     return out
+
+
+# the TensorFlow op a fused activation was (its location's last component)
+_ACTIVATION_OPS = {"RELU": "Relu", "RELU6": "Relu6", "TANH": "Tanh", "RELU_N1_TO_1": "Relu1",
+                   "SIGN_BIT": "Sign"}
+
+
+def value_first(full, activation) -> str:
+    """The ``;``-joined name of a tensor with a fused ``activation`` reordered so that the
+    activation's location comes first: the tensor holds the activation's value. The converter
+    lists a separate Keras ReLU layer after the op it fused into (``fc1_1/MatMul;act1_1/Relu;
+    fc1_1/BiasAdd``), which would name the record, and its ``module``, after the Dense."""
+    op = _ACTIVATION_OPS.get(activation)
+    parts = full.split(";")
+    own = [p for p in parts if op and p.rsplit("/", 1)[-1] == op]
+    if not own or parts[0] == own[0]:
+        return full
+    return ";".join([own[0]] + [p for p in parts if p != own[0]])
 
 
 def module_decoder(tensor_names):
@@ -56,6 +84,8 @@ def module_decoder(tensor_names):
         parts = scope[1:]
         if strip:
             parts = [_KERAS_SUFFIX.sub("", c) for c in parts]
+        if len(parts) > 1 and parts[-1] in OP_SCOPES:
+            parts = parts[:-1]          # bn/batchnorm/add_1 is the layer bn's
         return "/".join(parts)
 
     return decode

@@ -14,8 +14,8 @@ import numpy as np
 from ...recorder import Recorder
 from . import capture
 from .inputs import check_feeds, input_names, load_model
-from .meta import (activation_layout, fused_activations, module_decoder, param_meta,
-                   passes_through, quantization, readable_names)
+from .meta import (activation_layout, folds_batchnorm, fused_activations, module_decoder,
+                   param_meta, passes_through, quantization, readable_names, value_first)
 
 __all__ = ["record"]
 
@@ -36,9 +36,12 @@ def record(model, inputs, path, *, overwrite=False, values=True, num_threads=Non
     capture.run(it, feeds)
     graph_ops = capture.ops(it)
     details = {d["index"]: d for d in it.get_tensor_details()}
-    names = readable_names({i: d["name"] for i, d in details.items()})
-    decode = module_decoder([d["name"] for d in details.values()])
     activations = fused_activations(data)
+    activated = {t: activations.get(op_index) for op_index, (_, _, outs) in enumerate(graph_ops)
+                 for t in outs}
+    located = {i: value_first(d["name"], activated.get(i)) for i, d in details.items()}
+    names = readable_names(located)
+    decode = module_decoder(list(located.values()))
     inputs_named = input_names(it)
     outputs = {d["index"] for d in it.get_output_details()}
 
@@ -50,6 +53,11 @@ def record(model, inputs, path, *, overwrite=False, values=True, num_threads=Non
     constants = [i for i in sorted(consumers) if i not in produced and i not in inputs_named
                  and _is_parameter(details[i])]
 
+    # constants a folded BatchNorm rewrote are not the model's parameters (docs/litert.md)
+    folded = {t for op_type, ins, outs in graph_ops
+              if outs and folds_batchnorm(op_type, located[outs[0]])
+              for t in ins[1:] if t in set(constants)}
+    constants = [i for i in constants if i not in folded]
     constant_set = set(constants)
     modules = {}
     for i in constants:
@@ -57,7 +65,7 @@ def record(model, inputs, path, *, overwrite=False, values=True, num_threads=Non
     for op_type, ins, outs in graph_ops:
         own = [modules.get(t) for t in ins if t in constant_set]
         for t in outs:
-            module = decode(details[t]["name"])
+            module = decode(located[t])
             if module is None and passes_through(op_type) and ins:
                 module = modules.get(ins[0])          # a (de)quantized copy of its input
             if module is None and len(set(m for m in own if m)) == 1:
@@ -69,7 +77,8 @@ def record(model, inputs, path, *, overwrite=False, values=True, num_threads=Non
 
     recorded = {}   # tensor index -> (kind, name)
     run_meta = {"signatures": sorted(it.get_signature_list()), "resolver":
-                "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "preserve_all_tensors": True}
+                "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "preserve_all_tensors": True,
+                "folded_constants": sorted(details[t]["name"] for t in folded)}
     if compare_delegate:
         run_meta["delegate_difference"] = capture.delegate_difference(
             data, feeds, {t: (names[t], capture.value(it, t)) for t in outputs}, num_threads)
@@ -106,6 +115,8 @@ def record(model, inputs, path, *, overwrite=False, values=True, num_threads=Non
                     meta["quantization_step"] = float(np.max(quantization(details[ins[0]])["scale"]))
                 if t in outputs:
                     meta["graph_output"] = True
+                if folds_batchnorm(op_type, located[t]):
+                    meta["folded"] = "BatchNormalization"
                 rec.forward(names[t], array, **{k: v for k, v in meta.items() if v is not None})
                 recorded[t] = ("forward", names[t])
 

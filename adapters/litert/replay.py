@@ -114,13 +114,11 @@ def _quantized(value, tensor):
     scale = None if q is None or q.scale is None or len(q.scale) == 0 else np.asarray(q.scale)
     if dtype.kind not in "iu" or scale is None:
         return value.astype(dtype) if value.dtype != dtype else value
-    zero = np.asarray(q.zeroPoint if q.zeroPoint is not None else 0, dtype=np.float64)
-    if scale.size > 1:
-        shape = [1] * value.ndim
-        shape[q.quantizedDimension] = scale.size
-        scale, zero = scale.reshape(shape), zero.reshape(shape)
-    info = np.iinfo(dtype)
-    return np.clip(np.round(value / scale) + zero, info.min, info.max).astype(dtype)
+    from ...quantization import quantize
+
+    zero = q.zeroPoint if q.zeroPoint is not None else 0
+    return quantize(value, {"scale": scale, "zero_point": zero,
+                            "quantized_dimension": q.quantizedDimension}, dtype)
 
 
 def _dequantized(value, details):

@@ -234,9 +234,10 @@ def _from_namespace(text):
 
 def is_legacy_export(model) -> bool:
     """Exported by torch's TorchScript exporter: scoped ``/a/b/Op`` node names, no metadata."""
-    if model.producer_name != "pytorch":
+    if model.producer_name not in ("pytorch", "onnx.quantize"):   # onnxruntime's quantizer
         return False
-    return any(n.name.startswith("/") and not n.metadata_props for n in model.graph.node)
+    return any(n.name.startswith("/") and not n.metadata_props for n in model.graph.node
+               if n.op_type not in ("QuantizeLinear", "DequantizeLinear"))
 
 
 def merged_parameters(nodes, initializers, legacy, value_of):

@@ -21,6 +21,7 @@ from .load import load_model
 from .memory import parse_memory
 from .origins import (folded_initializers, is_legacy_export, merged_parameters, node_origins,
                       reader_owners)
+from .qdq import float_view
 from .meta import node_settings, output_layout, param_meta, parameter_aliases, record_names
 from .plan import estimate_sizes, inferred_types, plan_groups, topological_order
 from .capture import resolve_providers, run_groups
@@ -61,7 +62,15 @@ def record(model, inputs, path, *, loss=None, target=None, max_memory=None, prov
     sizes = estimate_sizes(nodes, inferred_types(proto, feeds), known)
     groups = plan_groups(nodes, sizes, budget, feeds, set(initializers))
     legacy = is_legacy_export(proto)
-    folded = sorted(folded_initializers(nodes, set(initializers), legacy))
+    # a QDQ model is recorded as the float model it quantizes (qdq.py); shown[i] is node i as
+    # that model has it, None where a QuantizeLinear/DequantizeLinear is folded away
+    view = float_view(nodes, initializers)
+    shown = view.nodes if view else nodes
+    kept = [i for i, node in enumerate(shown) if node is not None]
+    kept_nodes = [shown[i] for i in kept]
+    float_names = set(initializers) | (set(view.weights) if view else set())
+    folded = sorted(folded_initializers(kept_nodes + (view.fused if view else []), float_names,
+                                        legacy))
     run_meta = {"groups": len(groups), "max_memory": budget, "providers": resolved_providers,
                 "exporter": _exporter(proto, legacy), "opset": _opset(proto),
                 "folded_initializers": folded}
@@ -72,14 +81,18 @@ def record(model, inputs, path, *, loss=None, target=None, max_memory=None, prov
                   expected_bytes=sum(sizes.values()) if values else 0) as rec:
         for name, array in feeds.items():
             rec.input(name, array, onnx_output=name)
-        origins = node_origins(nodes, {o.name for o in graph.output}, set(initializers), legacy)
+        found = node_origins(kept_nodes, _graph_outputs(graph), float_names, legacy)
+        origins = dict(zip(kept, found))
         by_node = {}
-        for node_index, _, tensor, name in record_names(nodes, order):
-            by_node.setdefault(node_index, []).append((tensor, name))
-        owners = reader_owners(nodes, origins, {i: outs[0][1] for i, outs in by_node.items()})
-        _record_params(rec, graph, nodes, skip=set(folded), legacy=legacy, owners=owners)
-        names = _record_forward(rec, proto, nodes, by_node, origins, groups, feeds, initializers,
-                                resolved_providers)
+        for k, _, tensor, name in record_names(kept_nodes, [order[i] for i in kept]):
+            by_node.setdefault(kept[k], []).append((tensor, name))
+        owners = reader_owners(kept_nodes, found,
+                               {k: by_node[i][0][1] for k, i in enumerate(kept) if i in by_node})
+        _record_params(rec, graph, kept_nodes + (view.fused if view else []), skip=set(folded),
+                       legacy=legacy, owners=owners, view=view)
+        names = _record_forward(rec, proto, nodes, by_node, origins, groups, feeds,
+                                initializers, resolved_providers, shown,
+                                view.quantization if view else {})
         if loss is not None:
             from .grad import record_backward
             record_backward(proto, feeds, rec, loss=loss, target=target, names=names,
@@ -87,14 +100,23 @@ def record(model, inputs, path, *, loss=None, target=None, max_memory=None, prov
                             max_memory=budget)
 
 
-def _record_params(rec, graph, nodes, skip, legacy, owners):
+def _graph_outputs(graph):
+    """The graph outputs, and the quantized tensors their DequantizeLinear nodes read (in a
+    QDQ model, the float view's records of those outputs)."""
+    outputs = {o.name for o in graph.output}
+    return outputs | {node.input[0] for node in graph.node
+                      if node.op_type == "DequantizeLinear" and node.output[0] in outputs}
+
+
+def _record_params(rec, graph, nodes, skip, legacy, owners, view=None):
     """A ``param`` record per float initializer and per copy of one standing for another torch
     parameter (a legacy Identity alias, a merged equal-valued parameter), except those an
     exporter's folding rewrote (they are not the torch model's parameters; the run's meta
     lists them). ``owners``: the module of the parameters named after no module (see
     ``origins.reader_owners``)."""
+    hidden = view.hidden if view else set()
     floats = {t.name: t for t in graph.initializer
-              if t.data_type in _FLOAT_TYPES and t.name not in skip}
+              if t.data_type in _FLOAT_TYPES and t.name not in skip and t.name not in hidden}
     merged = merged_parameters(nodes, set(floats), legacy,
                                lambda name: numpy_helper.to_array(floats[name]))
     readers = {index: alias for alias, (_, indices) in merged.items() for index in indices}
@@ -112,7 +134,7 @@ def _record_params(rec, graph, nodes, skip, legacy, owners):
     for alias, (source, _) in merged.items():
         copies.setdefault(source, []).append(alias)
     for tensor in graph.initializer:
-        if tensor.data_type not in _FLOAT_TYPES or tensor.name in skip:
+        if tensor.data_type not in _FLOAT_TYPES or tensor.name in skip or tensor.name in hidden:
             continue
         array = numpy_helper.to_array(tensor)
         # a parameter the exporter stored once for several equal-valued ones: each its own record
@@ -120,18 +142,28 @@ def _record_params(rec, graph, nodes, skip, legacy, owners):
             rec.param(name, array, onnx_output=name,
                       **param_meta(name, array.shape, consumers.get(name, []), owners.get(name)))
         del array
+    initializers = {t.name: t for t in graph.initializer}
+    for name, (tensor, quantization) in (view.weights if view else {}).items():
+        if name not in skip:       # a quantized weight: its integers, under the float name
+            array = numpy_helper.to_array(initializers[tensor])
+            rec.param(name, array, onnx_output=tensor, **quantization,
+                      **param_meta(name, array.shape, consumers.get(name, []), owners.get(name)))
 
 
-def _record_forward(rec, proto, nodes, by_node, origins, groups, feeds, initializers, providers):
+def _record_forward(rec, proto, nodes, by_node, origins, groups, feeds, initializers, providers,
+                    shown, quantization):
     """Write each group's node outputs as they arrive; return the tensor -> record map that the
-    gradient recorder pairs its records with."""
-    graph_outputs = {o.name for o in proto.graph.output}
+    gradient recorder pairs its records with. ``shown[i]``: node i as recorded (None: folded
+    away); ``quantization``: the scale and zero point of a quantized node's record."""
+    graph_outputs = _graph_outputs(proto.graph)
     names = {}
     edges = {name: {"kind": "input", "name": name, "call": 0} for name in feeds}
     calls = {}
     for group, results in run_groups(proto, nodes, groups, feeds, initializers, providers):
         for node_index in group.nodes:
-            node = nodes[node_index]
+            node = shown[node_index]
+            if node is None:
+                continue
             settings = node_settings(node)
             for tensor, name in by_node.get(node_index, []):
                 value = results.get(tensor)
@@ -139,7 +171,8 @@ def _record_forward(rec, proto, nodes, by_node, origins, groups, feeds, initiali
                     continue  # sequences, maps and absent optionals are not tensors to trace
                 meta = {"op_type": node.op_type, "onnx_output": tensor,
                         "layout": output_layout(node.op_type, value.shape),
-                        **origins[node_index], **settings}
+                        **origins[node_index], **settings,
+                        **quantization.get(node_index, {})}
                 if tensor in graph_outputs:
                     meta["graph_output"] = True
                 meta = {k: v for k, v in meta.items() if v is not None}

@@ -15,7 +15,9 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
+from ...compare.quantized import quantized
 from ...errors import TraceDiffError, first_line
+from ...quantization import dequantize, quantize
 from .capture import resolve_providers
 from .load import load_model
 
@@ -49,6 +51,8 @@ def replay(model, reference, wanted, trace, *, providers=None):
             if tensor not in produced:
                 continue          # a graph input without a pair: fed as it is below
             value = own[tensor].read()
+        elif quantized(own[tensor]):    # a QDQ model's integers: the float value quantized
+            value = quantize(value, own[tensor].meta, own[tensor].dtype)
         cut[tensor] = tensor + SUFFIX
         feeds[cut[tensor]] = np.ascontiguousarray(value)
     for node in graph.node:
@@ -81,7 +85,8 @@ def replay(model, reference, wanted, trace, *, providers=None):
     except Exception as exc:
         raise TraceDiffError(f"replay: onnxruntime cannot run {source} cut at its edges "
                              f"({first_line(exc)}); diff the traces with tracediff diff") from None
-    return {(key[1], key[2]): value for (_, key), value in zip(outputs.items(), values)}
+    return {(key[1], key[2]): dequantize(value, own[tensor].meta) if quantized(own[tensor])
+            else value for (tensor, key), value in zip(outputs.items(), values)}
 
 
 def graph_inputs(model):

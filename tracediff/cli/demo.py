@@ -12,8 +12,14 @@ def add_arguments(parser):
                         help="use the correct NumPy ports as references even when torch is installed")
     parser.add_argument("--full", action="store_true",
                         help="print the whole diff report of each case, not a summary")
+    parser.add_argument("--ports", default="numpy", metavar="LIST",
+                        help="comma-separated: numpy (default), jax (a Flax port), litert (a "
+                             "TFLite conversion), or all; jax and litert import their runtimes")
 
 
 def run(args) -> int:
-    from ..demo.run import run_demo
-    return run_demo(args.out, use_torch=False if args.numpy_reference else None, full=args.full)
+    from ..demo.run import PORTS, cases_for, run_demo
+    ports = PORTS if args.ports.strip() == "all" else [p.strip() for p in args.ports.split(",")
+                                                      if p.strip()]
+    return run_demo(args.out, use_torch=False if args.numpy_reference else None, full=args.full,
+                    cases=cases_for(ports))

@@ -80,7 +80,7 @@ def _sign_or_scale(judge, a, b, **_):
     if bb == 0:
         return None
     s = float(np.vdot(b, a).real) / bb
-    if abs(s - 1) < 1e-3 or not judge.explains(s * b):
+    if abs(s - 1) < 1e-3 or s == 0 or not judge.explains(s * b):   # s = 0: a is all zeros
         return None
     if abs(s + 1) < 1e-3:
         return "a = -b: a sign flip (a subtraction the wrong way round, or a negated term)"

@@ -27,6 +27,7 @@ class Case:
     net: str
     bugs: tuple
     naming: str = "torch"
+    port: str = "numpy"        # numpy, or another runtime's port (framework_ports.py)
 
 
 CASES = (
@@ -38,6 +39,21 @@ CASES = (
     Case("cnn-padding", "cnn", ("wrong_padding",), naming="port"),
     Case("transformer-gelu-tanh", "transformer", ("gelu_tanh",)),
 )
+# the ports in other runtimes (``--ports jax,litert``): their imports take seconds
+PORT_CASES = (
+    Case("cnn-jax-flatten-kernel", "cnn", ("flatten_kernel_not_reordered",), port="jax"),
+    Case("mlp-litert-missing-bias", "mlp", ("converted_without_bias",), port="litert"),
+)
+PORTS = ("numpy", "jax", "litert")
+
+
+def cases_for(ports) -> tuple:
+    """The cases of the ``ports`` asked for (``numpy``, ``jax``, ``litert``), in that order."""
+    unknown = [p for p in ports if p not in PORTS]
+    if unknown:
+        raise TraceDiffError(f"unknown port {unknown[0]!r}: --ports takes "
+                             f"{', '.join(PORTS)} (comma-separated)")
+    return tuple(c for c in CASES + PORT_CASES if c.port in ports)
 
 
 def torch_available() -> bool:
@@ -45,9 +61,10 @@ def torch_available() -> bool:
 
 
 def run_demo(out_dir, *, use_torch=None, cases=CASES, console=None, full=False) -> int:
-    """Record, diff and report every case; 1 when a divergence was found (the planted bugs),
-    0 when every port matched its reference. ``full`` also prints the engine's whole terminal
-    report for each case."""
+    """Record, diff and report every case (``cases_for(ports)`` picks them by port); 1 when a
+    divergence was found (the planted bugs), 0 when every port matched its reference. ``full``
+    also prints the engine's whole terminal report for each case. A case whose runtime is not
+    installed is skipped with one line."""
     import tracediff as td
     from rich.console import Console
     from rich.markup import escape
@@ -64,10 +81,17 @@ def run_demo(out_dir, *, use_torch=None, cases=CASES, console=None, full=False) 
     started = time.perf_counter()
     reference_kind = ("PyTorch float32" if use_torch else
                       "NumPy float64" + ("" if has_torch else " (torch is not installed)"))
-    console.print(f"[bold]tracediff demo[/bold]: NumPy float64 ports with planted bugs "
-                  f"against {reference_kind} references -> {escape(out_dir)}")
+    ports = sorted({c.port for c in cases}, key=PORTS.index)
+    described = {"numpy": "NumPy float64", "jax": "Flax", "litert": "LiteRT"}
+    console.print(f"[bold]tracediff demo[/bold]: {', '.join(described[p] for p in ports)} ports "
+                  f"with planted bugs against {reference_kind} references -> {escape(out_dir)}")
     found, index = False, []
     for case in cases:
+        if case.port != "numpy" and not (use_torch and _port_available(case.port)):
+            why = (f"the {case.port} extra is not installed (pip install 'tracediff[{case.port}]')"
+                   if use_torch else "it is diffed against the torch reference only")
+            console.print(f"\n[bold]{escape(case.name)}[/bold] skipped: {why}")
+            continue
         folder = os.path.join(out_dir, case.name)
         os.makedirs(folder, exist_ok=True)
         port_path, ref_path = _record_case(case, folder, use_torch)
@@ -93,7 +117,12 @@ def _record_case(case: Case, folder: str, use_torch: bool):
     x, y = numpy_nets.make_inputs(case.net)
     ref_path = os.path.join(folder, "reference.h5")
     port_path = os.path.join(folder, "port.h5")
-    if use_torch:
+    if use_torch and case.port != "numpy":
+        from . import framework_ports, torch_nets
+        model = torch_nets.build(case.net)
+        framework_ports.record_reference(model, case.net, x, y, ref_path)
+        state = torch_nets.state_dict_float64(model)
+    elif use_torch:
         from . import torch_nets
         model = torch_nets.build(case.net)
         torch_nets.record(model, case.net, x, y, ref_path)
@@ -101,9 +130,18 @@ def _record_case(case: Case, folder: str, use_torch: bool):
     else:
         state = numpy_nets.init_params(case.net)
         numpy_nets.build(case.net, state).record_to(ref_path, x, y, model=f"{case.net} reference")
+    if case.port != "numpy":
+        from . import framework_ports
+        framework_ports.record(case.port, state, x, y, port_path, planted=bool(case.bugs))
+        return port_path, ref_path
     port = numpy_nets.build(case.net, state, bugs=case.bugs, naming=case.naming)
     port.record_to(port_path, x, y, model=f"{case.net} port")
     return port_path, ref_path
+
+
+def _port_available(port: str) -> bool:
+    from . import framework_ports
+    return framework_ports.available(port)
 
 
 def _write_reports(report: dict, folder: str, case: Case):
@@ -119,6 +157,9 @@ def _write_reports(report: dict, folder: str, case: Case):
 def _planted(case: Case) -> str:
     if not case.bugs:
         return "none (a correct port)"
+    if case.port != "numpy":
+        from .framework_ports import BUGS
+        return f"{BUGS[case.port][2]} [{case.port} port]"
     names = "; ".join(catalogue.get(b).summary for b in case.bugs)
     return names + (" [port renames every layer]" if case.naming == "port" else "")
 
@@ -140,7 +181,8 @@ def _print_case(console, case: Case, report: dict):
             if pair.get("hint"):
                 console.print(f"    hint: {escape(str(pair['hint']))}")
     bad_params = [p for p in report.get("pairs") or []
-                  if p.get("kind") in ("param", "param_grad") and p.get("status") != "ok"]
+                  if p.get("kind") in ("param", "param_grad")
+                  and p.get("diverged", p.get("status") != "ok")]
     for pair in bad_params[:3]:
         hint = f"  hint: {pair['hint']}" if pair.get("hint") else ""
         console.print(f"  {pair.get('kind')}: [bold]{escape(pair_label(pair))}[/bold] "
