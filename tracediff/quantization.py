@@ -39,3 +39,25 @@ def quantize(values, meta, dtype):
         zero = zero.reshape(view) if zero.ndim and zero.size == scale.size else zero
     info = np.iinfo(dtype)
     return np.clip(np.round(values / scale) + zero, info.min, info.max).astype(dtype)
+
+
+def quantized(record) -> bool:
+    """An integer record that says how to dequantize it."""
+    return (str(record.dtype).startswith(("int", "uint")) and "scale" in record.meta
+            and _scales(record.meta) is not None)
+
+
+def step(meta) -> float:
+    """One quantization step: the largest of the scales."""
+    return float(np.max(np.abs(np.asarray(_scales(meta), dtype=np.float64))))
+
+
+def _scales(meta):
+    scale = meta.get("scale")
+    try:
+        array = np.asarray(scale, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if array.size == 0 or not np.all(np.isfinite(array)):
+        return None
+    return scale

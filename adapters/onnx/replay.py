@@ -15,9 +15,8 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from ...compare.quantized import quantized
 from ...errors import TraceDiffError, first_line
-from ...quantization import dequantize, quantize
+from ...quantization import dequantize, quantize, quantized
 from .capture import resolve_providers
 from .load import load_model
 

@@ -9,30 +9,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..quantization import dequantize
+from ..quantization import dequantize, quantized, step  # noqa: F401 (quantized: re-exported)
 
 STEPS = 1.0     # the atol a quantized pair gets, in quantization steps (its largest scale)
-
-
-def quantized(record) -> bool:
-    """An integer record that says how to dequantize it."""
-    return (str(record.dtype).startswith(("int", "uint")) and "scale" in record.meta
-            and _scales(record.meta) is not None)
-
-
-def step(meta) -> float:
-    return float(np.max(np.abs(np.asarray(_scales(meta), dtype=np.float64))))
-
-
-def _scales(meta):
-    scale = meta.get("scale")
-    try:
-        array = np.asarray(scale, dtype=np.float64)
-    except (TypeError, ValueError):
-        return None
-    if array.size == 0 or not np.all(np.isfinite(array)):
-        return None
-    return scale
 
 
 class Dequantized:

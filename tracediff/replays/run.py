@@ -8,7 +8,7 @@ import tempfile
 
 import numpy as np
 
-from ..compare.quantized import quantized
+from ..quantization import quantized
 from ..errors import TraceDiffError
 from ..trace import Trace, open_trace
 from .layouts import assumed
