@@ -95,6 +95,7 @@ class Report:
     root_causes: list | None = None       # replay: the layers wrong on the reference's inputs
     replayed: bool = False
     findings: list = field(default_factory=list)   # inputs and settings that differ (findings.py)
+    graph: dict | None = None             # the traced dataflow, for drawing (graph.py)
 
     @property
     def ok(self) -> bool:
@@ -117,6 +118,7 @@ class Report:
             "summary": self.summary_counts(),
             "root_causes": self.root_causes,
             "replay": self.replay_summary(),
+            "graph": self.graph,
         })
 
     def replay_summary(self) -> dict | None:
