@@ -191,6 +191,7 @@ GRAPH_SCRIPT = r"""
   var svg = document.getElementById("graph");
   var g = JSON.parse(document.getElementById("tracediff-data").textContent).graph;
   if (!svg || !g) return;
+  if (window.performance && performance.mark) performance.mark("tracediff-graph-start");
   var W = 190, H = 26, GX = 14, GY = 34, PAD = 14, LO = -8, HI = 0;
   var nodes = g.nodes, groups = g.groups, edges = g.edges, selected = -1;
   var expanded = [], kids = groups.map(function () { return []; }), direct = groups.map(function () { return 0; });
