@@ -6,6 +6,7 @@ on a module expands it and a click on a record shows its pair table rows."""
 import copy
 import re
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -193,3 +194,22 @@ def test_a_replay_marks_both_root_causes(bert_replay, browser):
     assert sorted(b["name"] for b in shown if "root-cause" in b["cls"].split()) == sorted(causes)
     assert [b["name"] for b in shown if "first-divergence" in b["cls"].split()] == [
         report.first_divergence.forward.b_name]
+
+
+@needs_chromium
+def test_names_in_the_graph_stay_text(browser, tmp_path):
+    hostile = ["<img src=x onerror=\"document.title='pwned'\">", "ok.<b>bold</b>", "</script>"]
+    for variant, shift in (("a", 1.0), ("b", 0.0)):
+        with td.Recorder(tmp_path / f"{variant}.h5") as rec:
+            for i, name in enumerate(hostile):
+                rec.forward(name, np.arange(6.0) * (i + 1) + shift * i)
+    td.diff(tmp_path / "a.h5", tmp_path / "b.h5").to_html(tmp_path / "report.html")
+    browser.open(tmp_path / "report.html")
+    browser.click("#graph-expand-all")
+    assert sorted(b["name"] for b in boxes(browser)) == sorted(hostile)
+    browser.click("#graph g.node[data-first]:not([data-first=''])")
+    assert browser.evaluate("document.querySelectorAll('img').length + document.scripts.length") == 2
+    assert not browser.evaluate("Array.from(document.querySelectorAll('b')).some("
+                                "function (e) { return e.textContent === 'bold'; })")
+    assert browser.evaluate("document.title") != "pwned"
+    assert hostile[1] in browser.evaluate("document.getElementById('graph-detail').textContent")

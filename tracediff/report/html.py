@@ -5,6 +5,8 @@ forward and backward series, and the histogram of the first divergence's error) 
 the browser by an inline script into inline SVG, from a JSON block whose ``<``, ``>`` and ``&``
 are \\u-escaped so that no name can close the script element; the script inserts names only
 through ``textContent``. When it has drawn, it sets ``data-rendered="true"`` on ``<body>``.
+The graph panel (the traced dataflow, coloured by error) is ``html_graph.py``'s: its section,
+its data in the same JSON block and its script ahead of the plots' in the same element.
 """
 from __future__ import annotations
 
@@ -40,14 +42,15 @@ def render_html(report: dict, *, title: str = "tracediff report", limit: int = T
         _pairs_table(report.get("pairs") or [], dims, limit),
         _unmatched(report.get("unmatched") or {}),
     ]
-    data = json.dumps({**_plot_data(report), "graph": graph_data(report)}, separators=(",", ":"), allow_nan=False)
+    payload = {**_plot_data(report), "graph": graph_data(report)}
+    data = json.dumps(payload, separators=(",", ":"), allow_nan=False)
     data = data.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{esc(title)}</title><style>{_CSS}{GRAPH_CSS}</style></head>\n"
         '<body data-rendered="false">\n' + "\n".join(body) + "\n"
         f'<script type="application/json" id="tracediff-data">{data}</script>\n'
-        f"<script>{GRAPH_SCRIPT}</script>\n<script>{_SCRIPT}</script>\n</body></html>\n"
+        f"<script>{GRAPH_SCRIPT}{_SCRIPT}</script>\n</body></html>\n"
     )
 
 

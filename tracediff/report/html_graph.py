@@ -108,7 +108,7 @@ def _mark(nodes, report, side):
 def _parts(name):
     """``[(part, prefix up to and including it)]`` of a record's module path: the name before
     any ``:output`` suffix, split at ``.`` and ``/``."""
-    base = name.partition(":")[0] if not name.startswith("<") else name.split(":")[0]
+    base = name.partition(":")[0]
     out, text = [], ""
     for token in _SEPARATOR.split(base):
         text += token
@@ -184,13 +184,13 @@ GRAPH_CSS = """
 """
 
 # Draws the graph panel from the JSON block; names reach the page through textContent and
-# setAttribute only.
+# setAttribute only. Prepended to the report's own script (one script element).
 GRAPH_SCRIPT = r"""
-(function () {
-  var NS = "http://www.w3.org/2000/svg";
+try { (function () {   // runs before the report's plots, in their script element; an error here leaves them drawn
   var svg = document.getElementById("graph");
   var g = JSON.parse(document.getElementById("tracediff-data").textContent).graph;
   if (!svg || !g) return;
+  var NS = svg.namespaceURI;
   if (window.performance && performance.mark) performance.mark("tracediff-graph-start");
   var W = 190, H = 26, GX = 14, GY = 34, PAD = 14, LO = -8, HI = 0;
   var nodes = g.nodes, groups = g.groups, edges = g.edges, selected = -1;
@@ -394,5 +394,5 @@ GRAPH_SCRIPT = r"""
   svg.setAttribute("data-nodes", String(nodes.filter(function (n) { return n.k === "forward"; }).length));
   svg.setAttribute("data-drawn", "true");
   if (window.performance && performance.mark) performance.mark("tracediff-graph-drawn");
-})();
+})(); } catch (error) { if (window.console) console.error("tracediff graph panel:", error); }
 """
