@@ -180,7 +180,8 @@ GRAPH_CSS = """
 #graph{border:none} #graph g.node,#graph g.group{cursor:pointer}
 #graph g.selected rect.box{stroke:#1f4fd6;stroke-width:3}
 .graph-tools{margin:6px 0} .graph-tools svg{display:inline-block;vertical-align:middle;border:none;background:none}
-#graph-detail{margin-top:8px} tr.selected td{background:#fff3b0 !important}
+#graph-detail{margin-top:8px;overflow-x:auto} #graph-rows td{white-space:nowrap}
+tr.selected td{background:#fff3b0 !important}
 """
 
 # Draws the graph panel from the JSON block; names reach the page through textContent and
@@ -310,13 +311,13 @@ try { (function () {   // runs before the report's plots, in their script elemen
       el("rect", {width: W, height: H, rx: it.group ? 6 : 3, fill: colour(info.v), "class": "box",
                   stroke: first.length ? "#d62728" : (info.bad ? "#a11" : "#888888"),
                   "stroke-width": first.length ? 3 : (info.bad ? 2 : 1)}, box);
-      var room = W - 10 - (first.length ? 22 : 0) - (cause ? 22 : 0);
+      var room = W - 10 - (first.length ? 26 : 0) - (cause ? 22 : 0);
       var fit = Math.floor(room / 6.2) - (it.group ? String(info.members).length + 5 : 0);
       var name = it.group ? info.label : info.n;   // cut on the left: a name's end is its most specific part
       name = name.length > fit ? "\u2026" + name.slice(name.length - fit + 1) : name;
       text(box, 5, 17, it.group ? "\u25b8 " + name + " (" + info.members + ")" : name, {"font-size": 11, "class": "label"});
       var badge = W - 4;
-      if (first.length) { text(box, badge, 17, "1st", {"font-size": 10, "font-weight": "bold", fill: "#d62728", "text-anchor": "end", "class": "badge-first"}); badge -= 22; }
+      if (first.length) { text(box, badge, 17, "1st", {"font-size": 10, "font-weight": "bold", fill: "#d62728", "text-anchor": "end", "class": "badge-first"}); badge -= 26; }
       if (cause) text(box, badge, 17, "RC", {"font-size": 10, "font-weight": "bold", fill: "#7b2cbf", "text-anchor": "end", "class": "badge-cause"});
       var v = info.v === null ? "not aligned" : "rel_l2 " + info.v.toExponential(2);
       var tip = (it.group ? info.label + ": " + info.members + " records, worst " + v + (info.bad ? ", " + info.bad + " diverged" : "")
@@ -327,6 +328,20 @@ try { (function () {   // runs before the report's plots, in their script elemen
     });
     svg.setAttribute("data-visible", String(list.length));
     svg.setAttribute("data-edges", String(lines.length));
+    return items;
+  }
+  function centre(item) {   // scroll the panel (not the page) to a box
+    var pane = document.getElementById("graph-scroll");
+    if (!item || !pane) return;
+    pane.scrollLeft = Math.max(0, item.x + W / 2 - pane.clientWidth / 2);
+    pane.scrollTop = Math.max(0, item.y + H / 2 - pane.clientHeight / 2);
+  }
+  function marked(items) {
+    for (var key in items) {
+      var it = items[key], info = it.group ? groups[it.id] : nodes[it.id];
+      if (info.marks.some(function (m) { return m.indexOf("first-") === 0; })) return it;
+    }
+    return null;
   }
   function show(i) {
     selected = i;
@@ -346,6 +361,7 @@ try { (function () {   // runs before the report's plots, in their script elemen
       row.classList.add("selected");
       var copy = row.cloneNode(true);
       copy.removeAttribute("id");
+      copy.classList.remove("selected");
       copy.setAttribute("data-pair", String(r));
       shown.appendChild(copy);
     });
@@ -382,15 +398,19 @@ try { (function () {   // runs before the report's plots, in their script elemen
     var target = event.target.closest ? event.target.closest("g[data-key]") : null;
     if (!target) return;
     var key = target.getAttribute("data-key"), id = +key.slice(1);
-    if (key[0] === "g") { expanded[id] = true; draw(); } else show(id);
+    if (key[0] === "g") {   // expand, and keep the module's first record in view
+      expanded[id] = true;
+      var items = draw();
+      centre(items[itemOf(groups[id].first)]);
+    } else show(id);
   });
   document.getElementById("graph-expand-all").addEventListener("click", function () {
     expanded = groups.map(function () { return true; }); draw();
   });
-  document.getElementById("graph-collapse").addEventListener("click", function () { collapse(); draw(); });
+  document.getElementById("graph-collapse").addEventListener("click", function () { collapse(); centre(marked(draw())); });
   legend();
   collapse();
-  draw();
+  centre(marked(draw()));
   svg.setAttribute("data-nodes", String(nodes.filter(function (n) { return n.k === "forward"; }).length));
   svg.setAttribute("data-drawn", "true");
   if (window.performance && performance.mark) performance.mark("tracediff-graph-drawn");
