@@ -155,17 +155,18 @@ def test_the_first_divergences_are_marked_collapsed_and_expanded(resnet_port, br
 @needs_chromium
 def test_clicking_a_module_expands_it_and_a_record_shows_its_pair_rows(resnet_port, browser):
     report, folder = resnet_port
+    forward = [r.name for r in records(folder / "ref.h5")]
     browser.open(folder / "report.html")
-    for _ in range(12):   # open the modules holding the planted layer, one click each
-        holder = next(b for b in boxes(browser) if inside(PLANTED, b))
-        if "node" in holder["cls"].split():
-            break
-        before = len(boxes(browser))
-        browser.click(f'#graph g.group[data-name="{holder["name"]}"]')
-        assert len(boxes(browser)) > before
-    else:
-        pytest.fail("the planted layer never showed")
-    browser.click(f'#graph g.node[data-name="{PLANTED}"]')
+    before = boxes(browser)
+    module = next(b for b in before if "group" in b["cls"])
+    browser.click(f'#graph g.group[data-name="{module["name"]}"]')
+    after = boxes(browser)
+    opened = [b for b in after if b not in before]
+    assert module not in after and len(opened) > 1
+    assert all(inside(b["name"], module) for b in opened)
+    assert sum(b["members"] for b in opened) == module["members"]
+
+    browser.click(f'#graph g.node[data-name="{PLANTED}"]')   # shown on open: it is marked
     rows = sorted(i for i, p in enumerate(report.pairs)
                   if p.b_name == PLANTED and p.kind in ("forward", "backward"))
     assert len(rows) == 2
@@ -177,6 +178,13 @@ def test_clicking_a_module_expands_it_and_a_record_shows_its_pair_rows(resnet_po
     assert sorted(selected) == sorted(f"pair-{i}" for i in rows)
     detail = browser.evaluate("document.getElementById('graph-detail').textContent")
     assert PLANTED in detail and "diverged" in detail
+
+    browser.click("#graph-collapse")
+    hidden = next(name for name in forward for b in boxes(browser)
+                  if "group" in b["cls"] and inside(name, b))
+    browser.evaluate(f"var f = document.getElementById('graph-find'); f.value = {hidden!r};"
+                     "f.dispatchEvent(new Event('change'))")   # finding a record opens its modules
+    assert {"cls": "node selected", "name": hidden, "members": 1, "first": ""} in boxes(browser)
 
 
 @needs_chromium

@@ -31,9 +31,12 @@ def graph_section(report: dict) -> str:
         f'<p class="note">The {whose} trace\'s records, drawn from {how}. Colour: the forward '
         f"pair's rel_l2 on a log scale (grey: not aligned); a collapsed module shows its worst "
         "record and how many it holds. Red outline: diverged; <b>1st</b>: the first divergence; "
-        "<b>RC</b>: a root cause (replay). Click a module to expand it, a record for its pairs."
+        "<b>RC</b>: a root cause (replay). Click a module to expand it, a record for its pairs; "
+        "find a record by (part of) its name."
         "</p><div class=\"graph-tools\"><button type=\"button\" id=\"graph-expand-all\">expand all"
         "</button> <button type=\"button\" id=\"graph-collapse\">collapse</button> "
+        '<input id="graph-find" type="search" placeholder="find a record by name" size="28"> '
+        '<span id="graph-found" class="note"></span> '
         '<svg id="graph-legend" width="330" height="26" aria-label="colour scale"></svg></div>'
         '<div id="graph-scroll"><svg id="graph" width="10" height="10" role="img" '
         'aria-label="dataflow graph coloured by error" data-drawn="false"></svg></div>'
@@ -384,7 +387,23 @@ try { (function () {   // runs before the report's plots, in their script elemen
       b.addEventListener("click", function () { expanded[j] = false; draw(); });
       detail.appendChild(b);
     });
-    draw();
+    return draw();
+  }
+  function reveal(i) {   // open every module holding record i, select it and scroll to it
+    chain[i].forEach(function (j) { expanded[j] = true; });
+    centre(show(i)["n" + i]);
+  }
+  function find(query) {
+    var q = query.trim().toLowerCase(), exact = -1, hits = [];
+    if (!q) return;
+    nodes.forEach(function (n, i) {
+      if (n.n.toLowerCase() === q && exact < 0) exact = i;
+      else if (n.n.toLowerCase().indexOf(q) >= 0) hits.push(i);
+    });
+    if (exact >= 0) hits.unshift(exact);
+    document.getElementById("graph-found").textContent =
+      hits.length ? (hits.length > 1 ? hits.length + " records match: showing " + nodes[hits[0]].n : "") : "no record matches";
+    if (hits.length) reveal(hits[0]);
   }
   function legend() {
     var l = document.getElementById("graph-legend");
@@ -407,6 +426,7 @@ try { (function () {   // runs before the report's plots, in their script elemen
   document.getElementById("graph-expand-all").addEventListener("click", function () {
     expanded = groups.map(function () { return true; }); draw();
   });
+  document.getElementById("graph-find").addEventListener("change", function (event) { find(event.target.value); });
   document.getElementById("graph-collapse").addEventListener("click", function () { collapse(); centre(marked(draw())); });
   legend();
   collapse();
