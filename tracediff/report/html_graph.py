@@ -55,7 +55,8 @@ def graph_data(report: dict) -> dict | None:
     pairs = report.get("pairs") or []
     rows = {}
     for i, pair in enumerate(pairs):
-        if pair.get("kind") in ("forward", "backward") and pair.get("step", graph.get("step")) == graph.get("step"):
+        same_step = pair.get("step", graph.get("step")) == graph.get("step")
+        if pair.get("kind") in ("forward", "backward") and same_step:
             rows.setdefault((pair.get(f"{side}_name"), pair.get(f"{side}_call", 0)), []).append(i)
     nodes = []
     for node in graph["nodes"]:
@@ -164,8 +165,15 @@ def _group(nodes) -> list:
     gid = {key: j for j, key in enumerate(order)}
     groups = [{"label": label[key], "parent": gid.get(parent[key], -1), "first": first[key],
                "members": 0, "v": None, "bad": 0, "marks": []} for key in order]
-    for i, (node, h) in enumerate(zip(nodes, home)):
+    for node, h in zip(nodes, home):
         node["g"] = gid.get(h, -1)
+    _roll_up(nodes, groups)
+    return groups
+
+
+def _roll_up(nodes, groups):
+    """Each group's record count, worst rel_l2, diverged count and marks, over all its records."""
+    for node in nodes:
         j = node["g"]
         while j >= 0:
             group = groups[j]
@@ -175,7 +183,6 @@ def _group(nodes) -> list:
                 group["v"] = node["v"]
             group["marks"] += [m for m in node["marks"] if m not in group["marks"]]
             j = group["parent"]
-    return groups
 
 
 GRAPH_CSS = """
