@@ -165,8 +165,10 @@ def _group(nodes) -> list:
     gid = {key: j for j, key in enumerate(order)}
     groups = [{"label": label[key], "parent": gid.get(parent[key], -1), "first": first[key],
                "members": 0, "v": None, "bad": 0, "marks": []} for key in order]
-    for node, h in zip(nodes, home):
+    for node, h, path in zip(nodes, home, paths):
         node["g"] = gid.get(h, -1)
+        if h and h == path:    # a module's own output: laid out after everything in it
+            node["out"] = True
     _roll_up(nodes, groups)
     return groups
 
@@ -213,6 +215,8 @@ try { (function () {   // runs before the report's plots, in their script elemen
     for (var j = n.g; j >= 0; j = groups[j].parent) c.unshift(j);
     return c;
   });
+  var inside = groups.map(function () { return []; });   // every record of each group
+  chain.forEach(function (c, i) { c.forEach(function (j) { inside[j].push(i); }); });
   function el(name, attrs, parent) {
     var node = document.createElementNS(NS, name);
     for (var k in attrs) node.setAttribute(k, attrs[k]);
@@ -270,6 +274,14 @@ try { (function () {   // runs before the report's plots, in their script elemen
       lines.push([u, v]);
       if (u.order < v.order) v.preds.push(u);
     }
+    nodes.forEach(function (n, i) {   // a module's output record below the module's other records
+      var v = rep[i];
+      if (!n.out || v.group) return;
+      inside[n.g].forEach(function (m) {
+        var u = rep[m];
+        if (u !== v && u.order < v.order && !v.seen[u.key]) { v.seen[u.key] = true; v.preds.push(u); }
+      });
+    });
     var layers = [], widest = 1;
     list.forEach(function (it) {   // longest path: one layer below the deepest box it consumes
       it.layer = 0;
