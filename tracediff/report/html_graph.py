@@ -16,6 +16,7 @@ from . import common
 
 VISIBLE_LIMIT = 60        # boxes shown when the page opens; groups beyond it stay collapsed
 _SEPARATOR = re.compile(r"([./])")
+ROOT = ("<root>",)        # the whole model's output records (docs/conventions.md)
 
 
 def graph_section(report: dict) -> str:
@@ -167,8 +168,8 @@ def _group(nodes) -> list:
                "members": 0, "v": None, "bad": 0, "marks": []} for key in order]
     for node, h, path in zip(nodes, home, paths):
         node["g"] = gid.get(h, -1)
-        if h and h == path:    # a module's own output: laid out after everything in it
-            node["out"] = True
+        if (h and h == path) or (not h and path == ROOT):   # a module's own output (torch's
+            node["out"] = True                               # `<root>`: the model's)
     _roll_up(nodes, groups)
     return groups
 
@@ -217,6 +218,7 @@ try { (function () {   // runs before the report's plots, in their script elemen
   });
   var inside = groups.map(function () { return []; });   // every record of each group
   chain.forEach(function (c, i) { c.forEach(function (j) { inside[j].push(i); }); });
+  var everything = nodes.map(function (n, i) { return i; });
   function el(name, attrs, parent) {
     var node = document.createElementNS(NS, name);
     for (var k in attrs) node.setAttribute(k, attrs[k]);
@@ -277,7 +279,7 @@ try { (function () {   // runs before the report's plots, in their script elemen
     nodes.forEach(function (n, i) {   // a module's output record below the module's other records
       var v = rep[i];
       if (!n.out || v.group) return;
-      inside[n.g].forEach(function (m) {
+      (n.g >= 0 ? inside[n.g] : everything).forEach(function (m) {
         var u = rep[m];
         if (u !== v && u.order < v.order && !v.seen[u.key]) { v.seen[u.key] = true; v.preds.push(u); }
       });
