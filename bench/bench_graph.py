@@ -32,14 +32,16 @@ from chromium_cdp import CHROMIUM, Browser  # noqa: E402  (the browser tests' De
 import tracediff as td  # noqa: E402
 from tracediff.adapters import torch as tdt  # noqa: E402
 from tracediff.compare.graph import dataflow_graph  # noqa: E402
+from tracediff.report import render_html  # noqa: E402
 
 TIMINGS = """(function () {
   var nav = performance.getEntriesByType('navigation')[0];
   var mark = performance.getEntriesByName('tracediff-graph-drawn')[0];
   var start = performance.getEntriesByName('tracediff-graph-start')[0];
-  return {graph: mark ? mark.startTime : null, script: mark.startTime - start.startTime, load: nav.loadEventEnd,
+  return {graph: mark ? mark.startTime : null, script: mark ? mark.startTime - start.startTime : null,
+          load: nav.loadEventEnd,
           dom: nav.domContentLoadedEventEnd,
-          boxes: +document.getElementById('graph').getAttribute('data-visible')};
+          boxes: mark ? +document.getElementById('graph').getAttribute('data-visible') : 0};
 })()"""
 REDRAW = """(function () {
   var t = performance.now();
@@ -73,8 +75,11 @@ def build_report(folder, layers):
     page = os.path.join(folder, "report.html")
     report.to_html(page)
     rendered = time.perf_counter() - started
+    plain = os.path.join(folder, "without-graph.html")   # the same report without its panel
+    with open(plain, "w", encoding="utf-8") as handle:
+        handle.write(render_html({**report.to_dict(), "graph": None}))
     nodes = sum(n["kind"] == "forward" for n in report.graph["nodes"])
-    return page, nodes, rendered, built
+    return page, plain, nodes, rendered, built
 
 
 def main():
@@ -85,7 +90,7 @@ def main():
     if CHROMIUM is None:
         sys.exit("chromium is not installed (make browser)")
     with tempfile.TemporaryDirectory() as folder:
-        page, nodes, rendered, built = build_report(folder, args.layers)
+        page, plain, nodes, rendered, built = build_report(folder, args.layers)
         size = os.path.getsize(page)
         print(f"report: {nodes} forward records, graph block built in {built:.3f} s (freshly opened "
               f"traces), {size / 1e6:.1f} MB of HTML rendered in {rendered:.2f} s")
@@ -101,6 +106,11 @@ def main():
                 loads.append(timing["load"] / 1000)
                 scripts.append(timing["script"] / 1000)
                 opens.append(timing)
+            baseline = []
+            for _ in range(args.repeat):
+                browser.open(plain)
+                baseline.append(browser.evaluate(TIMINGS)["load"] / 1000)
+            browser.open(page)
             expand, boxes = browser.evaluate(REDRAW % "document.getElementById('graph-expand-all')")
             browser.click("#graph-collapse")
             group, shown = browser.evaluate(REDRAW % "document.querySelector('#graph g.group rect.box')")
@@ -109,7 +119,8 @@ def main():
     print(f"open ({args.repeat} fresh navigations, median): graph drawn {statistics.median(graphs):.3f} s, "
           f"load event {statistics.median(loads):.3f} s, wall until drawn (DevTools polling) "
           f"{statistics.median(walls):.3f} s; of which the graph script {statistics.median(scripts):.3f} s; "
-          f"{opens[0]['boxes']} boxes shown collapsed")
+          f"{opens[0]['boxes']} boxes shown collapsed; the same report without the panel: load event "
+          f"{statistics.median(baseline):.3f} s")
     print(f"expand all: {expand / 1000:.3f} s ({boxes} boxes); click a module: {group / 1000:.3f} s "
           f"({shown} boxes)")
 
