@@ -389,7 +389,7 @@ try { (function () {   // runs before the report's plots, in their script elemen
       copy.setAttribute("data-pair", String(r));
       shown.appendChild(copy);
     });
-    if (shown.rows.length) detail.appendChild(shown);
+    if (shown.rows.length > 1) detail.appendChild(shown);
     if (!n.rows.length && n.k === "forward") {
       var none = document.createElement("p");
       none.textContent = "not aligned: no pair in the report";
