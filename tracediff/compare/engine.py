@@ -22,6 +22,7 @@ from .align import ALIGN_MODES
 from .align import align as align_records
 from .decide import Decision, decide
 from .findings import findings
+from .graph import dataflow_graph
 from .metrics import compare, identical, rms_of, same_bytes
 from .precision import flowed_dtypes
 from .rematch import rematch
@@ -197,7 +198,8 @@ def _diff(ta, tb, mode, rules, policy, progress, started, tg=None) -> Report:
         unmatched={"a": [r.name for r in unmatched_a], "b": [r.name for r in unmatched_b]},
         unmatched_records={"a": [_brief(r) for r in unmatched_a], "b": [_brief(r) for r in unmatched_b]},
         histogram=histogram, dims=named, elapsed_s=time.perf_counter() - started,
-        findings=findings(aligned, pairs, ta, tb), steps=step_summary.summarize(pairs))
+        findings=findings(aligned, pairs, ta, tb), steps=step_summary.summarize(pairs),
+        graph=dataflow_graph(ta, tb))
 
 
 def _declared_flattens(*traces) -> tuple:

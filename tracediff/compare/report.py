@@ -127,6 +127,7 @@ class Report:
     replayed: bool = False
     findings: list = field(default_factory=list)   # inputs and settings that differ (findings.py)
     steps: dict | None = None             # per-step summary (step_summary.py); None: one group
+    graph: dict | None = None             # the traced dataflow, for drawing (graph.py)
 
     @property
     def ok(self) -> bool:
@@ -150,6 +151,7 @@ class Report:
             "root_causes": self.root_causes,
             "replay": self.replay_summary(),
             "steps": self.steps,
+            "graph": self.graph,
         })
 
     def replay_summary(self) -> dict | None:

@@ -5,6 +5,8 @@ forward and backward series, and the histogram of the first divergence's error) 
 the browser by an inline script into inline SVG, from a JSON block whose ``<``, ``>`` and ``&``
 are \\u-escaped so that no name can close the script element; the script inserts names only
 through ``textContent``. When it has drawn, it sets ``data-rendered="true"`` on ``<body>``.
+The graph panel (the traced dataflow, coloured by error) is ``html_graph.py``'s: its section,
+its data in the same JSON block and its script ahead of the plots' in the same element.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import json
 import math
 
 from . import common, steps
+from .html_graph import GRAPH_CSS, GRAPH_SCRIPT, graph_data, graph_section
 
 TABLE_LIMIT = 2000
 PLOT_METRIC = "rel_l2"
@@ -26,6 +29,7 @@ def render_html(report: dict, *, title: str = "tracediff report", limit: int = T
         f"{esc(common.summary(report))}</p>",
         _sides(report),
         _findings(report.get("findings") or []),
+        graph_section(report),
         '<section><h2>Error per layer</h2>'
         f'<p class="note">{esc(_metric_note())}</p>'
         '<svg id="error-plot" width="900" height="380" role="img" '
@@ -39,14 +43,15 @@ def render_html(report: dict, *, title: str = "tracediff report", limit: int = T
         _pairs_table(report.get("pairs") or [], dims, limit),
         _unmatched(report.get("unmatched") or {}),
     ]
-    data = json.dumps(_plot_data(report), separators=(",", ":"), allow_nan=False)
+    payload = {**_plot_data(report), "graph": graph_data(report)}
+    data = json.dumps(payload, separators=(",", ":"), allow_nan=False)
     data = data.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>{esc(title)}</title><style>{_CSS}</style></head>\n"
+        f"<title>{esc(title)}</title><style>{_CSS}{GRAPH_CSS}</style></head>\n"
         '<body data-rendered="false">\n' + "\n".join(body) + "\n"
         f'<script type="application/json" id="tracediff-data">{data}</script>\n'
-        f"<script>{_SCRIPT}</script>\n</body></html>\n"
+        f"<script>{GRAPH_SCRIPT}{_SCRIPT}</script>\n</body></html>\n"
     )
 
 
@@ -137,6 +142,7 @@ def _pairs_table(pairs, dims, limit):
             + "<th>tolerance</th><th>match</th><th>hint</th>"
             + ("<th>local</th>" if replayed else "") + "</tr>")
     rows = []
+    position = {id(pair): i for i, pair in enumerate(pairs)}   # the graph panel finds rows by it
     for pair in shown:
         stats = pair.get("stats") or {}
         status = str(pair.get("status", ""))
@@ -146,7 +152,8 @@ def _pairs_table(pairs, dims, limit):
         cells += [common.tolerance(pair), common.match(pair), pair.get("hint") or ""]
         if replayed:
             cells.append(common.local(pair))
-        rows.append(f'<tr class="{"ok" if status == "ok" else "bad"}" data-status="{esc(status)}">'
+        rows.append(f'<tr id="pair-{position[id(pair)]}" class="{"ok" if status == "ok" else "bad"}" '
+                    f'data-status="{esc(status)}">'
                     + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
     more = f"<p>{left_out} more pairs not shown (all in the JSON report).</p>" if left_out else ""
     return (f'<section><h2>Pairs ({len(pairs)}, diverged first)</h2>'
