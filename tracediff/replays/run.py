@@ -98,10 +98,12 @@ def _run_layers(framework, candidate, run_inputs, values, wanted, report, trace_
     consumed records, why a pair without a local output was skipped)``."""
     if framework == "torch":
         from ..adapters.torch import replay as torch_replay
+        input_grads = {}
         local, grads = torch_replay.replay(
-            candidate, run_inputs, values, set(wanted),
-            gradients=any(p.kind == "param_grad" for p in report.pairs))
-        return local, grads, {}, "not run: a module's output through a functional op, or an op record"
+            candidate, run_inputs, values, set(wanted), input_grads=input_grads,
+            gradients=any(p.kind in ("param_grad", "backward") for p in report.pairs))
+        return (local, grads, input_grads,
+                "not run: a module's output through a functional op, or an op record")
     if framework == "tensorflow":
         from ..adapters.tensorflow import replay as keras_replay
         return (keras_replay.replay(candidate, run_inputs, values, set(wanted)), {}, {},
