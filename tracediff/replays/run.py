@@ -11,6 +11,7 @@ import numpy as np
 from ..compare.quantized import quantized
 from ..errors import TraceDiffError
 from ..trace import Trace, open_trace
+from .backward import LocalBackward, input_gradients
 from .layouts import assumed
 from .local import judge, root_causes, settle_introduced, skipped
 
@@ -74,9 +75,8 @@ def _judge_all(report, reference, values, wanted, results, framework, policy):
     parameters' gradients."""
     local, grads, input_grads, why = results
     no_gradient = {
-        "torch": "no call of its module had the reference's dL/d(output)",
         "numpy": "no layer with a backward in layers= gave it a gradient",
-    }.get(framework, "parameter gradients are replayed for torch and NumPy candidates only")
+    }.get(framework, "no call of its layer had the reference's dL/d(output)")
     for key, pairs in wanted.items():
         for pair in pairs:
             pair.local = (judge(pair, local[key], reference[pair.b_index], policy,
@@ -96,17 +96,20 @@ def _judge_all(report, reference, values, wanted, results, framework, policy):
 def _run_layers(framework, candidate, run_inputs, values, wanted, report, trace_a, layers):
     """The adapter's replay: ``(local outputs, local parameter gradients, local dL/d of
     consumed records, why a pair without a local output was skipped)``."""
+    gradients = any(p.kind in ("param_grad", "backward") for p in report.pairs)
     if framework == "torch":
         from ..adapters.torch import replay as torch_replay
         input_grads = {}
         local, grads = torch_replay.replay(
             candidate, run_inputs, values, set(wanted), input_grads=input_grads,
-            gradients=any(p.kind in ("param_grad", "backward") for p in report.pairs))
+            gradients=gradients)
         return (local, grads, input_grads,
                 "not run: a module's output through a functional op, or an op record")
+    backward = LocalBackward() if gradients else None
     if framework == "tensorflow":
         from ..adapters.tensorflow import replay as keras_replay
-        return (keras_replay.replay(candidate, run_inputs, values, set(wanted)), {}, {},
+        local = keras_replay.replay(candidate, run_inputs, values, set(wanted), backward)
+        return (local, *_gradients(trace_a, backward),
                 "not run: a layer's output through an op that is no layer")
     if framework == "jax":
         from ..adapters.jax import replay as jax_replay
@@ -121,6 +124,13 @@ def _run_layers(framework, candidate, run_inputs, values, wanted, report, trace_
         return (litert_replay.replay(candidate, values, set(wanted), trace_a), {}, {},
                 "not an op output of the candidate")
     return (*_numpy_layers(layers, trace_a, values, wanted), "no function in layers= for it")
+
+
+def _gradients(trace_a, backward):
+    """``(parameter gradients, dL/d of consumed records)`` an adapter's ``LocalBackward`` gave."""
+    if backward is None:
+        return {}, {}
+    return backward.params, input_gradients(trace_a, backward)
 
 
 def _check_replayable(reference):
