@@ -3,6 +3,7 @@ onnxruntime session cut at its edges."""
 import copy
 import warnings
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -66,3 +67,50 @@ def test_the_cli_replays_an_onnx_file(reference, capsys):
     err = capsys.readouterr().err.strip()
     assert err == (f"tracediff replay: error: model {folder / 'missing.onnx'} does not exist: "
                    "give the path of a .onnx file")
+
+
+LABELS = np.array([1, 4])
+
+
+@pytest.fixture(scope="module")
+def trained_reference(tmp_path_factory):
+    """The CNN's trace with its gradients (cross-entropy on LABELS)."""
+    folder = tmp_path_factory.mktemp("onnx-replay-backward")
+    model, x = cnn(), torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(1))
+    tdt.record(model, x, folder / "ref.h5",
+               loss_fn=lambda out: torch.nn.functional.cross_entropy(out, torch.from_numpy(LABELS)))
+    return model, x, folder
+
+
+def test_an_exact_export_replays_backward_clean(trained_reference):
+    """Recorded with the ONNX adapter's loss, each node's VJP (the adapter's gradient rules) runs
+    on the reference's dL/d(output) and inputs: parameter gradients and dL/d(input) all ok."""
+    model, x, folder = trained_reference
+    report = td.replay(export(model, x, folder / "model.onnx"), folder / "ref.h5",
+                       loss_fn="cross_entropy", target=LABELS)
+    assert report.ok and report.root_causes == []
+    local = {(p.kind, p.b_name): p.local["status"] for p in report.pairs
+             if p.kind in ("backward", "param_grad") and p.local is not None}
+    # the first conv's weights are folded with the BatchNorm's: no gradient of a torch parameter
+    assert local == {**{("param_grad", n): "ok" for n in ("3.weight", "3.bias", "7.weight",
+                                                          "7.bias")},
+                     **{("backward", n): "ok" for n in ("1", "2", "3", "4", "5", "6")}}
+
+
+def test_a_forward_bug_in_the_export_is_not_named_again_by_its_backward(trained_reference):
+    model, x, folder = trained_reference
+    bad = copy.deepcopy(model)
+    with torch.no_grad():
+        bad[3].weight.mul_(1.02)
+    report = td.replay(export(bad, x, folder / "bad.onnx"), folder / "ref.h5",
+                       loss_fn="cross_entropy", target=LABELS)
+    assert [(c["kind"], c["a_name"]) for c in report.root_causes] == [("forward", "/3/Conv")]
+    below = next(p for p in report.pairs if p.kind == "backward" and p.b_name == "2")
+    assert below.local["status"] == "diverged" and below.local["by"] == "/3/Conv"
+
+
+def test_an_onnx_candidate_takes_a_named_loss(trained_reference):
+    model, x, folder = trained_reference
+    with pytest.raises(td.TraceDiffError, match="an ONNX candidate's loss is named"):
+        td.replay(export(model, x, folder / "named.onnx"), folder / "ref.h5",
+                  loss_fn=lambda out: out.sum())

@@ -17,7 +17,7 @@ from .local import judge, root_causes, settle_introduced, skipped
 
 
 def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None, atol=None,
-           align="auto", rename=None, tolerances=None, keep=None):
+           align="auto", rename=None, tolerances=None, keep=None, target=None):
     """Replay ``candidate`` (a torch module, a Keras model, a Flax module, an ONNX or LiteRT
     model, or a NumPy ``fn(rec, inputs)`` with ``layers``) against the reference trace ``ref``;
     return the diff report, its pairs carrying ``local`` and the report ``root_causes``.
@@ -26,6 +26,9 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
     ``layers``: NumPy only, ``{layer name: fn(*inputs)}`` or objects with ``forward`` and
     ``backward`` (docs/replay.md) for the layers to replay.
     ``keep``: a path to keep the candidate's trace at (default: a temporary file).
+    ``loss_fn``: for an ONNX candidate, the name of the ONNX adapter's loss (``"cross_entropy"``,
+    ``"mse"``, ``"sum"``) and ``target`` its target: the candidate then records its gradients
+    and its nodes are replayed backward too.
     """
     from ..adapters.base import framework_of
     from ..compare import diff
@@ -46,7 +49,7 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
                                                                           candidate)
         with tempfile.TemporaryDirectory(prefix="tracediff-replay-") as folder:
             path = keep or os.path.join(folder, "candidate.h5")
-            _record(framework, candidate, run_inputs, path, loss_fn)
+            _record(framework, candidate, run_inputs, path, loss_fn, target)
             with open_trace(path) as trace_a:
                 report = diff(trace_a, reference, rtol=rtol, atol=atol, align=align,
                               rename=rename, tolerances=tolerances)
@@ -117,8 +120,10 @@ def _run_layers(framework, candidate, run_inputs, values, wanted, report, trace_
                 "not run: a module's output through plain jnp code, or no module's output")
     if framework == "onnx":
         from ..adapters.onnx import replay as onnx_replay
-        return (onnx_replay.replay(candidate, values, set(wanted), trace_a), {}, {},
-                "not a node output of the candidate")
+        local = onnx_replay.replay(candidate, values, set(wanted), trace_a)
+        grads, input_grads = (onnx_replay.local_backward(candidate, values, trace_a)
+                              if gradients else ({}, {}))
+        return local, grads, input_grads, "not a node output of the candidate"
     if framework == "litert":
         from ..adapters.litert import replay as litert_replay
         return (litert_replay.replay(candidate, values, set(wanted), trace_a), {}, {},
@@ -168,17 +173,24 @@ def _first_step(reference):
     return next(iter(reference)).step
 
 
-FORWARD_ONLY = {"onnx": "an ONNX", "litert": "a LiteRT"}    # inference runtimes: no loss_fn
+FORWARD_ONLY = {"litert": "a LiteRT"}    # an inference runtime: no loss_fn
+ONNX_LOSSES = ("cross_entropy", "mse", "sum")
 
 
-def _record(framework, candidate, inputs, path, loss_fn):
+def _record(framework, candidate, inputs, path, loss_fn, target=None):
     """The candidate's own trace on ``inputs``, through its adapter (``base.load``)."""
     from ..adapters.base import load
 
     if framework in FORWARD_ONLY and loss_fn is not None:
         raise TraceDiffError(f"replay: {FORWARD_ONLY[framework]} candidate replays forward only: "
                              "drop loss_fn")
+    if framework == "onnx" and loss_fn is not None and loss_fn not in ONNX_LOSSES:
+        raise TraceDiffError("replay: an ONNX candidate's loss is named: loss_fn='cross_entropy', "
+                             "'mse' or 'sum' (the ONNX adapter's losses), with target=")
     adapter = load(framework)
+    if framework == "onnx" and loss_fn is not None:
+        adapter.record(candidate, inputs, path, loss=loss_fn, target=target, overwrite=True)
+        return
     if framework == "torch":
         from ..adapters.torch.replay import kept_buffers
         with kept_buffers(candidate):
