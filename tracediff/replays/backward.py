@@ -25,6 +25,9 @@ class LocalBackward:
         self.params = {}
         self.contributions = defaultdict(dict)
         self.complete = set()
+        # ``{(record name, call): ([consumers], dL/d)}`` an adapter that checks completeness
+        # itself (Flax: by the graph it traced) judged ready; None: judge ``contributions``
+        self.sums = None
 
     def param(self, name, grad):
         grad = np.asarray(grad, np.float64)

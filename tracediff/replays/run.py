@@ -116,7 +116,10 @@ def _run_layers(framework, candidate, run_inputs, values, wanted, report, trace_
                 "not run: a layer's output through an op that is no layer")
     if framework == "jax":
         from ..adapters.jax import replay as jax_replay
-        return (jax_replay.replay(candidate, run_inputs, values, set(wanted)), {}, {},
+        if backward is not None:
+            backward.sums = {}
+        local = jax_replay.replay(candidate, run_inputs, values, set(wanted), backward=backward)
+        return (local, *_gradients(trace_a, backward),
                 "not run: a module's output through plain jnp code, or no module's output")
     if framework == "onnx":
         from ..adapters.onnx import replay as onnx_replay
@@ -135,6 +138,8 @@ def _gradients(trace_a, backward):
     """``(parameter gradients, dL/d of consumed records)`` an adapter's ``LocalBackward`` gave."""
     if backward is None:
         return {}, {}
+    if backward.sums is not None:
+        return backward.params, backward.sums
     return backward.params, input_gradients(trace_a, backward)
 
 
