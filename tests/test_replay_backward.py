@@ -105,6 +105,9 @@ def test_a_doubled_custom_gradient_is_named_at_its_layer(reference):
         ("backward", "0", "1")]
     assert report.root_causes[0]["hint"].startswith("a = 2 x b")
     assert report.first_divergence.backward.introduced["verdict"] == "introduced here"
+    from tracediff.report.terminal import replay_lines
+    assert replay_lines(report)[2].startswith("  backward 0 by 1 local rel_l2 ")
+    assert "- backward `0` by 1, local rel_l2 " in report.to_markdown()
 
 
 def test_a_doubled_custom_weight_gradient_is_its_parameter_gradient(reference):
