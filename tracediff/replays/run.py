@@ -251,22 +251,19 @@ def _numpy_layers(layers, trace_a, values, wanted):
     outputs, local parameter gradients, local input gradients)``. A layer is a function
     ``fn(*inputs)``, or an object with ``forward(*inputs)`` and ``backward(d_output) ->
     (d_inputs, {parameter record name: gradient})``, whose backward then runs on the
-    reference's dL/d(its output). ``d_inputs`` (one array, or one per input) is dL/d of the
-    records the layer consumed; it is judged only for a record no other layer consumes (the
-    reference's gradient of a fan-out sums over its consumers)."""
+    reference's dL/d(its output). ``d_inputs`` (one array, or one per input) is each consumed
+    record's share of its dL/d; a record is judged where every layer consuming it gave its
+    share (``backward.input_gradients``: the reference's gradient of a fan-out is the sum)."""
     from .dataflow import consumed
-    forward_records = [r for r in trace_a if r.kind == "forward"]
-    sources = {(r.name, r.call): consumed(trace_a, r) for r in forward_records}
-    consumers = {}
-    for found in sources.values():
-        for source in found:
-            consumers[source] = consumers.get(source, 0) + 1
-    local, grads, input_grads = {}, {}, {}
+    backward = LocalBackward()
+    local = {}
     for name, call in wanted:
         layer = layers.get(name)
-        if layer is None or not sources.get((name, call)):
+        sources = consumed(trace_a, trace_a.get(name, call=call, kind="forward")) \
+            if layer is not None else []
+        if not sources:
             continue
-        arguments = [values(*source) for source in sources[(name, call)]]
+        arguments = [values(*source) for source in sources]
         if any(a is None for a in arguments):
             continue
         forward = getattr(layer, "forward", layer)
@@ -276,11 +273,11 @@ def _numpy_layers(layers, trace_a, values, wanted):
             continue
         d_inputs, parameter_grads = layer.backward(seed)
         for param, grad in (parameter_grads or {}).items():
-            grad = np.asarray(grad, np.float64)
-            grads[param] = grads[param] + grad if param in grads else grad
+            backward.param(param, grad)
         if not isinstance(d_inputs, (tuple, list)):
             d_inputs = (d_inputs,)
-        for source, d in zip(sources[(name, call)], d_inputs):
-            if source[0] == "forward" and consumers.get(source) == 1 and d is not None:
-                input_grads[(source[1], source[2])] = (name, np.asarray(d))
-    return local, grads, input_grads
+        if len(d_inputs) == len(sources) and all(d is not None for d in d_inputs):
+            for source, d in zip(sources, d_inputs):
+                backward.contribute(name.partition(":")[0], call, source, d)
+            backward.complete.add((name.partition(":")[0], call))
+    return (local, *_gradients(trace_a, backward))
