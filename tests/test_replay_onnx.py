@@ -1,6 +1,7 @@
 """Layer replay of ONNX candidates: every node run on a torch reference's values in one
 onnxruntime session cut at its edges."""
 import copy
+import json
 import warnings
 
 import numpy as np
@@ -109,8 +110,19 @@ def test_a_forward_bug_in_the_export_is_not_named_again_by_its_backward(trained_
     assert below.local["status"] == "diverged" and below.local["by"] == "/3/Conv"
 
 
-def test_an_onnx_candidate_takes_a_named_loss(trained_reference):
+def test_the_cli_replays_an_onnx_file_backward_with_a_named_loss(trained_reference, capsys):
+    from tracediff.cli import main
     model, x, folder = trained_reference
-    with pytest.raises(td.TraceDiffError, match="an ONNX candidate's loss is named"):
-        td.replay(export(model, x, folder / "named.onnx"), folder / "ref.h5",
-                  loss_fn=lambda out: out.sum())
+    path = export(model, x, folder / "named.onnx")
+    np.save(folder / "labels.npy", LABELS)
+    out = folder / "named.json"
+    assert main(["replay", str(path), str(folder / "ref.h5"), "--loss", "cross_entropy",
+                 "--target", str(folder / "labels.npy"), "--json", str(out), "--quiet"]) == 0
+    pairs = json.loads(out.read_text())["pairs"]
+    assert {p["b_name"]: p["local"]["status"] for p in pairs if p["kind"] == "param_grad"} == {
+        "3.weight": "ok", "3.bias": "ok", "7.weight": "ok", "7.bias": "ok"}
+    assert main(["replay", str(path), str(folder / "ref.h5"), "--loss", "hinge"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "tracediff replay: error: replay: an ONNX candidate's loss is named, not 'hinge': "
+        "'cross_entropy', 'mse' or 'sum' (the ONNX adapter's losses), with its target "
+        "(loss_fn=NAME, target=ARRAY; --loss NAME --target FILE.npy)")

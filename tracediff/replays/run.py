@@ -190,8 +190,9 @@ def _record(framework, candidate, inputs, path, loss_fn, target=None):
         raise TraceDiffError(f"replay: {FORWARD_ONLY[framework]} candidate replays forward only: "
                              "drop loss_fn")
     if framework == "onnx" and loss_fn is not None and loss_fn not in ONNX_LOSSES:
-        raise TraceDiffError("replay: an ONNX candidate's loss is named: loss_fn='cross_entropy', "
-                             "'mse' or 'sum' (the ONNX adapter's losses), with target=")
+        raise TraceDiffError(f"replay: an ONNX candidate's loss is named, not {loss_fn!r}: "
+                             "'cross_entropy', 'mse' or 'sum' (the ONNX adapter's losses), with "
+                             "its target (loss_fn=NAME, target=ARRAY; --loss NAME --target FILE.npy)")
     adapter = load(framework)
     if framework == "onnx" and loss_fn is not None:
         adapter.record(candidate, inputs, path, loss=loss_fn, target=target, overwrite=True)
