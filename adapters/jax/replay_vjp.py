@@ -29,7 +29,9 @@ class Cut(Taps):
 
     def __init__(self, sources, subs, cuts):
         super().__init__()
-        self.expected, self.subs, self.cuts = sources, subs, cuts
+        self.expected, self.cuts = sources, cuts
+        # the float substitutions are traced; integer ones (token ids) stay the values given
+        self.subs = [subs.get(position, value) for position, (_, value, _) in enumerate(sources)]
         self.outputs = {}
         self.position = 0
 
@@ -72,7 +74,8 @@ def local_backward(runner, args, kwargs, reference, substitutions, outputs, back
     rng = np.random.default_rng(0)
     noise = {key: rng.standard_normal(entry[2].shape).astype(entry[2].dtype)
              for key, entry in floating.items()}
-    subs = [jnp.asarray(value) for _, value, _ in substitutions]
+    subs = {position: jnp.asarray(value) for position, (_, value, _) in enumerate(substitutions)
+            if jnp.issubdtype(value.dtype, jnp.inexact)}
     cuts = {key: jnp.zeros_like(entry[2]) for key, entry in floating.items()}
 
     def run(trainable, subs, cuts):
@@ -105,6 +108,8 @@ def local_backward(runner, args, kwargs, reference, substitutions, outputs, back
         cut = keys.get((source[1], source[2])) if source[0] == "forward" else None
         if cut in cuts and np.any(np.asarray(every[2][cut])):
             continue        # consumed by plain code between modules too
+        if any(p not in subs for p, _ in uses):
+            continue        # not a float value: no gradient
         if any(np.any(np.asarray(unseeded[1][p])) for p, _ in uses):
             continue        # a consumer has no reference dL/d(output)
         consumers = list(dict.fromkeys(consumer for _, consumer in uses))

@@ -44,7 +44,7 @@ class _Substitution(LayerCapture):
         if value is None or tuple(value.shape) != tuple(t.shape):
             return t
         value = tf.convert_to_tensor(value.astype(t.dtype.as_numpy_dtype))
-        if self.tape is not None:
+        if self.tape is not None and value.dtype.is_floating:
             self.tape.watch(value)
             self.given[id(value)] = source
             self.alive.append(value)
