@@ -49,7 +49,7 @@ def test_a_keras_port_of_an_mlp_replays_clean(mlp_reference, features):
     assert [c["a_name"] for c in causes] == ["act"]
 
 
-def test_a_wrong_custom_gradient_in_a_keras_layer_is_its_root_cause(mlp_reference, features):
+def test_a_wrong_custom_gradient_in_a_keras_layer_is_its_root_cause(mlp_reference):
     """A ReLU with a hand-written gradient (``tf.custom_gradient``) that forgets the mask: the
     forward is right; replay names dL/d of the activation's input, by the activation."""
     import keras
