@@ -99,7 +99,8 @@ def _differentiate(tape, path, layer, call, arguments, named, reference, names, 
     its contributions to the records it was given."""
     outputs = [(name, t) for name, t in named if t.dtype.is_floating]
     seeds = [reference("backward", name, call) for name, _ in outputs]
-    if not outputs or any(s is None for s in seeds):
+    if not outputs or any(s is None or tuple(s.shape) != tuple(t.shape)
+                          for s, (_, t) in zip(seeds, outputs)):
         return
     variables = [v for v in own_variables(layer) if v.trainable and id(v) in names]
     sources = variables + [t for t, _ in arguments]

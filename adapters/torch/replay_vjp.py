@@ -88,7 +88,8 @@ class Backward:
                     == (n, call)]    # an output a child returned belongs to the child
             hits, complete = self._first_boundaries([t for _, t in mine])
             seeds = [reference("backward", n, call) for n, _ in mine]
-            if not complete or any(s is None for s in seeds):
+            if not complete or any(s is None or tuple(s.shape) != tuple(t.shape)
+                                   for s, (_, t) in zip(seeds, mine)):
                 incomplete.update(key for key, _ in hits)
                 continue
             sub = module.get_submodule(path)
