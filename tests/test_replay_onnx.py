@@ -126,3 +126,22 @@ def test_the_cli_replays_an_onnx_file_backward_with_a_named_loss(trained_referen
         "tracediff replay: error: replay: an ONNX candidate's loss is named, not 'hinge': "
         "'cross_entropy', 'mse' or 'sum' (the ONNX adapter's losses), with its target "
         "(loss_fn=NAME, target=ARRAY; --loss NAME --target FILE.npy)")
+
+
+def test_a_residual_fan_out_in_an_export_is_judged_by_the_sum_of_its_consumers(tmp_path):
+    """The block input feeds two Gemms and the Add of ``+ x``: its dL/d is the sum of the three
+    nodes' VJPs (no false root cause), LayerNorm and GELU replayed through the adapter's rules."""
+    from test_replay_backward import Residual
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(5, 6), Residual(), torch.nn.LayerNorm(6),
+                              torch.nn.GELU(), torch.nn.Linear(6, 3)).eval()
+    x, labels = torch.randn(3, 5, generator=torch.Generator().manual_seed(3)), np.array([0, 1, 2])
+    tdt.record(net, x, tmp_path / "ref.h5",
+               loss_fn=lambda out: torch.nn.functional.cross_entropy(out, torch.from_numpy(labels)))
+    report = td.replay(export(net, x, tmp_path / "residual.onnx"), tmp_path / "ref.h5",
+                       loss_fn="cross_entropy", target=labels)
+    assert report.ok and report.root_causes == []
+    fan_out = next(p for p in report.pairs if p.kind == "backward" and p.b_name == "0")
+    assert fan_out.local["status"] == "ok"
+    assert fan_out.local["by"] == ["/1/fc1/Gemm", "/1/proj/Gemm", "/1/Add_1"]
+    assert all(p.local["status"] == "ok" for p in report.pairs if p.kind == "param_grad")
