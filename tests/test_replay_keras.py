@@ -71,3 +71,30 @@ def test_a_wrong_custom_gradient_in_a_keras_layer_is_its_root_cause(mlp_referenc
     assert report.first_divergence.forward is None
     assert [(c["kind"], c["a_name"], c["by"]) for c in report.root_causes] == [
         ("backward", "fc1", "act")]
+
+
+def test_a_residual_fan_out_is_judged_by_the_sum_of_its_consumers(tmp_path):
+    """``fc`` feeds the activation and the ``Add`` after it: its dL/d is judged against the sum
+    of both layers' VJPs, replayed against the model's own trace."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    from tracediff.adapters import tensorflow as tdtf
+
+    x = keras.Input((5,))
+    h = keras.layers.Dense(6, name="fc")(x)
+    s = keras.layers.Add(name="add")([keras.layers.Activation("tanh", name="act")(h), h])
+    model = keras.Model(x, keras.layers.Dense(3, name="head")(s))
+    labels = np.array([0, 1, 2])
+
+    def loss(out):
+        return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, out,
+                                                                          from_logits=True))
+
+    features = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
+    tdtf.record(model, features, tmp_path / "ref.h5", loss_fn=loss)
+    report = td.replay(model, tmp_path / "ref.h5", loss_fn=loss)
+    assert report.root_causes == []
+    local = {p.a_name: (p.local["status"], p.local["by"]) for p in report.pairs
+             if p.kind == "backward" and p.local is not None}
+    assert local == {"fc": ("ok", ["act", "add"]), "act": ("ok", "add"), "add": ("ok", "head")}
