@@ -74,8 +74,8 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
 
 def _judge_all(report, reference, values, wanted, results, framework, policy):
     """Every forward pair's ``local`` (its candidate record's local output, or why it has
-    none), and the gradients replay produced: dL/d(input) of single-consumer records and the
-    parameters' gradients."""
+    none), and the gradients replay produced: dL/d of the consumed records whose every
+    consumer was replayed backward (the sum of their VJPs) and the parameters' gradients."""
     local, grads, input_grads, why = results
     no_gradient = {
         "numpy": "no layer with a backward in layers= gave it a gradient",
