@@ -13,7 +13,7 @@ import jax.numpy as jnp  # noqa: E402
 import tracediff as td  # noqa: E402
 from test_jax_vs_torch import (LinenCNN, LinenMLP, NnxMLP, cnn_reference, features,  # noqa: E402,F401
                                images, jax_loss, linen_cnn_variables, linen_mlp_variables,
-                               mlp_reference)
+                               mlp_reference, relu_wrong_grad)
 
 
 def test_a_correct_channels_last_port_has_no_root_cause(cnn_reference, images):
@@ -24,6 +24,26 @@ def test_a_correct_channels_last_port_has_no_root_cause(cnn_reference, images):
     local = {p.a_name: p.local["status"] for p in report.pairs if p.kind == "forward"}
     assert local == {"conv": "ok", "bn": "ok", "act": "ok", "pool": "ok", "flat": "ok", "fc": "ok",
                      "<root>": "ok"}
+    # backward too, by one jax.vjp of the substituted run: every parameter gradient (HWIO
+    # kernels, the Dense kernel reordered for the NHWC flatten) and dL/d(input) of each module
+    # but what the loss consumes
+    backward = {(p.kind, p.a_name): p.local["status"] for p in report.pairs
+                if p.kind in ("backward", "param_grad") and p.local is not None}
+    assert backward == {**{("param_grad", name): "ok" for name in (
+        "conv.kernel", "conv.bias", "bn.scale", "bn.bias", "fc.kernel", "fc.bias")},
+        **{("backward", name): "ok" for name in ("conv", "bn", "act", "pool", "flat")}}
+
+
+def test_a_wrong_custom_vjp_is_named_at_its_module(mlp_reference):
+    """An activation whose ``jax.custom_vjp`` halves the gradient: the forward is right, replay
+    names dL/d of the activation's input, by the activation, and nothing else."""
+    reference, path, _ = mlp_reference
+    port = LinenMLP(activation=relu_wrong_grad).bind(linen_mlp_variables(reference))
+    report = td.replay(port, path, loss_fn=jax_loss)
+    assert report.first_divergence.forward is None
+    assert [(c["kind"], c["a_name"], c["by"]) for c in report.root_causes] == [
+        ("backward", "fc1", "act")]
+    assert report.root_causes[0]["hint"].startswith("a = 0.5 x b")
 
 
 def test_two_porting_bugs_are_two_root_causes(cnn_reference, images):

@@ -137,3 +137,99 @@ def test_each_planted_bug_is_the_only_root_cause(bug, tmp_path):
     report = demo_case(bug.net, (bug.id,), tmp_path)
     kind = {"forward": "forward", "backward": "backward", "param_grad": "param_grad"}[bug.where]
     assert [(c["kind"], c["b_name"]) for c in report.root_causes] == [(kind, bug.layer)]
+
+
+# -- a residual block: one record, two consumers --------------------------------------------
+class Add(torch.nn.Module):
+    def forward(self, a, b):
+        return a + b
+
+
+class ResidualNet(torch.nn.Module):
+    """fc -> tanh -> add(tanh, fc) -> head: ``fc``'s output feeds both ``act`` and ``add``."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc, self.act, self.add, self.head = (torch.nn.Linear(7, 6), torch.nn.Tanh(), Add(),
+                                                  torch.nn.Linear(6, 5))
+
+    def forward(self, x):
+        h = self.fc(x)
+        return self.head(self.add(self.act(h), h))
+
+
+class Tanh:
+    def forward(self, x):
+        self.y = np.tanh(x)
+        return self.y
+
+    def backward(self, dy):
+        return dy * (1 - self.y ** 2), {}
+
+
+class Sum:
+    def __init__(self, skip_scale=1.0):
+        self.skip_scale = skip_scale
+
+    def forward(self, a, b):
+        return a + b
+
+    def backward(self, dy):
+        return (dy, self.skip_scale * dy), {}
+
+
+def residual_port(model, skip_scale=1.0):
+    params = {n: p.detach().double().numpy() for n, p in model.named_parameters()}
+    layers = {"fc": Linear("fc", params["fc.weight"], params["fc.bias"]), "act": Tanh(),
+              "add": Sum(skip_scale), "head": Linear("head", params["head.weight"],
+                                                     params["head.bias"])}
+    edge = {n: {"kind": "forward", "name": n, "call": 0} for n in layers}
+
+    def run(rec, x):
+        h = layers["fc"].forward(x)
+        rec.forward("fc", h, inputs=[{"kind": "input", "name": "input", "call": 0}])
+        a = layers["act"].forward(h)
+        rec.forward("act", a, inputs=[edge["fc"]])
+        s = layers["add"].forward(a, h)
+        rec.forward("add", s, inputs=[edge["act"], edge["fc"]])
+        out = layers["head"].forward(s)
+        rec.forward("head", out, inputs=[edge["add"]])
+        shifted = out - out.max(1, keepdims=True)
+        p = np.exp(shifted) / np.exp(shifted).sum(1, keepdims=True)
+        rec.loss(-np.log(p[np.arange(3), LABELS]).mean())
+        d_out = (p - np.eye(5)[LABELS]) / 3
+        rec.backward("head", d_out)
+        d_s, grads = layers["head"].backward(d_out)
+        rec.backward("add", d_s)
+        (d_a, d_skip), _ = layers["add"].backward(d_s)
+        rec.backward("act", d_a)
+        d_h = layers["act"].backward(d_a)[0] + d_skip
+        rec.backward("fc", d_h)
+        for name in ("fc", "head"):
+            grads.update(layers[name].backward(d_out if name == "head" else d_h)[1])
+        for param, grad in grads.items():
+            layer = layers[param.split(".")[0]]
+            rec.param(param, layer.w if param.endswith("weight") else layer.b, grad=grad)
+        return out
+
+    return run, layers
+
+
+def test_a_fan_out_is_judged_by_the_sum_of_its_consumers_backwards(tmp_path):
+    """``fc``'s dL/d is the sum of what ``act`` and ``add`` send back: judged as that sum (ok
+    for a correct port), and a hand-written ``add`` backward that drops the skip gradient is
+    named there, by ``add`` and ``act`` together, and nowhere else."""
+    model = ResidualNet()
+    x = np.random.default_rng(9).standard_normal((3, 7))
+    tdt.record(model, torch.tensor(x, dtype=torch.float32), tmp_path / "ref.h5",
+               loss_fn=lambda out: F.cross_entropy(out, torch.from_numpy(LABELS)))
+    good, good_layers = residual_port(model)
+    report = td.replay(good, tmp_path / "ref.h5", layers=good_layers)
+    assert report.root_causes == []
+    fc = next(p for p in report.pairs if p.kind == "backward" and p.a_name == "fc")
+    assert fc.local["status"] == "ok" and fc.local["by"] == ["act", "add"]
+    bad, bad_layers = residual_port(model, skip_scale=0.0)
+    causes = td.replay(bad, tmp_path / "ref.h5", layers=bad_layers).root_causes
+    assert [(c["kind"], c["a_name"], c["by"]) for c in causes] == [
+        ("backward", "fc", ["act", "add"])]

@@ -65,8 +65,18 @@ def test_a_model_replayed_against_its_own_trace_has_no_root_cause(resnet_referen
     summary = report.replay_summary()
     forward = [p for p in report.pairs if p.kind == "forward"]
     assert summary["skipped"] == 0
-    assert summary["replayed"] == len(forward) + sum(p.kind == "param_grad" for p in report.pairs)
-    assert all(p.local["status"] == "ok" for p in forward)
+    backward = [p for p in report.pairs if p.kind == "backward" and p.local is not None]
+    assert summary["replayed"] == (len(forward) + len(backward)
+                                   + sum(p.kind == "param_grad" for p in report.pairs))
+    assert all(p.local["status"] == "ok" for p in forward + backward)
+    # dL/d(input) by each layer's VJP: all but what the loss consumes (no layer's backward)
+    assert {p.a_name for p in report.pairs if p.kind == "backward" and p.local is None} == {
+        "classifier", "classifier.1", "<root>:logits"}
+    # a residual block's input feeds its first conv and, through the identity shortcut, the
+    # in-place add that the activation after it reads: the sum of both VJPs
+    block_input = next(p for p in backward if p.a_name == "resnet.embedder.pooler")
+    assert block_input.local["by"] == ["resnet.encoder.stages.0.layers.0.layer.0.convolution",
+                                       "resnet.encoder.stages.0.layers.0.activation"]
 
 
 def test_replay_leaves_the_model_as_it_found_it(resnet_reference):

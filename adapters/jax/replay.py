@@ -23,9 +23,18 @@ class _Substitution(Taps):
         super().__init__()
         self.reference, self.wanted = reference, wanted
         self.local = {}
+        self.substitutions = []     # [((kind, name, call), value, consumer path)], in order
+        self.outputs = {}           # key -> (record name, call, value)
+        self._pending = []          # per module call in progress: its substitutions
 
     def module_inputs(self, args, kwargs):
+        self._pending.append([])
         return jax.tree_util.tree_map(self._substituted, (args, kwargs))
+
+    def module_output(self, path, module, args, output):
+        for position in self._pending.pop() if self._pending else ():
+            self.substitutions[position] = (*self.substitutions[position][:2], path)
+        return super().module_output(path, module, args, output)
 
     def _substituted(self, leaf):
         entry = self._sources.get(id(leaf)) if is_array(leaf) else None
@@ -35,7 +44,11 @@ class _Substitution(Taps):
         value = self.reference(source["kind"], source["name"], source["call"])
         if value is None or tuple(value.shape) != tuple(leaf.shape):
             return leaf
-        return jnp.asarray(value, dtype=leaf.dtype)
+        value = jnp.asarray(value, dtype=leaf.dtype)
+        if self._pending:
+            self._pending[-1].append(len(self.substitutions))
+        self.substitutions.append(((source["kind"], source["name"], source["call"]), value, None))
+        return value
 
     def function_value(self, name, value, meta):
         """A plain function's ``tap``: the candidate's value is its local result; the code
@@ -46,18 +59,24 @@ class _Substitution(Taps):
     def _tap(self, name, value, meta):
         call = self._calls[name]
         value = super()._tap(name, value, meta)
+        self.outputs[f"{name}#{call}"] = (name, call, value)
         if (name, call) in self.wanted:
             self.local[(name, call)] = jax.device_get(value)
         return value
 
 
-def replay(model, inputs, reference, wanted, params=None):
+def replay(model, inputs, reference, wanted, params=None, backward=None):
     """``{(record name, call): local output}`` for the forward records in ``wanted``; see
-    ``tracediff.adapters.torch.replay.replay`` for ``reference``."""
+    ``tracediff.adapters.torch.replay.replay`` for ``reference``. With ``backward`` (a
+    ``LocalBackward``), the local parameter gradients and dL/d(inputs) (``replay_vjp``)."""
     runner = RUNNERS[kind_of(model)](model, params)
     args, kwargs = split_inputs(inputs)
     substitution = _Substitution(reference, wanted)
     substitution.mark_inputs(named_inputs(args, kwargs))
     with active(substitution):
         runner.run(runner.trainable, args, kwargs)
+    if backward is not None:
+        from .replay_vjp import local_backward
+        local_backward(runner, args, kwargs, reference, substitution.substitutions,
+                       substitution.outputs, backward)
     return substitution.local

@@ -30,13 +30,7 @@ def replay(model, reference, wanted, trace, *, providers=None):
     candidate's layout (None where it has none); ``trace`` is the candidate's own trace, whose
     records carry their ONNX tensor names (meta ``onnx_output``)."""
     proto, source = load_model(model)
-    records = {}
-    own = {}
-    for r in trace:
-        tensor = r.meta.get("onnx_output")
-        if tensor and r.kind in ("forward", "input") and r.step == trace[0].step:
-            records[tensor] = (r.kind, r.name, r.call)
-            own[tensor] = r
+    records, own = _records(trace)
     graph = onnx.GraphProto()
     graph.CopyFrom(proto.graph)
     initializers = {t.name for t in graph.initializer}
@@ -93,3 +87,30 @@ def graph_inputs(model):
     proto, _ = load_model(model)
     initializers = {t.name for t in proto.graph.initializer}
     return [i.name for i in proto.graph.input if i.name not in initializers]
+
+
+def _records(trace):
+    """``({ONNX tensor: (kind, record name, call)}, {ONNX tensor: record})`` of the candidate's
+    forward and input records (meta ``onnx_output``)."""
+    records, own = {}, {}
+    for r in trace:
+        tensor = r.meta.get("onnx_output")
+        if tensor and r.kind in ("forward", "input") and r.step == trace[0].step:
+            records[tensor] = (r.kind, r.name, r.call)
+            own[tensor] = r
+    return records, own
+
+
+def local_backward(model, reference, trace, *, providers=None):
+    """``({parameter: local gradient}, {(record name, call): ([consumers], local dL/d)})``: each
+    node's VJP with the reference's dL/d(its output) on the reference's inputs
+    (``grad.local``), for the candidate recorded with a loss."""
+    from .grad.local import local_gradients
+
+    proto, _ = load_model(model)
+    records, own = _records(trace)
+    own_inputs = {name: own[name].read() for name in graph_inputs(proto) if name in own}
+    params, inputs = local_gradients(proto, records, reference, own_inputs,
+                                     resolve_providers(providers))
+    return params, {(records[tensor][1], records[tensor][2]): found
+                    for tensor, found in inputs.items()}

@@ -13,11 +13,11 @@ local error then includes that op.
 
 Running buffers (BatchNorm statistics) are restored afterwards, and the training flags too.
 
-Backward: with ``gradients``, the same pass keeps autograd on, and for each call of a module
-that holds parameters directly, the vector-Jacobian product of its output (computed from the
-substituted inputs, which carry no graph) with the reference's dL/d(that output) gives the
-parameter gradients that call contributes; summed over calls, they are the parameters' local
-gradients.
+Backward: with ``gradients``, the same pass keeps autograd on, each substituted tensor a
+fresh leaf, and each module call's vector-Jacobian product with the reference's dL/d(its
+output) gives the parameter gradients that call contributes (summed over calls: the
+parameters' local gradients) and its contribution to dL/d of the records it consumed
+(``replay_vjp``).
 """
 from __future__ import annotations
 
@@ -28,13 +28,17 @@ import torch
 
 from .capture import ROOT
 from .convert import to_numpy
+from .replay_vjp import Backward
 from .session import original_module
 from .structure import named_inputs, named_tensors, split_inputs
 
 
-def replay(model, inputs, reference, wanted, *, gradients=False, arguments=None):
+def replay(model, inputs, reference, wanted, *, gradients=False, arguments=None,
+           input_grads=None):
     """``({(record name, call): local output}, {parameter name: local gradient})`` as NumPy,
-    for the forward records in ``wanted``; the gradients only with ``gradients``. With
+    for the forward records in ``wanted``; the gradients only with ``gradients``, and then
+    ``input_grads`` (a dict) receives ``{(record name, call): ([consumers], local dL/d)}`` of
+    the records whose every consumer was replayed (``replay_vjp``). With
     ``arguments`` (a dict), the substituted arguments of each ``(module path, call)`` key it
     holds are stored in it as ``(args, kwargs)`` of tensors (a one-layer repro's inputs).
 
@@ -49,7 +53,7 @@ def replay(model, inputs, reference, wanted, *, gradients=False, arguments=None)
     alive = []
     calls = defaultdict(int)
     local = {}
-    owners = []          # (path, call, output) of the modules holding parameters directly
+    backward = Backward() if gradients else None
 
     def source_of(t):
         """The record ``t`` holds the value of; None once an in-place op changed it since
@@ -66,7 +70,13 @@ def replay(model, inputs, reference, wanted, *, gradients=False, arguments=None)
         value = reference(*source)
         if value is None or tuple(value.shape) != tuple(t.shape):
             return t
-        return torch.from_numpy(value.copy()).to(dtype=t.dtype, device=t.device)
+        value = torch.from_numpy(value.copy()).to(dtype=t.dtype, device=t.device)
+        if backward is not None and value.is_floating_point():
+            value = backward.substitute(source, value)
+        # a module handing it on to a child: the child gets a fresh copy of its own
+        produced[id(value)] = (source, value._version)
+        alive.append(value)
+        return value
 
     def pre_hook(sub, hook_args, hook_kwargs):
         hook_args = tuple(substituted(a) for a in hook_args)
@@ -83,17 +93,22 @@ def replay(model, inputs, reference, wanted, *, gradients=False, arguments=None)
         def hook(sub, __, output):
             call = calls[name]
             calls[name] += 1
-            if gradients and any(True for _ in sub.parameters(recurse=False)):
-                owners.append((path, call, output))
-            for record_name, t in named_tensors(output, name):
+            named = list(named_tensors(output, name))
+            for record_name, t in named:
                 produced[id(t)] = (("forward", record_name, call), t._version)
                 alive.append(t)
                 if (record_name, call) in wanted:
                     local[(record_name, call)] = to_numpy(t).copy()
+                if backward is not None:
+                    backward.output(record_name, call, t)
+            if backward is not None:
+                backward.called(path, name, call, named)
         return hook
 
     for name, t in named_inputs(args, kwargs):
         produced[id(t)] = (("input", name, 0), t._version)
+        if backward is not None:
+            backward.input(name, 0, t)
     paths = {sub: path or ROOT for path, sub in module.named_modules()}
     modes = {m: m.training for m in module.modules()}
     handles = []
@@ -101,8 +116,10 @@ def replay(model, inputs, reference, wanted, *, gradients=False, arguments=None)
     with kept_buffers(module):
         try:
             _run(module, args, kwargs, handles, pre_hook, forward_hook, gradients)
-            if gradients:
-                grads = _parameter_gradients(module, owners, reference)
+            if backward is not None:
+                found = backward.run(module, reference, grads)
+                if input_grads is not None:
+                    input_grads.update(found)
         finally:
             for handle in handles:
                 handle.remove()
@@ -126,29 +143,6 @@ def _run(module, args, kwargs, handles, pre_hook, forward_hook, gradients):
         for handle in handles:
             handle.remove()
         handles.clear()
-
-
-def _parameter_gradients(module, owners, reference):
-    """``{parameter name: summed local gradient}`` over the calls of the modules that hold
-    parameters; a call whose outputs have no reference gradient contributes nothing."""
-    total = {}
-    for path, call, output in owners:
-        sub = module.get_submodule(path)
-        params = [(f"{path}.{n}" if path else n, p) for n, p in sub.named_parameters(recurse=False)
-                  if p.requires_grad]
-        named = [(n, t) for n, t in named_tensors(output, path or ROOT) if t.requires_grad]
-        seeds = [reference("backward", n, call) for n, _ in named]
-        if not params or not named or any(s is None for s in seeds):
-            continue
-        found = torch.autograd.grad(
-            [t for _, t in named], [p for _, p in params],
-            [torch.from_numpy(s.copy()).to(dtype=t.dtype, device=t.device)
-             for s, (_, t) in zip(seeds, named)], retain_graph=True, allow_unused=True)
-        for (name, _), g in zip(params, found):
-            if g is not None:
-                value = to_numpy(g).astype("float64")
-                total[name] = total[name] + value if name in total else value
-    return total
 
 
 @contextlib.contextmanager

@@ -23,7 +23,8 @@ def judge(pair, local_a, record_b, policy, layout, by=None) -> dict:
     layout the diff found but no declared layout explains (a flatten in the wrong order, a
     transposed weight gradient) is this layer's own mistake: the local result is ``diverged``
     with the diff's hint even where the permutation makes the values agree. ``by``: the layer
-    whose backward computed it, for a replayed dL/d(input)."""
+    whose backward computed it, for a replayed dL/d(input), or the layers whose backwards
+    sum to it (a record several layers consume)."""
     b = record_b.view()
     a = local_a
     if layout:
@@ -38,7 +39,7 @@ def judge(pair, local_a, record_b, policy, layout, by=None) -> dict:
         return local
     local = _compared(pair, a, b, policy, b_rms)
     if by is not None:
-        local["by"] = by
+        local["by"] = by[0] if isinstance(by, (list, tuple)) and len(by) == 1 else by
     return local
 
 
@@ -65,7 +66,9 @@ def root_causes(pairs) -> list:
       error is not a cause of its own: only one whose children are all right on the reference's
       inputs (the error is in the container's own glue, an ``out += identity`` say) is listed;
     - a layer whose forward is wrong has a backward and parameter gradients consistent with
-      that mistake: its dL/d(input) and its parameters' gradients are not listed again.
+      that mistake: its dL/d(input) (or a sum over consumers it is among) and its parameters'
+      gradients are not listed again. A dL/d(input) names the layers whose backward gave it
+      (``by``): a wrong backward alone (a custom gradient) is named there.
     """
     found = [p for p in pairs if getattr(p, "local", None) and p.local["status"] == "diverged"]
     forward = [p for p in found if p.kind == "forward"]
@@ -75,7 +78,8 @@ def root_causes(pairs) -> list:
     kept = [p for p in found if _own_cause(p, wrong)]
     kept.sort(key=lambda p: -(p.local["rel_l2"] or 0.0))
     return [{"a_name": p.a_name, "b_name": p.b_name, "kind": p.kind,
-             "local_rel_l2": p.local["rel_l2"], "hint": p.local.get("hint") or p.hint}
+             "local_rel_l2": p.local["rel_l2"], "hint": p.local.get("hint") or p.hint,
+             **({"by": p.local["by"]} if "by" in p.local else {})}
             for p in kept]
 
 
@@ -87,7 +91,8 @@ def _own_cause(pair, wrong_layers) -> bool:
     if pair.kind == "param_grad" and _module_path(pair.a_name)[:-1] in wrong_layers:
         return False     # the gradient of a wrong layer's own parameter
     by = pair.local.get("by")
-    return by is None or _module_path(by) not in wrong_layers
+    layers = [by] if isinstance(by, str) else list(by or ())
+    return not any(_module_path(layer) in wrong_layers for layer in layers)
 
 
 def _module_path(name) -> tuple:

@@ -11,12 +11,13 @@ import numpy as np
 from ..quantization import quantized
 from ..errors import TraceDiffError
 from ..trace import Trace, open_trace
+from .backward import LocalBackward, input_gradients
 from .layouts import assumed
 from .local import judge, root_causes, settle_introduced, skipped
 
 
 def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None, atol=None,
-           align="auto", rename=None, tolerances=None, keep=None):
+           align="auto", rename=None, tolerances=None, keep=None, target=None):
     """Replay ``candidate`` (a torch module, a Keras model, a Flax module, an ONNX or LiteRT
     model, or a NumPy ``fn(rec, inputs)`` with ``layers``) against the reference trace ``ref``;
     return the diff report, its pairs carrying ``local`` and the report ``root_causes``.
@@ -25,6 +26,9 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
     ``layers``: NumPy only, ``{layer name: fn(*inputs)}`` or objects with ``forward`` and
     ``backward`` (docs/replay.md) for the layers to replay.
     ``keep``: a path to keep the candidate's trace at (default: a temporary file).
+    ``loss_fn``: for an ONNX candidate, the name of the ONNX adapter's loss (``"cross_entropy"``,
+    ``"mse"``, ``"sum"``) and ``target`` its target: the candidate then records its gradients
+    and its nodes are replayed backward too.
     """
     from ..adapters.base import framework_of
     from ..compare import diff
@@ -45,7 +49,7 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
                                                                           candidate)
         with tempfile.TemporaryDirectory(prefix="tracediff-replay-") as folder:
             path = keep or os.path.join(folder, "candidate.h5")
-            _record(framework, candidate, run_inputs, path, loss_fn)
+            _record(framework, candidate, run_inputs, path, loss_fn, target)
             with open_trace(path) as trace_a:
                 report = diff(trace_a, reference, rtol=rtol, atol=atol, align=align,
                               rename=rename, tolerances=tolerances)
@@ -70,13 +74,12 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
 
 def _judge_all(report, reference, values, wanted, results, framework, policy):
     """Every forward pair's ``local`` (its candidate record's local output, or why it has
-    none), and the gradients replay produced: dL/d(input) of single-consumer records and the
-    parameters' gradients."""
+    none), and the gradients replay produced: dL/d of the consumed records whose every
+    consumer was replayed backward (the sum of their VJPs) and the parameters' gradients."""
     local, grads, input_grads, why = results
     no_gradient = {
-        "torch": "no call of its module had the reference's dL/d(output)",
         "numpy": "no layer with a backward in layers= gave it a gradient",
-    }.get(framework, "parameter gradients are replayed for torch and NumPy candidates only")
+    }.get(framework, "no call of its layer had the reference's dL/d(output)")
     for key, pairs in wanted.items():
         for pair in pairs:
             pair.local = (judge(pair, local[key], reference[pair.b_index], policy,
@@ -96,29 +99,48 @@ def _judge_all(report, reference, values, wanted, results, framework, policy):
 def _run_layers(framework, candidate, run_inputs, values, wanted, report, trace_a, layers):
     """The adapter's replay: ``(local outputs, local parameter gradients, local dL/d of
     consumed records, why a pair without a local output was skipped)``."""
+    gradients = any(p.kind in ("param_grad", "backward") for p in report.pairs)
     if framework == "torch":
         from ..adapters.torch import replay as torch_replay
+        input_grads = {}
         local, grads = torch_replay.replay(
-            candidate, run_inputs, values, set(wanted),
-            gradients=any(p.kind == "param_grad" for p in report.pairs))
-        return local, grads, {}, "not run: a module's output through a functional op, or an op record"
+            candidate, run_inputs, values, set(wanted), input_grads=input_grads,
+            gradients=gradients)
+        return (local, grads, input_grads,
+                "not run: a module's output through a functional op, or an op record")
+    backward = LocalBackward() if gradients else None
     if framework == "tensorflow":
         from ..adapters.tensorflow import replay as keras_replay
-        return (keras_replay.replay(candidate, run_inputs, values, set(wanted)), {}, {},
+        local = keras_replay.replay(candidate, run_inputs, values, set(wanted), backward)
+        return (local, *_gradients(trace_a, backward),
                 "not run: a layer's output through an op that is no layer")
     if framework == "jax":
         from ..adapters.jax import replay as jax_replay
-        return (jax_replay.replay(candidate, run_inputs, values, set(wanted)), {}, {},
+        if backward is not None:
+            backward.sums = {}
+        local = jax_replay.replay(candidate, run_inputs, values, set(wanted), backward=backward)
+        return (local, *_gradients(trace_a, backward),
                 "not run: a module's output through plain jnp code, or no module's output")
     if framework == "onnx":
         from ..adapters.onnx import replay as onnx_replay
-        return (onnx_replay.replay(candidate, values, set(wanted), trace_a), {}, {},
-                "not a node output of the candidate")
+        local = onnx_replay.replay(candidate, values, set(wanted), trace_a)
+        grads, input_grads = (onnx_replay.local_backward(candidate, values, trace_a)
+                              if gradients else ({}, {}))
+        return local, grads, input_grads, "not a node output of the candidate"
     if framework == "litert":
         from ..adapters.litert import replay as litert_replay
         return (litert_replay.replay(candidate, values, set(wanted), trace_a), {}, {},
                 "not an op output of the candidate")
     return (*_numpy_layers(layers, trace_a, values, wanted), "no function in layers= for it")
+
+
+def _gradients(trace_a, backward):
+    """``(parameter gradients, dL/d of consumed records)`` an adapter's ``LocalBackward`` gave."""
+    if backward is None:
+        return {}, {}
+    if backward.sums is not None:
+        return backward.params, backward.sums
+    return backward.params, input_gradients(trace_a, backward)
 
 
 def _check_replayable(reference):
@@ -156,17 +178,25 @@ def _first_step(reference):
     return next(iter(reference)).step
 
 
-FORWARD_ONLY = {"onnx": "an ONNX", "litert": "a LiteRT"}    # inference runtimes: no loss_fn
+FORWARD_ONLY = {"litert": "a LiteRT"}    # an inference runtime: no loss_fn
+ONNX_LOSSES = ("cross_entropy", "mse", "sum")
 
 
-def _record(framework, candidate, inputs, path, loss_fn):
+def _record(framework, candidate, inputs, path, loss_fn, target=None):
     """The candidate's own trace on ``inputs``, through its adapter (``base.load``)."""
     from ..adapters.base import load
 
     if framework in FORWARD_ONLY and loss_fn is not None:
         raise TraceDiffError(f"replay: {FORWARD_ONLY[framework]} candidate replays forward only: "
                              "drop loss_fn")
+    if framework == "onnx" and loss_fn is not None and loss_fn not in ONNX_LOSSES:
+        raise TraceDiffError(f"replay: an ONNX candidate's loss is named, not {loss_fn!r}: "
+                             "'cross_entropy', 'mse' or 'sum' (the ONNX adapter's losses), with "
+                             "its target (loss_fn=NAME, target=ARRAY; --loss NAME --target FILE.npy)")
     adapter = load(framework)
+    if framework == "onnx" and loss_fn is not None:
+        adapter.record(candidate, inputs, path, loss=loss_fn, target=target, overwrite=True)
+        return
     if framework == "torch":
         from ..adapters.torch.replay import kept_buffers
         with kept_buffers(candidate):
@@ -222,22 +252,19 @@ def _numpy_layers(layers, trace_a, values, wanted):
     outputs, local parameter gradients, local input gradients)``. A layer is a function
     ``fn(*inputs)``, or an object with ``forward(*inputs)`` and ``backward(d_output) ->
     (d_inputs, {parameter record name: gradient})``, whose backward then runs on the
-    reference's dL/d(its output). ``d_inputs`` (one array, or one per input) is dL/d of the
-    records the layer consumed; it is judged only for a record no other layer consumes (the
-    reference's gradient of a fan-out sums over its consumers)."""
+    reference's dL/d(its output). ``d_inputs`` (one array, or one per input) is each consumed
+    record's share of its dL/d; a record is judged where every layer consuming it gave its
+    share (``backward.input_gradients``: the reference's gradient of a fan-out is the sum)."""
     from .dataflow import consumed
-    forward_records = [r for r in trace_a if r.kind == "forward"]
-    sources = {(r.name, r.call): consumed(trace_a, r) for r in forward_records}
-    consumers = {}
-    for found in sources.values():
-        for source in found:
-            consumers[source] = consumers.get(source, 0) + 1
-    local, grads, input_grads = {}, {}, {}
+    backward = LocalBackward()
+    local = {}
     for name, call in wanted:
         layer = layers.get(name)
-        if layer is None or not sources.get((name, call)):
+        sources = consumed(trace_a, trace_a.get(name, call=call, kind="forward")) \
+            if layer is not None else []
+        if not sources:
             continue
-        arguments = [values(*source) for source in sources[(name, call)]]
+        arguments = [values(*source) for source in sources]
         if any(a is None for a in arguments):
             continue
         forward = getattr(layer, "forward", layer)
@@ -247,11 +274,11 @@ def _numpy_layers(layers, trace_a, values, wanted):
             continue
         d_inputs, parameter_grads = layer.backward(seed)
         for param, grad in (parameter_grads or {}).items():
-            grad = np.asarray(grad, np.float64)
-            grads[param] = grads[param] + grad if param in grads else grad
+            backward.param(param, grad)
         if not isinstance(d_inputs, (tuple, list)):
             d_inputs = (d_inputs,)
-        for source, d in zip(sources[(name, call)], d_inputs):
-            if source[0] == "forward" and consumers.get(source) == 1 and d is not None:
-                input_grads[(source[1], source[2])] = (name, np.asarray(d))
-    return local, grads, input_grads
+        if len(d_inputs) == len(sources) and all(d is not None for d in d_inputs):
+            for source, d in zip(sources, d_inputs):
+                backward.contribute(name.partition(":")[0], call, source, d)
+            backward.complete.add((name.partition(":")[0], call))
+    return (local, *_gradients(trace_a, backward))

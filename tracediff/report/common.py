@@ -173,3 +173,9 @@ def replay_summary(report: dict) -> str:
     if why:
         out += " (" + "; ".join(f"{n}: {reason}" for reason, n in why.items()) + ")"
     return out
+
+
+def by_layers(cause) -> str:
+    """The layer(s) whose backward gave a dL/d(input) root cause (``by``): ``L`` or ``A + B``."""
+    by = cause.get("by") or ""
+    return by if isinstance(by, str) else " + ".join(by)

@@ -71,7 +71,8 @@ def _root_causes(report: dict) -> list:
         return lines + ["None: every replayed layer matches on the reference's inputs.", ""]
     for cause in causes:
         hint = f": {text(cause['hint'])}" if cause.get("hint") else ""
-        lines.append(f"- {text(cause.get('kind', ''))} {code(common.pair_label(cause))}, "
+        by = f" by {text(common.by_layers(cause))}" if cause.get("by") else ""
+        lines.append(f"- {text(cause.get('kind', ''))} {code(common.pair_label(cause))}{by}, "
                      f"local rel_l2 {common.number(cause.get('local_rel_l2'))}{hint}")
     return lines + [""]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ..report.common import number, position_text
+from ..report.common import by_layers, number, position_text
 from .steps import terminal_tables as step_tables
 
 STATUS_STYLE = {"ok": "green", "diverged": "bold red", "shape_mismatch": "bold magenta",
@@ -130,8 +130,9 @@ def replay_lines(report) -> list:
     for cause in causes[:MAX_LISTED]:
         a, b = cause["a_name"], cause["b_name"]
         hint = f": {cause['hint']}" if cause.get("hint") else ""
-        lines.append(f"  {cause['kind']} {b if a == b else f'{a} <-> {b}'} local rel_l2 "
-                     f"{number(cause['local_rel_l2'])}{hint}")
+        by = f" by {by_layers(cause)}" if cause.get("by") else ""
+        lines.append(f"  {cause['kind']} {b if a == b else f'{a} <-> {b}'}{by} "
+                     f"local rel_l2 {number(cause['local_rel_l2'])}{hint}")
     return lines
 
 

@@ -1,0 +1,141 @@
+"""Backward of a torch replay: each module call's vector-Jacobian product with the reference's
+dL/d(its output), on the reference's inputs.
+
+In the replay pass every tensor a module receives that is the value of a record is a fresh
+leaf holding the reference's value, so autograd's graph is cut at every edge between two
+modules. What stays connected is a module's own computation and the functional ops after the
+records it consumed (``x.flatten(1)``, ``out += identity``, a container's glue around its
+children). A module call's VJP therefore runs from its output back to the first *boundaries*
+it meets: a substituted leaf, or the output of another module call (reached through a
+functional op). What reaches a boundary is that call's contribution to dL/d(the boundary's
+record); the reference's dL/d of a record is the sum over everything that consumed it, so the
+contributions are summed per tensor and judged against it. A record some consumer of which
+gives no contribution (a module without the reference's dL/d(output)) is left unjudged.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch.autograd.graph import GradientEdge
+
+from .convert import to_numpy
+
+WALK_LIMIT = 50_000     # autograd nodes visited per module call at most
+
+
+class Backward:
+    """What the replay pass registers for the backward, and the VJPs run on it afterwards."""
+
+    def __init__(self):
+        self.boundary = {}      # (id(grad_fn), output_nr) -> key of the tensor it produced
+        self.leaves = {}        # id(substituted leaf) -> key of the record it holds
+        self.records = defaultdict(list)    # key -> [(record name, call)] (a container's alias)
+        self.by_record = {}     # (record name, call) -> key
+        self.given = {}         # id(substituted clone) -> (key of its record, version)
+        self.calls = []         # (path, record name, call, [(output name, tensor)])
+        self.alive = []         # keeps grad_fn nodes and leaves alive, so their ids stay unique
+
+    def output(self, record_name, call, t):
+        """``t``, a module call's output, is the value of the record ``(record_name, call)``;
+        a container returning its child's tensor adds a second name for the same tensor."""
+        if t.grad_fn is None:
+            return
+        edge = (id(t.grad_fn), t.output_nr)
+        given = self.given.get(id(t))
+        if given is not None and given[1] == t._version:
+            # a module returning what it was given (``nn.Identity``): the same tensor as its
+            # input's record, as in the reference, where the two records share one gradient
+            self.boundary.setdefault(edge, given[0])
+        key = self.boundary.setdefault(edge, ("tensor", edge))
+        self.alive.append(t.grad_fn)
+        self._named(key, record_name, call)
+
+    def input(self, record_name, call, t):
+        """``t``, a model input, is the value of the input record ``(record_name, call)``."""
+        self._named(("input", record_name, call), record_name, call)
+
+    def substitute(self, source, value):
+        """A tensor holding ``value``, the reference's value of ``source`` (kind, name, call),
+        to give a module: a clone of a fresh leaf, so the module may change it in place
+        (``ReLU(inplace=True)``) and its graph ends at that leaf."""
+        leaf = value.requires_grad_()
+        self.leaves[id(leaf)] = self.by_record.get((source[1], source[2]),
+                                                   ("input", source[1], source[2]))
+        clone = leaf.clone()
+        self.given[id(clone)] = (self.leaves[id(leaf)], clone._version)
+        self.alive += [leaf, clone]
+        return clone
+
+    def called(self, path, record_name, call, named):
+        """A module call, its outputs ``[(output record name, tensor)]``."""
+        self.calls.append((path, record_name, call,
+                           [(n, t) for n, t in named if t.grad_fn is not None]))
+
+    def _named(self, key, record_name, call):
+        if (record_name, call) not in self.records[key]:
+            self.records[key].append((record_name, call))
+        self.by_record.setdefault((record_name, call), key)
+
+    def run(self, module, reference, param_grads):
+        """``{(record name, call): (consumers, dL/d)}`` for every record whose consumers all
+        gave their contribution; ``param_grads`` (``{name: gradient}``) gains each call's
+        parameter gradients."""
+        sums, consumers, incomplete = {}, defaultdict(list), set()
+        for path, record_name, call, named in self.calls:
+            mine = [(n, t) for n, t in named
+                    if self.records.get(self.boundary.get((id(t.grad_fn), t.output_nr)), [None])[0]
+                    == (n, call)]    # an output a child returned belongs to the child
+            hits, complete = self._first_boundaries([t for _, t in mine])
+            seeds = [reference("backward", n, call) for n, _ in mine]
+            if not complete or any(s is None or tuple(s.shape) != tuple(t.shape)
+                                   for s, (_, t) in zip(seeds, mine)):
+                incomplete.update(key for key, _ in hits)
+                continue
+            sub = module.get_submodule(path)
+            params = [(f"{path}.{n}" if path else n, p)
+                      for n, p in sub.named_parameters(recurse=False) if p.requires_grad]
+            if not mine or (not hits and not params):
+                continue
+            found = torch.autograd.grad(
+                [t for _, t in mine], [p for _, p in params] + [edge for _, edge in hits],
+                [torch.from_numpy(s.copy()).to(dtype=t.dtype, device=t.device)
+                 for s, (_, t) in zip(seeds, mine)], retain_graph=True, allow_unused=True)
+            for (name, _), g in zip(params, found):
+                if g is not None:
+                    value = to_numpy(g).astype("float64")
+                    param_grads[name] = param_grads[name] + value if name in param_grads else value
+            for (key, _), g in zip(hits, found[len(params):]):
+                if g is None:
+                    continue
+                value = to_numpy(g).astype("float64")
+                sums[key] = sums[key] + value if key in sums else value
+                if record_name not in consumers[key]:
+                    consumers[key].append(record_name)
+        return {record: (consumers[key], sums[key]) for key, value in sums.items()
+                if key not in incomplete for record in self.records.get(key, ())}
+
+    def _first_boundaries(self, outputs):
+        """``([(key, edge to differentiate against)], complete)``: the boundaries the outputs'
+        graph reaches first (substituted leaves, other calls' outputs), each once."""
+        hits, seen = {}, set()
+        stack = [edge for t in outputs for edge in t.grad_fn.next_functions]
+        while stack:
+            if len(seen) > WALK_LIMIT:
+                return list(hits.values()), False
+            node, nr = stack.pop()
+            if node is None or (id(node), nr) in seen:
+                continue
+            seen.add((id(node), nr))
+            key = self.boundary.get((id(node), nr))
+            if key is not None:
+                hits[(id(node), nr)] = (key, GradientEdge(node, nr))
+                continue
+            variable = getattr(node, "variable", None)
+            if variable is not None:
+                key = self.leaves.get(id(variable))
+                if key is not None:     # one entry per leaf: ``attn(x, x, x)`` has three
+                    hits[(id(node), nr)] = (key, variable)
+                continue
+            stack.extend(node.next_functions)
+        return list(hits.values()), True
