@@ -34,6 +34,6 @@ def record_generation(model, inputs, path, *, level="module", include=None, excl
     with Recording(model, path, every=1, values=values, loss=False, level=level, include=include,
                    exclude=exclude, kinds=kinds, overwrite=overwrite, dims=dims, seed=seed,
                    model_name=model_name, params=params, flush_every=flush_every,
-                   background=background, decode=True) as session:
+                   background=background, decode=True):
         with torch.no_grad():
             return model.generate(*args, **kwargs, **generate_kwargs)
