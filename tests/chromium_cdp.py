@@ -1,6 +1,7 @@
-"""A small Chrome DevTools Protocol client (over tornado's websocket client) for the HTML
-report's browser tests and bench/bench_graph.py: headless Chromium on a private profile, pages
-opened by file URL, scripts evaluated, real mouse clicks dispatched at an element's centre."""
+"""A small Chrome DevTools Protocol client (over tornado's websocket client) for the browser
+tests (the HTML report's graph panel, Model Explorer under `tracediff view`) and
+bench/bench_graph.py: headless Chromium on a private profile, pages opened, scripts evaluated,
+real mouse clicks dispatched at an element's centre. No browser-automation dependency."""
 import asyncio
 import json
 import shutil
@@ -10,18 +11,27 @@ import urllib.request
 from pathlib import Path
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+FLAGS = ("--headless", "--no-sandbox", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run",
          "--remote-debugging-port=0", "--remote-allow-origins=*")
+# Model Explorer draws with WebGL: in a headless browser without a GPU, in software.
+SOFTWARE_WEBGL = ("--enable-unsafe-swiftshader", "--use-angle=swiftshader", "--use-gl=angle",
+                  "--ignore-gpu-blocklist")
 
 
 class Browser:
-    def __init__(self, profile, timeout=20.0):
+    """One headless Chromium with one page; ``webgl``: draw WebGL in software (else no GPU at
+    all); ``close()`` ends the process it started."""
+
+    def __init__(self, profile, timeout=20.0, webgl=False, window=(1400, 900)):
         from tornado.websocket import websocket_connect
 
         self.timeout = timeout
-        self.process = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        graphics = SOFTWARE_WEBGL if webgl else ("--disable-gpu",)
+        self.process = subprocess.Popen(
+            [CHROMIUM, *FLAGS, *graphics, "--window-size={},{}".format(*window),
+             f"--user-data-dir={profile}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.loop = asyncio.new_event_loop()
         try:
             port = self._port(Path(profile) / "DevToolsActivePort")

@@ -2,10 +2,8 @@
 Explorer it starts on a planted-bug ONNX export, and the page shows the status overlay applied:
 the nodes before the planted conv ok, the planted conv the first divergence, in the side panel's
 node table and in the colours drawn on the graph."""
-import base64
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -18,12 +16,11 @@ pytest.importorskip("model_explorer")
 pytest.importorskip("model_explorer_onnx")
 pytest.importorskip("tornado")
 
-from cdp import Browser  # noqa: E402
+from chromium_cdp import CHROMIUM, Browser  # noqa: E402
 from explorer_models import planted  # noqa: E402
 from tracediff.explorer.server import free_port  # noqa: E402
 from tracediff.report.model_explorer import STATUS_COLORS  # noqa: E402
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None,
     reason="chromium not installed (apt-get install -y chromium, or `make browser`): "
@@ -123,9 +120,9 @@ def served(tmp_path_factory):
 def test_view_shows_the_planted_node_as_the_first_divergence(served):
     address, folder = served
     assert address != "exited", (folder / "view.log").read_text()[-2000:]
-    browser = Browser(CHROMIUM, folder / "profile")
+    browser = Browser(folder / "profile", timeout=30, webgl=True)
     try:
-        browser.call("Page.navigate", url=address)
+        browser.send("Page.navigate", url=address)
         rows = _wait(lambda: browser.evaluate(NODE_TABLE), 60, "the overlay in the node table")
         statuses = [(row[1], next(c for c in row if c in STATUS_COLORS)) for row in rows
                     if len(row) > 2 and any(c in STATUS_COLORS for c in row)]
@@ -148,7 +145,7 @@ def test_view_shows_the_planted_node_as_the_first_divergence(served):
         box = browser.evaluate(CANVAS_BOX)
 
         def drawn():
-            shot = browser.call("Page.captureScreenshot", format="png", clip=box)["data"]
+            shot = browser.send("Page.captureScreenshot", format="png", clip=box)["data"]
             counts = browser.evaluate(f"{COUNT_COLOURS}({shot!r}, {colours!r})")
             return counts if counts and counts["first divergence"] > 100 else None
 
