@@ -95,16 +95,18 @@ class Report:
     root_causes: list | None = None       # replay: the layers wrong on the reference's inputs
     replayed: bool = False
     findings: list = field(default_factory=list)   # inputs and settings that differ (findings.py)
+    missing: list = field(default_factory=list)    # pairs a Dask cluster lost (dask/cluster.py)
 
     @property
     def ok(self) -> bool:
-        return not any(p.diverged for p in self.pairs)
+        return not self.missing and not any(p.diverged for p in self.pairs)
 
     @property
     def diverged_pairs(self) -> list:
         return [p for p in self.pairs if p.diverged]
 
     def to_dict(self) -> dict:
+        missing = {"missing": self.missing} if self.missing else {}
         return strict({
             "schema": SCHEMA, "ok": self.ok, "a": self.a, "b": self.b,
             "first_divergence": self.first_divergence.to_dict(),
@@ -117,6 +119,7 @@ class Report:
             "summary": self.summary_counts(),
             "root_causes": self.root_causes,
             "replay": self.replay_summary(),
+            **missing,
         })
 
     def replay_summary(self) -> dict | None:
