@@ -4,7 +4,6 @@ loses pairs must say which, never pass."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
