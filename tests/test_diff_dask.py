@@ -126,8 +126,8 @@ def test_a_killed_worker_s_pairs_are_retried(client, traces, tmp_path):
     assert there.to_dict() == here.to_dict()
 
 
-def test_pairs_lost_with_their_worker_are_named(client, traces, tmp_path, monkeypatch):
-    marker = tmp_path / "killed"
+def test_pairs_lost_with_their_worker_are_named(client, traces, tmp_path, monkeypatch, capsys):
+    marker, out = tmp_path / "killed", tmp_path / "r.json"
     here = td.diff(traces["bug"], traces["ref"])
     monkeypatch.setattr(dask_cluster, "BATCH_PAIRS", 4)
 
@@ -137,24 +137,31 @@ def test_pairs_lost_with_their_worker_are_named(client, traces, tmp_path, monkey
 
     before = client.run_on_scheduler(set_failures, n=0)   # no second try: the batch is lost
     client.register_plugin(KillOnce(str(marker)), name="kill-once")
-    try:
-        there = td.diff(traces["bug"], traces["ref"], dask=client)
+    try:   # the command line joins this cluster by its address
+        status = main(["diff", traces["bug"], traces["ref"], "--dask", client.scheduler.address,
+                       "--json", str(out), "--quiet"])
     finally:
         client.unregister_worker_plugin("kill-once")
         client.run_on_scheduler(set_failures, n=before)
+    there = json.loads(out.read_text())
     # the killed batch, and any other the dead worker held, are missing: the rest is compared
     killed = int(marker.read_text().rsplit("-", 1)[1])
     key = [(p.kind, p.b_name, p.b_call) for p in here.pairs]
-    missing = [(m["kind"], m["b_name"], m["b_call"]) for m in there.missing]
+    missing = [(m["kind"], m["b_name"], m["b_call"]) for m in there["missing"]]
     assert set(key[4 * killed:4 * killed + 4]) <= set(missing)
     assert len(missing) % 4 == 0 and 4 <= len(missing) < len(key)
-    assert all("KilledWorker" in m["reason"] for m in there.missing)
-    assert there.ok is False
-    assert there.to_dict()["missing"] == there.missing
+    assert all(m["reason"].startswith("KilledWorker") for m in there["missing"])
+    assert there["ok"] is False and status == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip() == (
+        f"tracediff diff: error: {len(missing)} pair(s) were not compared "
+        f"({there['missing'][0]['reason']}), see \"missing\" in the JSON report; run again")
+    assert f"{len(missing)} pair(s) not compared: {missing[0][0]} {missing[0][1]}" in captured.out
     # the statistics of the pairs compared are the in-process ones (their verdicts and hints
     # may differ: a first divergence among the missing pairs is not there to explain)
-    assert [(p.kind, p.b_name, p.b_call, p.stats) for p in there.pairs] == \
-        [(p.kind, p.b_name, p.b_call, p.stats) for p, k in zip(here.pairs, key) if k not in missing]
+    assert [(p["kind"], p["b_name"], p["b_call"], p["stats"]) for p in there["pairs"]] == \
+        [(p["kind"], p["b_name"], p["b_call"], p["stats"])
+         for p, k in zip(here.to_dict()["pairs"], key) if k not in missing]
 
 
 def _free_port():
