@@ -19,7 +19,6 @@ statistics + hash + sample; fixed per-record cost), what comparing costs per byt
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import shutil
@@ -33,6 +32,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
 import tracediff as td  # noqa: E402
+from timing import median_seconds  # noqa: E402
 
 MiB, GiB = 1 << 20, 1 << 30
 FLUSH_EVERY = 64     # records between index flushes, as the torch adapter writes them
@@ -117,15 +117,6 @@ def count_planted(args):
 
 # -- per-record costs -----------------------------------------------------------------------
 
-def _median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
-
-
 def run_costs(args):
     """MiB/s of recording full records and stats-only ones (8 float32 records of 32 MiB), the
     fixed cost of a small record, and the diff's cost per stats-only pair."""
@@ -139,7 +130,7 @@ def run_costs(args):
                                  overwrite=True) as rec:
                     for i in range(8):
                         rec.forward(f"l{i}", x)
-            t = _median_time(record, args.repeats)
+            t = median_seconds(record, args.repeats)
             print(f"record, {label}: {8 * x.nbytes / t / MiB:.0f} MiB/s")
         small = np.ones(16, np.float32)
         count = 4000
@@ -149,11 +140,11 @@ def run_costs(args):
                              flush_every=FLUSH_EVERY) as rec:
                 for i in range(count):
                     rec.forward(f"l{i}", small * (1 + (i % 7)))
-        t = _median_time(lambda: small_records(os.path.join(folder, "s.h5")), args.repeats)
+        t = median_seconds(lambda: small_records(os.path.join(folder, "s.h5")), args.repeats)
         print(f"record, fixed cost of one record (16 elements, stats-only, flush every "
               f"{FLUSH_EVERY}): {t / count * 1e6:.0f} us")
         small_records(os.path.join(folder, "t.h5"))
-        t = _median_time(lambda: td.diff(os.path.join(folder, "s.h5"), os.path.join(folder, "t.h5")),
+        t = median_seconds(lambda: td.diff(os.path.join(folder, "s.h5"), os.path.join(folder, "t.h5")),
                          args.repeats)
         print(f"diff of two stats-only traces of {count} records: {t:.2f} s "
               f"({t / count * 1e6:.0f} us a pair, in-process)")
