@@ -114,6 +114,18 @@ def test_pairs_too_large_for_a_worker_are_compared_here(client, traces, monkeypa
     assert not tasks   # the traces hold no empty tensor: every pair is over a zero limit
 
 
+def test_a_trace_the_workers_cannot_see_is_one_error(client, traces, tmp_path):
+    import shutil
+
+    moved = tmp_path / "bug.h5"
+    shutil.copy(traces["bug"], moved)
+    with td.open(moved) as bug:      # opened here, then gone from the path the workers get
+        moved.unlink()
+        with pytest.raises(td.TraceDiffError, match=r"a Dask worker on .* cannot find .*bug\.h5: "
+                           r"the traces must be at the same path on every worker"):
+            td.diff(bug, traces["ref"], dask=client)
+
+
 def test_a_killed_worker_s_pairs_are_retried(client, traces, tmp_path):
     marker = tmp_path / "killed"
     here = td.diff(traces["bug"], traces["ref"])

@@ -7,9 +7,11 @@ the pair is done."""
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from collections import OrderedDict
 
+from ..errors import TraceDiffError
 from ..trace import open_trace
 
 MAX_OPEN = 4    # traces kept open per worker process (each holds its index)
@@ -28,7 +30,12 @@ def compare_batch(path_a: str, path_b: str, jobs: list, dims) -> list:
 def _trace(path: str):
     """The trace at ``path``, opened once per worker and file version (a rewritten file is
     opened again)."""
-    stat = os.stat(path)
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        raise TraceDiffError(
+            f"a Dask worker on {socket.gethostname()} cannot find {path}: the traces must be at "
+            "the same path on every worker (a shared file system)") from None
     key = (path, stat.st_mtime_ns, stat.st_size)
     with _lock:
         trace = _open.get(key)
