@@ -119,8 +119,9 @@ class Record:
 class Trace:
     """A trace opened for reading. The index is read at open; tensors only when asked for."""
 
-    def __init__(self, path, *, warn_incomplete=True):
+    def __init__(self, path, *, warn_incomplete=True, mapped=True):
         self.path = os.fspath(path)
+        self._map_views = mapped   # False: views read through HDF5 (Dask workers, see dask/)
         self._file = _open_h5(self.path)
         try:
             self._load(warn_incomplete)
@@ -170,7 +171,8 @@ class Trace:
                 f"{self.path} is a damaged tracediff trace: index lacks field(s) {', '.join(missing)}")
         self._data = data
         self._data_size = int(data.shape[0])
-        self._mapped = None   # a MappedBlob once a view asked for one, False where none can be
+        # a MappedBlob once a view asked for one, False where none can be or none is wanted
+        self._mapped = None if self._map_views else False
         self._mapping_lock = threading.Lock()
         n = int(records.shape[0])
         committed = n
@@ -439,10 +441,11 @@ class Trace:
         return f"<tracediff.Trace {self.path!r}: {len(self)} records, framework={self.framework!r}>"
 
 
-def open_trace(path, *, warn_incomplete=True) -> Trace:
-    """Open a trace file lazily: the index is read, tensors only on ``Record.read()``. A
-    multi-rank trace folder opens with ``tracediff.ranks.open_any`` (``td.open``)."""
-    return Trace(path, warn_incomplete=warn_incomplete)
+def open_trace(path, *, warn_incomplete=True, mapped=True) -> Trace:
+    """Open a trace file lazily: the index is read, tensors only on ``Record.read()``.
+    ``mapped=False``: ``Record.view()`` reads through HDF5 instead of mapping the file's pages.
+    A multi-rank trace folder opens with ``tracediff.ranks.open_any`` (``td.open``)."""
+    return Trace(path, warn_incomplete=warn_incomplete, mapped=mapped)
 
 
 def _open_h5(path) -> h5py.File:

@@ -18,6 +18,9 @@ def add_arguments(parser):
     parser.add_argument("--fp64", metavar="G",
                         help="a float64 run of the reference: each pair passes when A is within "
                              "k x B's RMSE from G (k = 2 for float32, 3 for 16-bit); see docs/diff.md")
+    parser.add_argument("--dask", metavar="ADDRESS|local:N",
+                        help="compare the pairs on a Dask cluster: a scheduler address, or local:N "
+                             "to start N local workers (needs tracediff[dask])")
     add_options(parser)
 
 
@@ -82,7 +85,7 @@ def compare_and_report(a, b, args) -> int:
     try:
         report = diff(a, b, rtol=args.rtol, atol=args.atol, align=args.align,
                       rename=args.rename, tolerances=args.tolerances, progress=progress,
-                      fp64=getattr(args, "fp64", None))
+                      fp64=getattr(args, "fp64", None), dask=getattr(args, "dask", None))
     finally:
         progress.close()
     return publish(report, args)
@@ -108,4 +111,9 @@ def publish(report, args) -> int:
             print(summary_line(report))
         else:
             report.render()
+    if report.missing:   # an incomplete diff is no verdict: the report lists what is missing
+        print(f"tracediff diff: error: {len(report.missing)} pair(s) were not compared "
+              f"({report.missing[0]['reason']}), see \"missing\" in the JSON report; run again",
+              file=sys.stderr)
+        return 2
     return 0 if report.ok else 1

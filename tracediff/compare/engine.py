@@ -46,14 +46,15 @@ INTRODUCED_GROWTH = 10.0          # error growing less than this across a layer 
 
 
 def diff(a, b, *, rtol=None, atol=None, align="auto", rename=None, tolerances=None,
-         progress=None, fp64=None) -> Report:
+         progress=None, fp64=None, dask=None) -> Report:
     """Compare trace ``a`` (candidate) with trace ``b`` (reference); paths or opened traces.
 
     ``rename``: a rules file path, a dict (parsed TOML) or Rules; ``tolerances``: a TOML path,
     a dict ``{"glob": {"rtol":..,"atol":..}}`` or a list of LayerTolerance. ``progress(done,
     total)`` is called after each pair. ``fp64``: a float64 run of the reference (path or
     opened trace); each pair is then judged by how close a is to it against how close b is
-    (``compare/fp64.py``).
+    (``compare/fp64.py``). ``dask``: ``"local:N"``, a scheduler address or a
+    ``distributed.Client``; the pairs are then compared on that cluster (``tracediff/dask``).
     """
     if align not in ALIGN_MODES:
         raise TraceDiffError(f"unknown alignment {align!r}: use one of {', '.join(ALIGN_MODES)}")
@@ -72,12 +73,17 @@ def diff(a, b, *, rtol=None, atol=None, align="auto", rename=None, tolerances=No
             trace_g = _open(fp64, opened)
             fp64_rule.check_float64(trace_g)
         rank_findings = ranks_diagnose.prepare(trace_a, trace_b)   # multi-rank traces only
-        report = _diff(trace_a, trace_b, align, rules, policy, progress, started, trace_g)
+        cluster = None
+        if dask is not None:   # after the traces: a bad path is refused before a cluster starts
+            from ..dask import connect
+            cluster = connect(dask)
+            opened.append(cluster)
+        report = _diff(trace_a, trace_b, align, rules, policy, progress, started, trace_g, cluster)
         if rank_findings:
             ranks_diagnose.annotate(report, rank_findings)
         return report
     finally:
-        for trace in opened:
+        for trace in reversed(opened):
             trace.close()
 
 
@@ -126,7 +132,7 @@ def depths(trace) -> dict:
     return out
 
 
-def _diff(ta, tb, mode, rules, policy, progress, started, tg=None) -> Report:
+def _diff(ta, tb, mode, rules, policy, progress, started, tg=None, cluster=None) -> Report:
     for trace in (ta, tb):
         if len(trace) == 0:  # "0 pairs match" would pass a run that recorded nothing
             raise TraceDiffError(f"{trace.path} holds no records, so there is nothing to compare: "
@@ -148,9 +154,14 @@ def _diff(ta, tb, mode, rules, policy, progress, started, tg=None) -> Report:
                            flowed_a.get(item.a.index, item.a.dtype),
                            flowed_b.get(item.b.index, item.b.dtype),
                            depth.get(item.b.index, 1)) for item in aligned]
-    compared = _compare_all([(*steps.windowed(item.a, item.b, item.window), tol)
-                             for item, tol in zip(aligned, tols)], dims)
+    jobs = [(*steps.windowed(item.a, item.b, item.window), tol) for item, tol in zip(aligned, tols)]
+    compared = (cluster.compare(jobs, dims, ta, tb, compare_pair) if cluster is not None
+                else _compare_all(jobs, dims))
+    missing = []
     for done, (item, pair, tol) in enumerate(zip(aligned, compared, tols), 1):
+        if not isinstance(pair, Pair):   # a pair the cluster lost (dask/cluster.py Missing)
+            missing.append(pair.to_dict())
+            continue
         pair.match, pair.confidence, pair.window = item.match, item.confidence, item.window
         _limit_rel_l2(pair, tol)
         pairs.append(pair)
@@ -199,7 +210,7 @@ def _diff(ta, tb, mode, rules, policy, progress, started, tg=None) -> Report:
         unmatched_records={"a": [_brief(r) for r in unmatched_a], "b": [_brief(r) for r in unmatched_b]},
         histogram=histogram, dims=named, elapsed_s=time.perf_counter() - started,
         findings=findings(aligned, pairs, ta, tb), steps=step_summary.summarize(pairs),
-        graph=dataflow_graph(ta, tb))
+        graph=dataflow_graph(ta, tb), missing=missing)
 
 
 def _declared_flattens(*traces) -> tuple:

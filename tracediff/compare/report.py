@@ -128,16 +128,18 @@ class Report:
     findings: list = field(default_factory=list)   # inputs and settings that differ (findings.py)
     steps: dict | None = None             # per-step summary (step_summary.py); None: one group
     graph: dict | None = None             # the traced dataflow, for drawing (graph.py)
+    missing: list = field(default_factory=list)    # pairs a Dask cluster lost (dask/cluster.py)
 
     @property
     def ok(self) -> bool:
-        return not any(p.diverged for p in self.pairs)
+        return not self.missing and not any(p.diverged for p in self.pairs)
 
     @property
     def diverged_pairs(self) -> list:
         return [p for p in self.pairs if p.diverged]
 
     def to_dict(self) -> dict:
+        missing = {"missing": self.missing} if self.missing else {}
         return strict({
             "schema": SCHEMA, "ok": self.ok, "a": self.a, "b": self.b,
             "first_divergence": self.first_divergence.to_dict(),
@@ -152,6 +154,7 @@ class Report:
             "replay": self.replay_summary(),
             "steps": self.steps,
             "graph": self.graph,
+            **missing,
         })
 
     def replay_summary(self) -> dict | None:

@@ -33,9 +33,15 @@ def summary_line(report) -> str:
         where = position_text(fd.first) if fd.first is not None else ""
         text = (f"DIVERGED: first divergence {f'in {where}: ' if where else ''}"
                 f"{'; '.join(parts) if parts else 'in parameters'} ({others} of {n} pairs diverge)")
+    missing = getattr(report, "missing", None)
+    if missing and not report.diverged_pairs:
+        text = f"INCOMPLETE: {n} aligned pairs compared match within tolerance"
     unmatched = len(report.unmatched["a"]) + len(report.unmatched["b"])
     if unmatched:
         text += f"; {len(report.unmatched['a'])} record(s) of a and {len(report.unmatched['b'])} of b unmatched"
+    if missing:
+        names = ", ".join(f"{m['kind']} {m['b_name']}" for m in missing[:3])
+        text += f"; {len(missing)} pair(s) not compared: {names}{', ...' if len(missing) > 3 else ''}"
     return text
 
 
