@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 pytest.importorskip("distributed")
@@ -246,3 +247,27 @@ def test_an_unreachable_scheduler_is_one_line(traces, capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"tracediff diff: error: cannot reach the Dask scheduler at {address}")
     assert time.perf_counter() - started < 15
+
+
+def test_a_multi_rank_folder_diffs_as_in_process(client, tmp_path):
+    """A rank folder's records are reassembled by the caller (a worker opens one file a side):
+    the report is still the in-process one, and a wrong shard is still named."""
+    from test_ranks_format import write_ranks
+
+    full = np.arange(42, dtype=np.float32).reshape(6, 7)
+    with td.Recorder(tmp_path / "ref.h5") as rec:
+        rec.record("forward", "rows", full)
+        rec.record("forward", "same", full * 2)
+
+    def records(rank):
+        part = np.array_split(full, 2, axis=0)[rank].copy()
+        if rank == 1:
+            part[0, 3] += 1.0          # one element of rank 1's shard
+        return [("forward", "rows", part, {"placement": "Shard(0)"}),
+                ("forward", "same", full * 2, {})]
+    folder = str(write_ranks(tmp_path / "run.trace", 2, records))
+    ref = str(tmp_path / "ref.h5")
+    here = td.diff(folder, ref)
+    there = td.diff(folder, ref, dask=client)
+    assert there.to_dict() == here.to_dict()
+    assert there.first_divergence.forward.b_name == "rows" and not there.missing

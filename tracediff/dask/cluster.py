@@ -112,7 +112,7 @@ class Cluster:
         limit = self.pair_limit()
         path_a, path_b = os.path.abspath(ta.path), os.path.abspath(tb.path)
         # A worker opens one file a side; a multi-rank folder's records are reassembled here.
-        files = os.path.isfile(path_a) and os.path.isfile(path_b)
+        files = not (os.path.isdir(path_a) or os.path.isdir(path_b))
         batches, where = [], {}
         batch, size = [], 0
         for i, (a, b, tol) in enumerate(jobs):
