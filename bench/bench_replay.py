@@ -7,10 +7,16 @@ by default) with a cross-entropy loss. ``record`` is one training-step recording
 backward, parameters); ``replay`` is everything ``td.replay`` does: record the candidate on the
 reference's inputs, align and compare it, run every module on the reference's values and
 every parameter-holding module's VJP. The target (issue 21): replay at most 2x one recording.
+
+``replay`` is the model against its own trace, where every layer's inputs and output are
+bit-identical to the reference's and none needs to run again (replays/shortcut.py);
+``replay, bug`` is a copy with the weight of the middle Linear scaled by 1.01, so the layers
+from there on run.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import tempfile
@@ -47,6 +53,12 @@ def main():
                                   args.repeat)
         t_replay = median_seconds(lambda: td.replay(model, ref, loss_fn=loss_fn), args.repeat)
         report = td.replay(model, ref, loss_fn=loss_fn)
+        bad = copy.deepcopy(model)
+        middle = [m for m in bad.modules() if isinstance(m, torch.nn.Linear)][args.layers // 2]
+        with torch.no_grad():
+            middle.weight.mul_(1.01)
+        t_bug = median_seconds(lambda: td.replay(bad, ref, loss_fn=loss_fn), args.repeat)
+        bug_report = td.replay(bad, ref, loss_fn=loss_fn)
     modules = 2 * args.layers + 1
     print(f"{modules} modules, width {args.width}, batch {args.batch}, torch threads "
           f"{torch.get_num_threads()}")
@@ -54,6 +66,9 @@ def main():
     print(f"replay  {t_replay:.3f} s (median of {args.repeat}): x{t_replay / t_record:.2f} one "
           f"recording; {report.replay_summary()['replayed']} pairs replayed, "
           f"{len(report.root_causes)} root causes")
+    print(f"replay, bug  {t_bug:.3f} s (median of {args.repeat}): x{t_bug / t_record:.2f} one "
+          f"recording; {bug_report.replay_summary()['replayed']} pairs replayed, "
+          f"{len(bug_report.root_causes)} root causes")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,87 @@
+"""The layers replay need not run again: those whose every consumed record, and whose own
+output, the candidate recorded bit-identical to the reference's. Run on the reference's inputs
+(the very values it was recorded on), such a layer computes its recorded output again, which is
+the reference's: its local result is ``ok`` with no error, and the replay says it took it from
+the recording (``local["from"] == "recorded"``). A clean prefix of a network (everything before
+the first bug, all of a correct port recorded in the same framework) then costs nothing to
+replay. Parameter gradients likewise: a parameter whose recorded gradient is bit-identical to
+the reference's, held by a module every call of which is unchanged and got the reference's own
+dL/d(output), has the reference's gradient as its local one."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .dataflow import consumed
+
+RECORDED = "recorded"
+NOT_PURE = ("Dropout",)     # recorded in training mode, replayed in eval mode: not the same run
+
+
+@dataclass
+class Unchanged:
+    forward: set = field(default_factory=set)      # (record name, call) of forward records
+    params: set = field(default_factory=set)       # parameter record names
+    backward: set = field(default_factory=set)     # (record name, call) whose dL/d is recorded
+    consumed: set = field(default_factory=set)     # (kind, name, call) some forward record consumed
+
+
+def identical_pairs(report, layouts) -> set:
+    """``(kind, a_name, a_call)`` of the pairs whose values are bit-identical: no difference
+    over every element (not a sample), no NaN or Inf, the same shape and dtype, no layout."""
+    found = set()
+    for p in report.pairs:
+        stats = p.stats or {}
+        if (p.status == "ok" and stats.get("max_abs") == 0.0 and stats.get("sampled") is False
+                and not any(stats.get(k) for k in ("nan_a", "nan_b", "inf_a", "inf_b"))
+                and list(p.shape_a) == list(p.shape_b) and p.dtype_a == p.dtype_b
+                and layouts.get(id(p), False) is None):
+            found.add((p.kind, p.a_name, p.a_call))
+    return found
+
+
+def unchanged(report, trace_a, layouts, wanted, *, runs_alone=lambda name: True) -> Unchanged:
+    """The forward records of ``wanted`` and the parameters whose local result is their
+    recorded one (see the module). ``runs_alone(name)``: whether the layer of a record can be
+    left out of the replay on its own (a NumPy layer whose backward needs its forward cannot)."""
+    same = identical_pairs(report, layouts)
+    result = Unchanged()
+    calls = {}
+    for r in trace_a:
+        if r.kind != "forward":
+            continue
+        calls.setdefault(r.name, []).append(r)
+        if ((r.name, r.call) in wanted and ("forward", r.name, r.call) in same
+                and runs_alone(r.name)
+                and not any(word in str(r.meta.get("op_type", "")) for word in NOT_PURE)
+                and all(source in same for source in consumed(trace_a, r))):
+            result.forward.add((r.name, r.call))
+    consumers = {}
+    for records in calls.values():
+        for r in records:
+            for source in consumed(trace_a, r):
+                consumers.setdefault(source, []).append(r)
+    result.consumed = set(consumers)
+    for p in report.pairs:
+        if p.kind == "backward" and ("backward", p.a_name, p.a_call) in same:
+            # dL/d(a record) replayed is the sum of its consumers' VJPs on the reference's
+            # dL/d(their outputs): the recorded one where each consumer is unchanged
+            users = [u for kind in ("forward", "input")
+                     for u in consumers.get((kind, p.a_name, p.a_call), [])]
+            if users and all((u.name, u.call) in result.forward
+                             and ("backward", u.name, u.call) in same for u in users):
+                result.backward.add((p.a_name, p.a_call))
+        if p.kind != "param_grad" or ("param_grad", p.a_name, p.a_call) not in same:
+            continue
+        module = p.a_name.rpartition(".")[0] or "<root>"
+        owner = calls.get(module)
+        if owner and all((r.name, r.call) in result.forward
+                         and ("backward", r.name, r.call) in same for r in owner):
+            result.params.add(p.a_name)
+    return result
+
+
+def recorded_local(pair, policy) -> dict:
+    """``local`` of a pair whose replay would give its recorded value, the reference's."""
+    tol = policy.resolve(pair.kind, pair.a_name, pair.b_name, pair.dtype_a, pair.dtype_b, 1)
+    return {"status": "ok", "rel_l2": 0.0, "max_abs": 0.0, "sqnr_db": None,
+            "tolerance": tol.to_dict(), "from": RECORDED}
