@@ -13,7 +13,7 @@ from ..errors import TraceDiffError
 from ..trace import Trace, open_trace
 from .layouts import assumed
 from .local import judge, root_causes, settle_introduced, skipped
-from .shortcut import RECORDED, recorded_local, unchanged
+from .shortcut import RECORDED, recorded_local, unchanged, without_seeds
 
 
 def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None, atol=None,
@@ -58,11 +58,11 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
                 same = unchanged(report, trace_a, values.layouts, wanted, runs_alone=(
                     lambda name: not hasattr((layers or {}).get(name), "backward")))
                 if _needs_run(report, wanted, same, framework):
-                    results = _run_layers(framework, candidate, run_inputs, values, wanted,
-                                          report, trace_a, layers)
+                    results = _run_layers(framework, candidate, run_inputs,
+                                          without_seeds(values, same.quiet), wanted, report,
+                                          trace_a, layers)
                 else:     # nothing to run again: every local result is the recorded one
-                    results = ({}, {}, {name: RECORDED for name in same.backward}
-                               if framework in BACKWARD_REPLAYED else {}, "")
+                    results = ({}, {}, {}, "")
                 _judge_all(report, reference, values, wanted, results, framework,
                            _policy(rtol, atol, rename, tolerances), same)
                 settle_introduced(report)
@@ -100,6 +100,8 @@ def _judge_all(report, reference, values, wanted, results, framework, policy, sa
         local[key] = RECORDED
     for name in same.params:
         grads[name] = RECORDED
+    if framework in BACKWARD_REPLAYED:
+        input_grads.update((key, RECORDED) for key in same.backward)
     no_gradient = {
         "torch": "no call of its module had the reference's dL/d(output)",
         "numpy": "no layer with a backward in layers= gave it a gradient",

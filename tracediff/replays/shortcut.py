@@ -23,6 +23,7 @@ class Unchanged:
     params: set = field(default_factory=set)       # parameter record names
     backward: set = field(default_factory=set)     # (record name, call) whose dL/d is recorded
     consumed: set = field(default_factory=set)     # (kind, name, call) some forward record consumed
+    quiet: set = field(default_factory=set)        # (name, call) of layer calls needing no VJP
 
 
 def identical_pairs(report, layouts) -> set:
@@ -77,7 +78,32 @@ def unchanged(report, trace_a, layouts, wanted, *, runs_alone=lambda name: True)
         if owner and all((r.name, r.call) in result.forward
                          and ("backward", r.name, r.call) in same for r in owner):
             result.params.add(p.a_name)
+    has_backward = {(p.kind, p.a_name, p.a_call) for p in report.pairs if p.kind == "backward"}
+    for name, records in calls.items():
+        own = [p.a_name for p in report.pairs if p.kind == "param_grad"
+               and (p.a_name.rpartition(".")[0] or "<root>") == name]
+        if all(p in result.params for p in own) and all(
+                (r.name, r.call) in result.forward and all(
+                    ("backward", s[1], s[2]) not in has_backward or (s[1], s[2]) in result.backward
+                    for s in consumed(trace_a, r)) for r in records):
+            result.quiet.update((r.name, r.call) for r in records)
     return result
+
+
+def without_seeds(values, quiet):
+    """``values`` without the reference's dL/d(output) of the layer calls in ``quiet``: their
+    VJPs (parameter gradients, and dL/d of what they consumed) are all recorded ones, so the
+    adapter, finding no seed, does not run them."""
+    if not quiet:
+        return values
+
+    def seeded(kind, name, call):
+        if kind == "backward" and (name, call) in quiet:
+            return None
+        return values(kind, name, call)
+
+    seeded.layouts = values.layouts
+    return seeded
 
 
 def recorded_local(pair, policy) -> dict:
