@@ -22,7 +22,7 @@ PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--imp
 def run_repros(folder, *tests):
     """The written pytest files run in a fresh interpreter, as a user would; (exit status,
     output)."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
     done = subprocess.run(PYTEST + list(tests), capture_output=True, text=True, cwd=folder,
                           env=env, timeout=120)
     return done.returncode, done.stdout + done.stderr
