@@ -193,3 +193,40 @@ def test_a_numpy_repro_runs_the_ports_layer_named_as_in_layers(tmp_path, monkeyp
         "tracediff extract: error: --candidate 'numpy_ports:port' is a function of (rec, x), not "
         "a model: name the model, a function of no arguments that returns it, or for a NumPy "
         "port its layers dict {record name: fn(*inputs)}")
+
+
+CNN_PORTS = '''from torch_references import torch_cnn
+from test_tensorflow_vs_torch import keras_cnn
+reference = torch_cnn()
+port = keras_cnn(reference)
+bad = keras_cnn(reference, reorder_flatten=False)
+'''
+
+
+def test_a_channels_last_keras_repro_gets_the_references_values_in_its_own_layout(
+        tmp_path, monkeypatch):
+    """A channels-last Keras port of a torch CNN: the repro of its Dense layer is fed the
+    reference's NCHW activations flattened in the port's H, W, C order, and expects the
+    reference's output; it passes for the port and fails for the one whose kernel was not
+    reordered for that flatten (run in this process: the Keras test above runs one in a fresh
+    interpreter)."""
+    pytest.importorskip("tensorflow")
+    from tracediff.adapters import tensorflow as tdtf
+    from tracediff.replays.case import check_case
+    from torch_references import DIMS
+    (tmp_path / "cnn_ports.py").write_text(CNN_PORTS)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import cnn_ports
+    x = np.random.default_rng(2).standard_normal((3, 2, 5, 7)).astype(np.float32)
+    tdt.record(cnn_ports.reference, torch.from_numpy(x), "ref.h5", dims=DIMS)
+    for name in ("port", "bad"):
+        tdtf.record(getattr(cnn_ports, name), x.transpose(0, 2, 3, 1), f"{name}.h5", dims=DIMS)
+        assert main(["extract", f"{name}.h5", "ref.h5", "--layer", "fc", "--candidate",
+                     f"cnn_ports:{name}", "--out", name]) == 0
+    with open_trace(tmp_path / "port" / "fc.h5") as case:
+        assert tuple(case.get("arg:0", kind="input").shape) == (3, 5 * 7 * 11)
+    check_case(tmp_path / "port" / "fc.h5")
+    with pytest.raises(AssertionError, match="fc of cnn_ports:bad on the reference's inputs "
+                                             "differs from the reference: local rel_l2 "):
+        check_case(tmp_path / "bad" / "fc.h5")
