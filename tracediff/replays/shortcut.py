@@ -46,46 +46,49 @@ def unchanged(report, trace_a, layouts, wanted, *, runs_alone=lambda name: True)
     left out of the replay on its own (a NumPy layer whose backward needs its forward cannot)."""
     same = identical_pairs(report, layouts)
     result = Unchanged()
-    calls = {}
+    calls, sources, consumers = {}, {}, {}
     for r in trace_a:
         if r.kind != "forward":
             continue
         calls.setdefault(r.name, []).append(r)
+        sources[r.index] = consumed(trace_a, r)
+        for source in sources[r.index]:
+            consumers.setdefault(source, []).append(r)
         if ((r.name, r.call) in wanted and ("forward", r.name, r.call) in same
                 and runs_alone(r.name)
                 and not any(word in str(r.meta.get("op_type", "")) for word in NOT_PURE)
-                and all(source in same for source in consumed(trace_a, r))):
+                and all(source in same for source in sources[r.index])):
             result.forward.add((r.name, r.call))
-    consumers = {}
-    for records in calls.values():
-        for r in records:
-            for source in consumed(trace_a, r):
-                consumers.setdefault(source, []).append(r)
     result.consumed = set(consumers)
+
+    def unchanged_calls(records):
+        return all((r.name, r.call) in result.forward and ("backward", r.name, r.call) in same
+                   for r in records)
+
+    owned = {}       # module -> its parameters' names
     for p in report.pairs:
         if p.kind == "backward" and ("backward", p.a_name, p.a_call) in same:
             # dL/d(a record) replayed is the sum of its consumers' VJPs on the reference's
             # dL/d(their outputs): the recorded one where each consumer is unchanged
             users = [u for kind in ("forward", "input")
                      for u in consumers.get((kind, p.a_name, p.a_call), [])]
-            if users and all((u.name, u.call) in result.forward
-                             and ("backward", u.name, u.call) in same for u in users):
+            if users and unchanged_calls(users):
                 result.backward.add((p.a_name, p.a_call))
-        if p.kind != "param_grad" or ("param_grad", p.a_name, p.a_call) not in same:
+        if p.kind != "param_grad":
             continue
         module = p.a_name.rpartition(".")[0] or "<root>"
-        owner = calls.get(module)
-        if owner and all((r.name, r.call) in result.forward
-                         and ("backward", r.name, r.call) in same for r in owner):
+        owned.setdefault(module, []).append(p.a_name)
+        if (("param_grad", p.a_name, p.a_call) in same and module in calls
+                and unchanged_calls(calls[module])):
             result.params.add(p.a_name)
-    has_backward = {(p.kind, p.a_name, p.a_call) for p in report.pairs if p.kind == "backward"}
+    backward = {(p.a_name, p.a_call) for p in report.pairs if p.kind == "backward"}
     for name, records in calls.items():
-        own = [p.a_name for p in report.pairs if p.kind == "param_grad"
-               and (p.a_name.rpartition(".")[0] or "<root>") == name]
-        if all(p in result.params for p in own) and all(
-                (r.name, r.call) in result.forward and all(
-                    ("backward", s[1], s[2]) not in has_backward or (s[1], s[2]) in result.backward
-                    for s in consumed(trace_a, r)) for r in records):
+        # a call needs no VJP where its parameters' gradients and the dL/d of every record it
+        # consumed are recorded ones
+        if all(p in result.params for p in owned.get(name, [])) and all(
+                (r.name, r.call) in result.forward
+                and all((s[1], s[2]) not in backward or (s[1], s[2]) in result.backward
+                        for s in sources[r.index]) for r in records):
             result.quiet.update((r.name, r.call) for r in records)
     return result
 
