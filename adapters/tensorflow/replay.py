@@ -19,9 +19,9 @@ from .capture import LayerCapture, structured
 class _Substitution(LayerCapture):
     """The recording's per-instance ``call`` wrappers, substituting instead of capturing."""
 
-    def __init__(self, model, reference, wanted, arguments=None):
+    def __init__(self, model, reference, wanted):
         super().__init__(model)
-        self.reference, self.wanted, self.arguments = reference, wanted, arguments
+        self.reference, self.wanted = reference, wanted
         self.produced = {}      # id(tensor) -> (kind, record name, call); ``alive`` pins the ids
         self.alive = []
         self.calls = defaultdict(int)
@@ -41,8 +41,6 @@ class _Substitution(LayerCapture):
             if tf.executing_eagerly():
                 args = tf.nest.map_structure(self._substituted, args)
                 kwargs = tf.nest.map_structure(self._substituted, kwargs)
-                if self.arguments is not None and (path, self.calls[path]) in self.arguments:
-                    self.arguments[(path, self.calls[path])] = (args, kwargs)
             outputs = original(*args, **kwargs)
             if tf.executing_eagerly():
                 index = self.calls[path]
@@ -58,9 +56,9 @@ class _Substitution(LayerCapture):
         return call
 
 
-def replay(model, inputs, reference, wanted, *, arguments=None):
+def replay(model, inputs, reference, wanted):
     """``{(record name, call): local output}`` for the forward records in ``wanted``; see
-    ``tracediff.adapters.torch.replay.replay`` for ``reference`` and ``arguments``."""
-    with _Substitution(model, reference, wanted, arguments) as substitution:
+    ``tracediff.adapters.torch.replay.replay`` for ``reference``."""
+    with _Substitution(model, reference, wanted) as substitution:
         model(inputs, training=False)
     return substitution.local

@@ -153,22 +153,20 @@ def _torch_case(model, layer, call, values, trace_a, trace_b, stem):
 def _keras_case(model, layer, call, values, trace_a, trace_b, stem):
     """The layer at path ``layer`` (``block/dense``; a ``:0`` suffix picks one of several
     outputs) called in one substituted pass on the reference's (or ``trace_a``'s own) inputs."""
-    from ..adapters.tensorflow import replay as keras_replay
     from ..adapters.tensorflow.capture import layer_paths
+    from ..adapters.tensorflow.extract import layer_arguments
 
     path, _, suffix = layer.partition(":")
-    found = dict(layer_paths(model)).get(path)
-    if found is None:
+    keras_layer = dict(layer_paths(model)).get(path)
+    if keras_layer is None:
         raise _not_called(layer)
     inputs = [r.read() for r in trace_a if r.kind == "input" and r.step == trace_a[0].step]
-    arguments = {(path, call): None}
-    keras_replay.replay(model, inputs[0] if len(inputs) == 1 else inputs, values, set(),
-                        arguments=arguments)
-    if arguments[(path, call)] is None:
+    found = layer_arguments(model, inputs[0] if len(inputs) == 1 else inputs, values, path, call)
+    if found is None:
         raise _not_called(layer)
-    args, kwargs = arguments[(path, call)]
+    args, kwargs = found
     params = [(f"weight:{i}", np.asarray(w), {"position": i, "variable": getattr(v, "path", v.name)})
-              for i, (v, w) in enumerate(zip(found.weights, found.get_weights()))]
+              for i, (v, w) in enumerate(zip(keras_layer.weights, keras_layer.get_weights()))]
     return LayerCase(layer, list(args), dict(kwargs), params,
                      {"path": path, "output": ":" + suffix if suffix else ""})
 

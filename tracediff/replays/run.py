@@ -13,7 +13,7 @@ from ..errors import TraceDiffError
 from ..trace import Trace, open_trace
 from .layouts import assumed
 from .local import judge, root_causes, settle_introduced, skipped
-from .shortcut import RECORDED, recorded_local, unchanged, without_seeds
+from .shortcut import BACKWARD_REPLAYED, needs_run, put_recorded, unchanged, without_seeds
 
 
 def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None, atol=None,
@@ -56,15 +56,19 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
                     if pair.kind == "forward":
                         wanted.setdefault((pair.a_name, pair.a_call), []).append(pair)
                 same = unchanged(report, trace_a, values.layouts, wanted, runs_alone=(
-                    lambda name: not hasattr((layers or {}).get(name), "backward")))
-                if _needs_run(report, wanted, same, framework):
-                    results = _run_layers(framework, candidate, run_inputs,
-                                          without_seeds(values, same.quiet), wanted, report,
-                                          trace_a, layers)
+                    lambda name: not hasattr((layers or {}).get(name), "backward")),
+                    backward=framework in BACKWARD_REPLAYED)
+                policy = _policy(rtol, atol, rename, tolerances)
+                if needs_run(report, wanted, same):
+                    local, grads, input_grads, why = _run_layers(
+                        framework, candidate, run_inputs, without_seeds(values, same.quiet),
+                        wanted, report, trace_a, layers)
                 else:     # nothing to run again: every local result is the recorded one
-                    results = ({}, {}, {}, "")
-                _judge_all(report, reference, values, wanted, results, framework,
-                           _policy(rtol, atol, rename, tolerances), same)
+                    local, grads, input_grads, why = {}, {}, {}, ""
+                same.drop_from(local, grads, input_grads)      # not judged again
+                _judge_all(report, reference, values, wanted, (local, grads, input_grads, why),
+                           framework, policy)
+                put_recorded(report, same, policy)
                 settle_introduced(report)
                 report.a = {**report.a, "path": keep or f"{type(candidate).__name__} (replayed)"}
                 report.root_causes = root_causes(report.pairs)
@@ -75,56 +79,29 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
     return report
 
 
-# the candidates whose replay computes dL/d(a layer's input) by the layers' VJPs
-BACKWARD_REPLAYED = {"numpy"}
-
-
-def _needs_run(report, wanted, same, framework):
-    """Whether any layer must run: a forward record, a parameter gradient or (where the
-    framework replays them) a consumed record's dL/d whose local result is not its recorded one
-    (``shortcut.py``)."""
-    return (any(key not in same.forward for key in wanted)
-            or any(p.kind == "param_grad" and p.a_name not in same.params for p in report.pairs)
-            or framework in BACKWARD_REPLAYED and any(
-                p.kind == "backward" and (p.a_name, p.a_call) not in same.backward
-                and any((kind, p.a_name, p.a_call) in same.consumed for kind in ("forward", "input"))
-                for p in report.pairs))
-
-
-def _judge_all(report, reference, values, wanted, results, framework, policy, same):
-    """Every forward pair's ``local`` (its candidate record's local output, its recorded one
-    where ``same`` says so, or why it has none), and the gradients replay produced:
-    dL/d(input) of single-consumer records and the parameters' gradients."""
+def _judge_all(report, reference, values, wanted, results, framework, policy):
+    """Every forward pair's ``local`` (its candidate record's local output, or why it has
+    none), and the gradients replay produced: dL/d(input) of single-consumer records and the
+    parameters' gradients."""
     local, grads, input_grads, why = results
-    for key in same.forward:
-        local[key] = RECORDED
-    for name in same.params:
-        grads[name] = RECORDED
-    if framework in BACKWARD_REPLAYED:
-        input_grads.update((key, RECORDED) for key in same.backward)
     no_gradient = {
         "torch": "no call of its module had the reference's dL/d(output)",
         "numpy": "no layer with a backward in layers= gave it a gradient",
     }.get(framework, "parameter gradients are replayed for torch and NumPy candidates only")
-    def judged(pair, value):
-        if isinstance(value, str):
-            return recorded_local(pair, policy)
-        return judge(pair, value, reference[pair.b_index], policy,
-                     values.layouts.get(id(pair), False))
-
     for key, pairs in wanted.items():
         for pair in pairs:
-            pair.local = judged(pair, local[key]) if key in local else skipped(why)
+            pair.local = (judge(pair, local[key], reference[pair.b_index], policy,
+                                values.layouts.get(id(pair), False))
+                          if key in local else skipped(why))
     for pair in report.pairs:
-        if input_grads.get((pair.a_name, pair.a_call)) == RECORDED and pair.kind == "backward":
-            pair.local = recorded_local(pair, policy)
-        elif pair.kind == "backward" and (pair.a_name, pair.a_call) in input_grads:
+        if pair.kind == "backward" and (pair.a_name, pair.a_call) in input_grads:
             by, value = input_grads[(pair.a_name, pair.a_call)]
             pair.local = judge(pair, value, reference[pair.b_index], policy,
                                values.layouts.get(id(pair), False), by=by)
         elif pair.kind == "param_grad":
-            pair.local = (judged(pair, grads[pair.a_name]) if pair.a_name in grads
-                          else skipped(no_gradient))
+            pair.local = (judge(pair, grads[pair.a_name], reference[pair.b_index], policy,
+                                values.layouts.get(id(pair), False))
+                          if pair.a_name in grads else skipped(no_gradient))
 
 
 def _run_layers(framework, candidate, run_inputs, values, wanted, report, trace_a, layers):

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from .dataflow import consumed
 
 RECORDED = "recorded"
+# the candidates whose replay computes dL/d(a layer's input) by the layers' VJPs
+BACKWARD_REPLAYED = {"numpy"}
 NOT_PURE = ("Dropout",)     # recorded in training mode, replayed in eval mode: not the same run
 
 
@@ -24,6 +26,16 @@ class Unchanged:
     backward: set = field(default_factory=set)     # (record name, call) whose dL/d is recorded
     consumed: set = field(default_factory=set)     # (kind, name, call) some forward record consumed
     quiet: set = field(default_factory=set)        # (name, call) of layer calls needing no VJP
+    backward_replayed: bool = False                # the candidate's replay computes dL/d inputs
+
+    def drop_from(self, local, grads, input_grads):
+        """Leave the adapter's results for what is taken from the recording out of judging."""
+        for key in self.forward:
+            local.pop(key, None)
+        for name in self.params:
+            grads.pop(name, None)
+        for key in self.backward:
+            input_grads.pop(key, None)
 
 
 def identical_pairs(report, layouts) -> set:
@@ -40,12 +52,15 @@ def identical_pairs(report, layouts) -> set:
     return found
 
 
-def unchanged(report, trace_a, layouts, wanted, *, runs_alone=lambda name: True) -> Unchanged:
+def unchanged(report, trace_a, layouts, wanted, *, runs_alone=lambda name: True,
+              backward=False) -> Unchanged:
     """The forward records of ``wanted`` and the parameters whose local result is their
     recorded one (see the module). ``runs_alone(name)``: whether the layer of a record can be
-    left out of the replay on its own (a NumPy layer whose backward needs its forward cannot)."""
+    left out of the replay on its own (a NumPy layer whose backward needs its forward cannot).
+    ``backward``: whether the candidate's replay computes dL/d of consumed records; the
+    recorded ones are then taken too."""
     same = identical_pairs(report, layouts)
-    result = Unchanged()
+    result = Unchanged(backward_replayed=backward)
     calls, sources, consumers = {}, {}, {}
     for r in trace_a:
         if r.kind != "forward":
@@ -72,7 +87,7 @@ def unchanged(report, trace_a, layouts, wanted, *, runs_alone=lambda name: True)
             # dL/d(their outputs): the recorded one where each consumer is unchanged
             users = [u for kind in ("forward", "input")
                      for u in consumers.get((kind, p.a_name, p.a_call), [])]
-            if users and unchanged_calls(users):
+            if backward and users and unchanged_calls(users):
                 result.backward.add((p.a_name, p.a_call))
         if p.kind != "param_grad":
             continue
@@ -91,6 +106,27 @@ def unchanged(report, trace_a, layouts, wanted, *, runs_alone=lambda name: True)
                         for s in sources[r.index]) for r in records):
             result.quiet.update((r.name, r.call) for r in records)
     return result
+
+
+def needs_run(report, wanted, same) -> bool:
+    """Whether any layer must run: a forward record, a parameter gradient or (where the
+    candidate's replay computes them) a consumed record's dL/d whose local result is not its
+    recorded one."""
+    return (any(key not in same.forward for key in wanted)
+            or any(p.kind == "param_grad" and p.a_name not in same.params for p in report.pairs)
+            or same.backward_replayed and any(
+                p.kind == "backward" and (p.a_name, p.a_call) not in same.backward
+                and any((kind, p.a_name, p.a_call) in same.consumed for kind in ("forward", "input"))
+                for p in report.pairs))
+
+
+def put_recorded(report, same, policy) -> None:
+    """``local`` of every pair ``same`` takes from the recording."""
+    for p in report.pairs:
+        key = (p.a_name, p.a_call)
+        if (p.kind == "forward" and key in same.forward or p.kind == "param_grad"
+                and p.a_name in same.params or p.kind == "backward" and key in same.backward):
+            p.local = recorded_local(p, policy)
 
 
 def without_seeds(values, quiet):
