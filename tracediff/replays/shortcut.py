@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from .dataflow import consumed
 
 RECORDED = "recorded"
-# the candidates whose replay computes dL/d(a layer's input) by the layers' VJPs
+# the candidates whose replay computes dL/d(a layer's input) by the layers' VJPs: their
+# calls all run wherever the report has backward pairs
 BACKWARD_REPLAYED = {"numpy"}
 NOT_PURE = ("Dropout",)     # recorded in training mode, replayed in eval mode: not the same run
 
@@ -23,8 +24,6 @@ NOT_PURE = ("Dropout",)     # recorded in training mode, replayed in eval mode: 
 class Unchanged:
     forward: set = field(default_factory=set)      # (record name, call) of forward records
     params: set = field(default_factory=set)       # parameter record names
-    backward: set = field(default_factory=set)     # (record name, call) whose dL/d is recorded
-    consumed: set = field(default_factory=set)     # (kind, name, call) some forward record consumed
     quiet: set = field(default_factory=set)        # (name, call) of layer calls needing no VJP
     backward_replayed: bool = False                # the candidate's replay computes dL/d inputs
 
@@ -34,8 +33,6 @@ class Unchanged:
             local.pop(key, None)
         for name in self.params:
             grads.pop(name, None)
-        for key in self.backward:
-            input_grads.pop(key, None)
 
 
 def identical_pairs(report, layouts) -> set:
@@ -57,24 +54,21 @@ def unchanged(report, trace_a, layouts, wanted, *, runs_alone=lambda name: True,
     """The forward records of ``wanted`` and the parameters whose local result is their
     recorded one (see the module). ``runs_alone(name)``: whether the layer of a record can be
     left out of the replay on its own (a NumPy layer whose backward needs its forward cannot).
-    ``backward``: whether the candidate's replay computes dL/d of consumed records; the
-    recorded ones are then taken too."""
+    ``backward``: whether the candidate's replay computes dL/d of consumed records by each
+    call's VJP; every call then runs (``quiet`` stays empty)."""
     same = identical_pairs(report, layouts)
     result = Unchanged(backward_replayed=backward)
-    calls, sources, consumers = {}, {}, {}
+    calls, sources = {}, {}
     for r in trace_a:
         if r.kind != "forward":
             continue
         calls.setdefault(r.name, []).append(r)
         sources[r.index] = consumed(trace_a, r)
-        for source in sources[r.index]:
-            consumers.setdefault(source, []).append(r)
         if ((r.name, r.call) in wanted and ("forward", r.name, r.call) in same
                 and runs_alone(r.name)
                 and not any(word in str(r.meta.get("op_type", "")) for word in NOT_PURE)
                 and all(source in same for source in sources[r.index])):
             result.forward.add((r.name, r.call))
-    result.consumed = set(consumers)
 
     def unchanged_calls(records):
         return all((r.name, r.call) in result.forward and ("backward", r.name, r.call) in same
@@ -82,13 +76,6 @@ def unchanged(report, trace_a, layouts, wanted, *, runs_alone=lambda name: True,
 
     owned = {}       # module -> its parameters' names
     for p in report.pairs:
-        if p.kind == "backward" and ("backward", p.a_name, p.a_call) in same:
-            # dL/d(a record) replayed is the sum of its consumers' VJPs on the reference's
-            # dL/d(their outputs): the recorded one where each consumer is unchanged
-            users = [u for kind in ("forward", "input")
-                     for u in consumers.get((kind, p.a_name, p.a_call), [])]
-            if backward and users and unchanged_calls(users):
-                result.backward.add((p.a_name, p.a_call))
         if p.kind != "param_grad":
             continue
         module = p.a_name.rpartition(".")[0] or "<root>"
@@ -96,43 +83,38 @@ def unchanged(report, trace_a, layouts, wanted, *, runs_alone=lambda name: True,
         if (("param_grad", p.a_name, p.a_call) in same and module in calls
                 and unchanged_calls(calls[module])):
             result.params.add(p.a_name)
-    backward = {(p.a_name, p.a_call) for p in report.pairs if p.kind == "backward"}
+    if backward:
+        return result      # every call's VJP gives dL/d of what it consumed: all run
     for name, records in calls.items():
-        # a call needs no VJP where its parameters' gradients and the dL/d of every record it
-        # consumed are recorded ones
+        # a call needs no VJP where its parameters' gradients are all recorded ones
         if all(p in result.params for p in owned.get(name, [])) and all(
-                (r.name, r.call) in result.forward
-                and all((s[1], s[2]) not in backward or (s[1], s[2]) in result.backward
-                        for s in sources[r.index]) for r in records):
+                (r.name, r.call) in result.forward for r in records):
             result.quiet.update((r.name, r.call) for r in records)
     return result
 
 
 def needs_run(report, wanted, same) -> bool:
-    """Whether any layer must run: a forward record, a parameter gradient or (where the
-    candidate's replay computes them) a consumed record's dL/d whose local result is not its
-    recorded one."""
+    """Whether any layer must run: a forward record or a parameter gradient whose local result
+    is not its recorded one, or (where the candidate's replay computes them) any dL/d of a
+    consumed record."""
     return (any(key not in same.forward for key in wanted)
             or any(p.kind == "param_grad" and p.a_name not in same.params for p in report.pairs)
-            or same.backward_replayed and any(
-                p.kind == "backward" and (p.a_name, p.a_call) not in same.backward
-                and any((kind, p.a_name, p.a_call) in same.consumed for kind in ("forward", "input"))
-                for p in report.pairs))
+            or same.backward_replayed and any(p.kind == "backward" for p in report.pairs))
 
 
 def put_recorded(report, same, policy) -> None:
     """``local`` of every pair ``same`` takes from the recording."""
     for p in report.pairs:
         key = (p.a_name, p.a_call)
-        if (p.kind == "forward" and key in same.forward or p.kind == "param_grad"
-                and p.a_name in same.params or p.kind == "backward" and key in same.backward):
+        if p.kind == "forward" and key in same.forward or p.kind == "param_grad" \
+                and p.a_name in same.params:
             p.local = recorded_local(p, policy)
 
 
 def without_seeds(values, quiet):
     """``values`` without the reference's dL/d(output) of the layer calls in ``quiet``: their
-    VJPs (parameter gradients, and dL/d of what they consumed) are all recorded ones, so the
-    adapter, finding no seed, does not run them."""
+    VJPs give only parameter gradients that are recorded ones, so the adapter, finding no
+    seed, does not run them (never where the replay computes dL/d of inputs)."""
     if not quiet:
         return values
 
