@@ -1,16 +1,26 @@
 """Replay benchmark: ``td.replay`` of a 100-layer torch model against one recording of it.
 
     .venv/bin/python bench/bench_replay.py [--layers 50] [--width 256] [--batch 32] [--repeat 3]
+                                           [--cpu]
+
+``--cpu``: process CPU time with one torch thread instead of wall time at default threads,
+for a machine other work is loading.
 
 The model is a torch MLP of ``layers`` Linear + ReLU pairs (2 x layers modules, so 100 layers
 by default) with a cross-entropy loss. ``record`` is one training-step recording (forward,
 backward, parameters); ``replay`` is everything ``td.replay`` does: record the candidate on the
 reference's inputs, align and compare it, run every module on the reference's values and
 every parameter-holding module's VJP. The target (issue 21): replay at most 2x one recording.
+
+``replay`` is the model against its own trace, where every layer's inputs and output are
+bit-identical to the reference's and none needs to run again (replays/shortcut.py);
+``replay, bug`` is a copy with the weight of the middle Linear scaled by 1.01, so the layers
+from there on run.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import tempfile
@@ -24,7 +34,7 @@ import torch.nn.functional as F  # noqa: E402
 import tracediff as td  # noqa: E402
 from tracediff.adapters import torch as tdt  # noqa: E402
 from bench_golden import build  # noqa: E402  (the same deep Linear + ReLU MLP)
-from timing import median_seconds  # noqa: E402
+from timing import median_cpu_seconds, median_seconds  # noqa: E402
 
 
 def main():
@@ -33,7 +43,11 @@ def main():
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cpu", action="store_true", help="CPU time, one torch thread")
     args = parser.parse_args()
+    measure = median_cpu_seconds if args.cpu else median_seconds
+    if args.cpu:
+        torch.set_num_threads(1)
     model = build(args.layers, args.width)
     x = torch.randn(args.batch, args.width)
     y = torch.randint(0, 10, (args.batch,))
@@ -43,17 +57,26 @@ def main():
 
     with tempfile.TemporaryDirectory() as folder:
         ref = os.path.join(folder, "ref.h5")
-        t_record = median_seconds(lambda: tdt.record(model, x, ref, loss_fn=loss_fn, overwrite=True),
+        t_record = measure(lambda: tdt.record(model, x, ref, loss_fn=loss_fn, overwrite=True),
                                   args.repeat)
-        t_replay = median_seconds(lambda: td.replay(model, ref, loss_fn=loss_fn), args.repeat)
+        t_replay = measure(lambda: td.replay(model, ref, loss_fn=loss_fn), args.repeat)
         report = td.replay(model, ref, loss_fn=loss_fn)
+        bad = copy.deepcopy(model)
+        middle = [m for m in bad.modules() if isinstance(m, torch.nn.Linear)][args.layers // 2]
+        with torch.no_grad():
+            middle.weight.mul_(1.01)
+        t_bug = measure(lambda: td.replay(bad, ref, loss_fn=loss_fn), args.repeat)
+        bug_report = td.replay(bad, ref, loss_fn=loss_fn)
     modules = 2 * args.layers + 1
     print(f"{modules} modules, width {args.width}, batch {args.batch}, torch threads "
-          f"{torch.get_num_threads()}")
+          f"{torch.get_num_threads()}, {'CPU' if args.cpu else 'wall'} time")
     print(f"record  {t_record:.3f} s (median of {args.repeat})")
     print(f"replay  {t_replay:.3f} s (median of {args.repeat}): x{t_replay / t_record:.2f} one "
           f"recording; {report.replay_summary()['replayed']} pairs replayed, "
           f"{len(report.root_causes)} root causes")
+    print(f"replay, bug  {t_bug:.3f} s (median of {args.repeat}): x{t_bug / t_record:.2f} one "
+          f"recording; {bug_report.replay_summary()['replayed']} pairs replayed, "
+          f"{len(bug_report.root_causes)} root causes")
 
 
 if __name__ == "__main__":

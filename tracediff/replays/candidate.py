@@ -38,5 +38,22 @@ def load_candidate(spec, label):
 
     candidate = load_object(spec, label)
     if callable(candidate) and framework_of(candidate) in (None, "numpy"):
+        required = _required_arguments(candidate)
+        if required:
+            raise TraceDiffError(
+                f"{label} {spec!r} is a function of ({', '.join(required)}), not a model: name "
+                "the model, a function of no arguments that returns it, or for a NumPy port "
+                "its layers dict {record name: fn(*inputs)}")
         candidate = candidate()
     return candidate
+
+
+def _required_arguments(function) -> list:
+    """The parameters ``function`` cannot be called without ([] where Python cannot tell)."""
+    import inspect
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in parameters if p.default is p.empty
+            and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]

@@ -14,6 +14,7 @@ from ..trace import Trace, open_trace
 from .backward import LocalBackward, input_gradients
 from .layouts import assumed
 from .local import judge, root_causes, settle_introduced, skipped
+from .shortcut import BACKWARD_REPLAYED, needs_run, put_recorded, unchanged, without_seeds
 
 
 def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None, atol=None,
@@ -58,10 +59,20 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
                 for pair in report.pairs:
                     if pair.kind == "forward":
                         wanted.setdefault((pair.a_name, pair.a_call), []).append(pair)
-                local, grads, input_grads, why = _run_layers(
-                    framework, candidate, run_inputs, values, wanted, report, trace_a, layers)
+                same = unchanged(report, trace_a, values.layouts, wanted, runs_alone=(
+                    lambda name: not hasattr((layers or {}).get(name), "backward")),
+                    backward=framework in BACKWARD_REPLAYED)
+                policy = _policy(rtol, atol, rename, tolerances)
+                if needs_run(report, wanted, same):
+                    local, grads, input_grads, why = _run_layers(
+                        framework, candidate, run_inputs, without_seeds(values, same.quiet),
+                        wanted, report, trace_a, layers)
+                else:     # nothing to run again: every local result is the recorded one
+                    local, grads, input_grads, why = {}, {}, {}, ""
+                same.drop_from(local, grads, input_grads)      # not judged again
                 _judge_all(report, reference, values, wanted, (local, grads, input_grads, why),
-                           framework, _policy(rtol, atol, rename, tolerances))
+                           framework, policy)
+                put_recorded(report, same, policy)
                 settle_introduced(report)
                 report.a = {**report.a, "path": keep or f"{type(candidate).__name__} (replayed)"}
                 report.root_causes = root_causes(report.pairs)
