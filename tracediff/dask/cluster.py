@@ -131,7 +131,7 @@ class Cluster:
         run = uuid.uuid4().hex
         futures = [self.client.submit(compare_batch, path_a, path_b,
                                       [(jobs[i][0].index, jobs[i][1].index, jobs[i][2]) for i in indices],
-                                      dims, key=f"tracediff-compare-{run}-{k}",
+                                      dims, compare_here, key=f"tracediff-compare-{run}-{k}",
                                       pure=False, priority=-k)
                    for k, indices in enumerate(batches)]
         results = {}

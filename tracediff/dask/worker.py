@@ -19,10 +19,9 @@ _open: OrderedDict = OrderedDict()
 _lock = threading.Lock()
 
 
-def compare_batch(path_a: str, path_b: str, jobs: list, dims) -> list:
-    """``compare_pair`` of each ``(a_index, b_index, tolerance)``, in order."""
-    from ..compare.engine import compare_pair
-
+def compare_batch(path_a: str, path_b: str, jobs: list, dims, compare_pair) -> list:
+    """``compare_pair`` (the engine's, sent by reference: this module imports no engine) of
+    each ``(a_index, b_index, tolerance)``, in order."""
     ta, tb = _trace(path_a), _trace(path_b)
     return [compare_pair(ta[ia], tb[ib], tol, dims) for ia, ib, tol in jobs]
 
