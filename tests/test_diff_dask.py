@@ -21,6 +21,7 @@ import tracediff as td  # noqa: E402
 from tracediff.adapters import torch as tdt  # noqa: E402
 from tracediff.cli import main  # noqa: E402
 from tracediff.dask import cluster as dask_cluster  # noqa: E402
+from tracediff.report.markdown import render_markdown  # noqa: E402
 
 from dask_kill import KillOnce  # noqa: E402
 
@@ -170,6 +171,9 @@ def test_pairs_lost_with_their_worker_are_named(client, traces, tmp_path, monkey
         f"tracediff diff: error: {len(missing)} pair(s) were not compared "
         f"({there['missing'][0]['reason']}), see \"missing\" in the JSON report; run again")
     assert f"{len(missing)} pair(s) not compared: {missing[0][0]} {missing[0][1]}" in captured.out
+    headline = render_markdown(there).splitlines()[0]       # the HTML report's summary too
+    assert headline.startswith("## tracediff: ❌ ") and \
+        f"{len(missing)} pair(s) not compared: {missing[0][0]} {missing[0][1]}" in headline
     # the statistics of the pairs compared are the in-process ones (their verdicts and hints
     # may differ: a first divergence among the missing pairs is not there to explain)
     assert [(p["kind"], p["b_name"], p["b_call"], p["stats"]) for p in there["pairs"]] == \

@@ -70,6 +70,12 @@ def summary(report: dict) -> str:
     bad = sum(1 for p in pairs if is_diverged(p))
     if report.get("ok"):
         return f"no divergence: {len(pairs)} pairs match within tolerance"
+    missing = report.get("missing") or []
+    if missing:   # pairs a Dask cluster lost: never a silent "ok"
+        names = ", ".join(f"{m['kind']} {m['b_name']}" for m in missing[:3])
+        lost = f"{len(missing)} pair(s) not compared: {names}{', ...' if len(missing) > 3 else ''}"
+        if not bad:
+            return f"incomplete: {len(pairs)} pairs compared match within tolerance; {lost}"
     first = report.get("first_divergence") or {}
     parts = []
     for direction in ("forward", "backward"):
@@ -81,7 +87,8 @@ def summary(report: dict) -> str:
         where = f" (first: {pair_label(grad)})" if grad else ""
         parts.append(f"activations and their gradients match; parameter records diverge{where}")
     where = position_text(first)
-    return f"{bad} of {len(pairs)} pairs diverged; " + (f"in {where}: " if where else "") + "; ".join(parts)
+    return (f"{bad} of {len(pairs)} pairs diverged; " + (f"in {where}: " if where else "")
+            + "; ".join(parts) + (f"; {lost}" if missing else ""))
 
 
 def position_text(item) -> str:
