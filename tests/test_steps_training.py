@@ -76,3 +76,19 @@ def test_terminal_and_html_show_the_step_of_the_divergence(tmp_path, reference, 
     heat = heat[:heat.index("</table>")]
     assert heat.count("<tr>") == 1 + len(report.to_dict()["steps"]["layers"])
     assert heat.count('class="heat bad"') == sum(len(x["diverged"]) for x in report.to_dict()["steps"]["layers"])
+
+
+def test_markdown_has_the_per_step_tables(tmp_path, reference):
+    candidate = tmp_path / "cand.h5"
+    _train(candidate, lambda step: 10.0 if step == 2 else 1.0)
+    diffed = td.diff(candidate, reference)
+    report, text = diffed.to_dict(), diffed.to_markdown()
+    lines = text.splitlines()
+    assert "in step 3:" in lines[0]
+    start = lines.index(f"### Per step ({STEPS})")
+    rows = lines[start + 4:start + 4 + STEPS]
+    assert [row.split(" | ")[0] for row in rows] == [f"| step {s}" for s in range(STEPS)]
+    assert rows[3].split(" | ")[2] != "0" and all(r.split(" | ")[2] == "0" for r in rows[:3])
+    starred = sum(line.count("\\*") for line in lines if line.startswith("| forward")
+                  or line.startswith("| backward") or line.startswith("| param"))
+    assert starred == sum(len(x["diverged"]) for x in report["steps"]["layers"][:20] if x["diverged"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from . import common
+from . import common, steps
 
 TABLE_LIMIT = 50
 
@@ -26,6 +26,7 @@ def render_markdown(report: dict, *, limit: int = TABLE_LIMIT) -> str:
     if report.get("findings"):
         lines.append("")
     lines += _first_divergence(report.get("first_divergence") or {}, dims)
+    lines += steps.markdown_lines(report, code, text)
     lines += _root_causes(report)
     lines += _pairs_table(report.get("pairs") or [], dims, limit)
     lines += _unmatched(report.get("unmatched") or {})

@@ -60,6 +60,39 @@ def terminal_tables(report) -> list:
     return tables
 
 
+def markdown_lines(report: dict, code, text) -> list:
+    """The same two tables in Markdown (``code``, ``text``: the Markdown renderer's escapes);
+    [] for a report of one step."""
+    summary = report.get("steps")
+    if not summary:
+        return []
+    columns = summary["columns"]
+    first_bad = next((i for i, c in enumerate(columns) if c["diverged"]), None)
+    shown = _window(len(columns), first_bad)
+    lines = [f"### Per step ({len(columns)})", "", "| | pairs | diverged | first divergence |",
+             "|---|---:|---:|---|"]
+    for i in shown:
+        c = columns[i]
+        first = f"{text(c['first_kind'])} {code(c['first'])}" if c["first"] else ""
+        lines.append(f"| {text(position_text(c) or '-')} | {c['pairs']} | {c['diverged']} | {first} |")
+    lines.append("")
+    layers = [layer for layer in summary["layers"] if layer["diverged"]][:MAX_LAYERS]
+    if layers:
+        worst = any(layer.get("worst") for layer in layers)
+        head = ["layer", *(_short(columns[i]) or "-" for i in shown)] + (["worst batch/row"] if worst else [])
+        lines += ["rel_l2 per layer per step (diverging layers; * diverged)", "",
+                  "| " + " | ".join(text(h) for h in head) + " |",
+                  "|---" + "|---:" * (len(head) - 1) + "|"]
+        for layer in layers:
+            cells = [number(layer["rel_l2"][i]) + ("\\*" if i in layer["diverged"] else "") for i in shown]
+            if worst:
+                w = layer.get("worst")
+                cells.append(f"{w['batch_index']}/{w['row']}" if w else "-")
+            lines.append(f"| {text(layer['kind'])} {code(layer['label'])} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def _window(n, first_bad) -> list:
     if n <= MAX_COLUMNS:
         return list(range(n))
