@@ -33,7 +33,7 @@ def test_an_unchanged_prefix_is_taken_from_the_recording_and_the_rest_is_run(tmp
     assert clean.root_causes == [] and taken
     assert all(p.local["status"] == "ok" and p.local.get("from") == "recorded"
                and p.local["rel_l2"] == 0.0 for p in taken)
-    # dL/d of inputs, where the candidate's replay computes them, is run (shortcut.py)
+    # dL/d of consumed records too: each consumer is unchanged, with the reference's dL/d(output)
     assert all(p.local["status"] == "ok" for p in clean.pairs if p.local is not None)
     assert clean.replay_summary()["skipped"] == 0
 
@@ -45,6 +45,89 @@ def test_an_unchanged_prefix_is_taken_from_the_recording_and_the_rest_is_run(tmp
     assert {name: local.get("from") for name, local in forward.items()} == {
         "0": "recorded", "1": "recorded", "2": None, "3": None, "4": None, "<root>": None}
     assert [(c["kind"], c["b_name"]) for c in report.root_causes] == [("forward", "2")]
+    # the bug's error reaches every dL/d: each is replayed by its consumer's VJP, and right
+    backward = {(p.a_name, p.a_call): p.local for p in report.pairs if p.kind == "backward"
+                and p.local is not None}
+    assert set(backward) == {(p.a_name, p.a_call) for p in clean.pairs if p.kind == "backward"
+                             and p.local is not None} and backward
+    assert all(local["status"] == "ok" and local.get("from") is None
+               for local in backward.values())
     grads = {p.a_name: p.local for p in report.pairs if p.kind == "param_grad"}
     # the first Linear's gradient flows back through the bug: it is run, and right
     assert grads["0.weight"].get("from") is None and grads["0.weight"]["status"] == "ok"
+
+
+class Fan(torch.nn.Module):
+    """A record two layers consume (their dL/d shares sum), and a root whose own op (the
+    ``+``) sends dL/d to both branches: its VJP runs even on a clean replay."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.act = torch.nn.Linear(7, 11), torch.nn.Tanh()
+        self.a, self.b = torch.nn.Linear(11, 5), torch.nn.Linear(11, 5)
+
+    def forward(self, x):
+        h = self.act(self.lin(x))
+        return self.a(h) + self.b(h)
+
+
+def vjp_runs(monkeypatch):
+    """Counts the torch replay's VJP passes (one per replay with a loss that runs any)."""
+    from tracediff.adapters.torch import replay_vjp
+    runs = []
+    real = replay_vjp.Backward.run
+
+    def counted(self, *args, **kwargs):
+        runs.append(len(self.calls))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(replay_vjp.Backward, "run", counted)
+    return runs
+
+
+def judged_backward(report):
+    return {(p.a_name, p.a_call): (p.local["status"], p.local.get("by"))
+            for p in report.pairs if p.kind == "backward" and p.local is not None}
+
+
+def test_a_clean_self_replay_with_a_loss_takes_every_gradient_from_the_recording(
+        tmp_path, monkeypatch):
+    from tracediff.replays import shortcut
+    model = mlp()
+    x = torch.randn(3, 7, generator=torch.Generator().manual_seed(1))
+    tdt.record(model, x, tmp_path / "ref.h5", loss_fn=loss_fn)
+    runs = vjp_runs(monkeypatch)
+    clean = td.replay(model, tmp_path / "ref.h5", loss_fn=loss_fn)
+    assert runs == []       # no layer, forward or backward, ran again
+    judged = judged_backward(clean)
+    # dL/d of every Linear's and Tanh's output but the last is judged by the layer after it
+    assert judged == {(str(i), 0): ("ok", str(i + 1)) for i in range(4)}
+    assert all(p.local.get("from") == "recorded" for p in clean.pairs
+               if p.kind == "backward" and p.local is not None)
+
+    monkeypatch.setattr(shortcut, "ENABLED", False)
+    run = td.replay(model, tmp_path / "ref.h5", loss_fn=loss_fn)
+    assert len(runs) == 1 and run.root_causes == []
+    assert judged_backward(run) == judged
+    assert not any(p.local and p.local.get("from") for p in run.pairs)
+
+
+def test_a_fan_out_is_judged_as_the_vjp_path_judges_it_and_a_container_op_still_runs(
+        tmp_path, monkeypatch):
+    from tracediff.replays import shortcut
+    model = Fan()
+    x = torch.randn(3, 7, generator=torch.Generator().manual_seed(1))
+    tdt.record(model, x, tmp_path / "ref.h5", loss_fn=loss_fn)
+    runs = vjp_runs(monkeypatch)
+    clean = td.replay(model, tmp_path / "ref.h5", loss_fn=loss_fn)
+    monkeypatch.setattr(shortcut, "ENABLED", False)
+    run = td.replay(model, tmp_path / "ref.h5", loss_fn=loss_fn)
+    assert len(runs) == 2       # the root's ``+`` is no record: only its VJP finds dL/d(a), dL/d(b)
+    assert clean.root_causes == run.root_causes == []
+    assert judged_backward(clean) == judged_backward(run) == {
+        ("lin", 0): ("ok", "act"), ("act", 0): ("ok", ["a", "b"]),
+        ("a", 0): ("ok", "<root>"), ("b", 0): ("ok", "<root>")}
+    recorded = {(p.a_name, p.a_call) for p in clean.pairs
+                if p.kind == "backward" and p.local and p.local.get("from") == "recorded"}
+    assert recorded == {("lin", 0), ("act", 0)}

@@ -14,18 +14,21 @@ from dataclasses import dataclass, field
 from .dataflow import consumed
 
 RECORDED = "recorded"
-# the candidates whose replay computes dL/d(a layer's input) by the layers' VJPs: their
-# calls all run wherever the report has backward pairs
+# the candidates whose replay computes dL/d(a layer's input) by the layers' VJPs
 BACKWARD_REPLAYED = {"numpy", "torch", "tensorflow", "onnx", "jax"}
 NOT_PURE = ("Dropout",)     # recorded in training mode, replayed in eval mode: not the same run
+ENABLED = True      # False: every layer runs (what the shortcut's results are checked against)
 
 
 @dataclass
 class Unchanged:
     forward: set = field(default_factory=set)      # (record name, call) of forward records
     params: set = field(default_factory=set)       # parameter record names
+    # (record name, call) of consumed records whose dL/d is the recorded one -> the layers
+    # whose VJPs would sum to it (``by``)
+    backward: dict = field(default_factory=dict)
     quiet: set = field(default_factory=set)        # (name, call) of layer calls needing no VJP
-    backward_replayed: bool = False                # the candidate's replay computes dL/d inputs
+    loud: bool = False      # some call with a seed must run its VJP
 
     def drop_from(self, local, grads, input_grads):
         """Leave the adapter's results for what is taken from the recording out of judging."""
@@ -33,6 +36,8 @@ class Unchanged:
             local.pop(key, None)
         for name in self.params:
             grads.pop(name, None)
+        for key in self.backward:
+            input_grads.pop(key, None)
 
 
 def identical_pairs(report, layouts) -> set:
@@ -51,18 +56,21 @@ def identical_pairs(report, layouts) -> set:
 
 def unchanged(report, trace_a, layouts, wanted, *, runs_alone=lambda name: True,
               backward=False) -> Unchanged:
-    """The forward records of ``wanted`` and the parameters whose local result is their
-    recorded one (see the module). ``runs_alone(name)``: whether the layer of a record can be
-    left out of the replay on its own (a NumPy layer whose backward needs its forward cannot).
-    ``backward``: whether the candidate's replay computes dL/d of consumed records by each
-    call's VJP; every call then runs (``quiet`` stays empty)."""
+    """The forward records of ``wanted``, the parameters and (``backward``: where the
+    candidate's replay computes dL/d of consumed records by each call's VJP) the dL/d of
+    consumed records whose local result is their recorded one, and the calls needing no VJP
+    (see the module). ``runs_alone(name)``: whether the layer of a record can be left out of
+    the replay on its own (a NumPy layer whose backward needs its forward cannot)."""
+    if not ENABLED:
+        return Unchanged(loud=backward)
     same = identical_pairs(report, layouts)
-    result = Unchanged(backward_replayed=backward)
-    calls, sources = {}, {}
+    result = Unchanged()
+    calls, sources, records = {}, {}, []
     for r in trace_a:
         if r.kind != "forward":
             continue
-        calls.setdefault(r.name, []).append(r)
+        calls.setdefault(_owner(r), []).append(r)
+        records.append(r)
         sources[r.index] = consumed(trace_a, r)
         if ((r.name, r.call) in wanted and ("forward", r.name, r.call) in same
                 and runs_alone(r.name)
@@ -70,9 +78,9 @@ def unchanged(report, trace_a, layouts, wanted, *, runs_alone=lambda name: True,
                 and all(source in same for source in sources[r.index])):
             result.forward.add((r.name, r.call))
 
-    def unchanged_calls(records):
-        return all((r.name, r.call) in result.forward and ("backward", r.name, r.call) in same
-                   for r in records)
+    def unchanged_call(record):     # its output and its dL/d(output) are the reference's
+        return (record.name, record.call) in result.forward and (
+            "backward", record.name, record.call) in same
 
     owned = {}       # module -> its parameters' names
     for p in report.pairs:
@@ -81,25 +89,124 @@ def unchanged(report, trace_a, layouts, wanted, *, runs_alone=lambda name: True,
         module = p.a_name.rpartition(".")[0] or "<root>"
         owned.setdefault(module, []).append(p.a_name)
         if (("param_grad", p.a_name, p.a_call) in same and module in calls
-                and unchanged_calls(calls[module])):
+                and all(unchanged_call(r) for r in calls[module])):
             result.params.add(p.a_name)
+    seeded = {(p.a_name, p.a_call) for p in report.pairs if p.kind == "backward"}
+    if backward and seeded and any(r.meta.get("inputs_partial") or r.meta.get("inputs") == []
+                                   for r in records):
+        # an op no record names consumes some record (a call fed only by such ops declares
+        # no input): who sends dL/d where is the VJPs' to find, so every call runs
+        result.loud = True
+        return result
+    silent = _silent(records) if backward and seeded else set()
+    if backward and seeded and _aliased(trace_a, records, sources, silent):
+        result.loud = True
+        return result
     if backward:
-        return result      # every call's VJP gives dL/d of what it consumed: all run
-    for name, records in calls.items():
-        # a call needs no VJP where its parameters' gradients are all recorded ones
-        if all(p in result.params for p in owned.get(name, [])) and all(
-                (r.name, r.call) in result.forward for r in records):
-            result.quiet.update((r.name, r.call) for r in records)
+        result.backward = _recorded_backward(trace_a, records, sources, silent, same,
+                                             unchanged_call)
+    orphans = any(p.kind == "param_grad" and p.a_name not in result.params
+                  and (p.a_name.rpartition(".")[0] or "<root>") not in calls for p in report.pairs)
+    for name, records_of in calls.items():
+        # a call needs no VJP where its parameters' gradients are recorded ones (none is where
+        # some parameter's module is unknown) and (where the replay computes dL/d of inputs)
+        # so is the dL/d of every record it consumed: the sum over a record's consumers needs
+        # every consumer's share
+        if not orphans and all(p in result.params for p in owned.get(name, [])) and all(
+                (r.name, r.call) in result.forward for r in records_of) and (
+                not backward or all(
+                    (r.name, r.call) in silent or not _is_container(r, records) and all(
+                        (s[1], s[2]) in result.backward or (s[1], s[2]) not in seeded
+                        for s in sources[r.index])
+                    for r in records_of)):
+            result.quiet.update((r.name, r.call) for r in records_of)
+    result.loud = backward and any((r.name, r.call) not in result.quiet
+                                   and (r.name, r.call) in seeded for r in records)
     return result
+
+
+def _owner(record):
+    """The module whose parameters a call uses: its meta ``module`` (``<root>`` for the
+    model), else its record name."""
+    module = record.meta.get("module")
+    return (str(module) or "<root>") if module is not None else record.name
+
+
+def _module(record):
+    return str(record.meta.get("module", record.name.partition(":")[0]))
+
+
+def _is_container(record, records):
+    """Whether other recorded calls run inside ``record``'s module (a torch container, a
+    nested Keras model or Flax module): its VJP may reach their outputs."""
+    path = _module(record)
+    return any(_module(r) != path and (not path or _module(r).startswith((path + ".", path + "/")))
+               for r in records)
+
+
+def _silent(records) -> set:
+    """The container calls that return a value one of their inner calls recorded, unchanged
+    (``nn.Sequential``): their output is that call's, and their VJP sends nothing back."""
+    found = set()
+    for r in records:
+        if not _is_container(r, records):
+            continue
+        path = _module(r)
+        inner = [i for i in records if i.index < r.index and _module(i) != path and (
+            not path or _module(i).startswith((path + ".", path + "/")))]
+        if any(_equal(i, r) for i in inner):
+            found.add((r.name, r.call))
+    return found
+
+
+def _aliased(trace_a, records, sources, silent) -> bool:
+    """Whether some records may be one tensor under two names, where a VJP's senders differ
+    from the consumers meta ``inputs`` lists: a call whose output equals a record it consumed
+    (``nn.Identity``, a shortcut that returns its input), or a silent container whose output
+    some call consumes (the adapter's VJP judges the inner call's record as well)."""
+    consumed_names = {(s[1], s[2]) for r in records for s in sources[r.index]}
+    if any((name, call) in consumed_names for name, call in silent):
+        return True
+    known = {}
+    for r in trace_a:
+        known.setdefault((r.kind, r.name, r.call), r)
+    return any(source in known and _equal(known[source], r)
+               for r in records for source in sources[r.index])
+
+
+def _equal(a, b) -> bool:
+    import numpy as np
+    return (list(a.shape) == list(b.shape) and a.dtype == b.dtype and a.stored and b.stored
+            and np.array_equal(a.read(), b.read()))
+
+
+def _recorded_backward(trace_a, records, sources, silent, same, unchanged_call) -> dict:
+    """``{(record name, call): [consumer layers]}`` of the consumed records whose dL/d is
+    bit-identical to the reference's and whose every consumer (meta ``inputs``) is an
+    unchanged call with the reference's dL/d(output): the sum of their VJPs, run on the
+    reference's values, is the recorded dL/d. A consumer that is a container (other than a
+    silent one) may also send dL/d to records no meta names, so it is always run."""
+    consumers = {}
+    for r in records:
+        for source in sources[r.index]:
+            consumers.setdefault((source[1], source[2]), []).append(r)
+    found = {}
+    for (name, call), users in consumers.items():
+        if ("backward", name, call) not in same:
+            continue
+        by = [u for u in users if (u.name, u.call) not in silent]
+        if by and all(unchanged_call(u) for u in by) and not any(
+                _is_container(u, records) for u in by):
+            found[(name, call)] = list(dict.fromkeys(u.name.partition(":")[0] for u in by))
+    return found
 
 
 def needs_run(report, wanted, same) -> bool:
     """Whether any layer must run: a forward record or a parameter gradient whose local result
-    is not its recorded one, or (where the candidate's replay computes them) any dL/d of a
-    consumed record."""
+    is not its recorded one, or a call whose VJP is needed (``same.loud``)."""
     return (any(key not in same.forward for key in wanted)
             or any(p.kind == "param_grad" and p.a_name not in same.params for p in report.pairs)
-            or same.backward_replayed and any(p.kind == "backward" for p in report.pairs))
+            or same.loud)
 
 
 def put_recorded(report, same, policy) -> None:
@@ -109,12 +216,15 @@ def put_recorded(report, same, policy) -> None:
         if p.kind == "forward" and key in same.forward or p.kind == "param_grad" \
                 and p.a_name in same.params:
             p.local = recorded_local(p, policy)
+        elif p.kind == "backward" and key in same.backward:
+            by = same.backward[key]
+            p.local = {**recorded_local(p, policy), "by": by[0] if len(by) == 1 else by}
 
 
 def without_seeds(values, quiet):
     """``values`` without the reference's dL/d(output) of the layer calls in ``quiet``: their
-    VJPs give only parameter gradients that are recorded ones, so the adapter, finding no
-    seed, does not run them (never where the replay computes dL/d of inputs)."""
+    VJPs give only gradients that are recorded ones, so the adapter, finding no seed, does not
+    run them."""
     if not quiet:
         return values
 
