@@ -61,7 +61,7 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
                         wanted.setdefault((pair.a_name, pair.a_call), []).append(pair)
                 same = unchanged(report, trace_a, values.layouts, wanted, runs_alone=(
                     lambda name: not hasattr((layers or {}).get(name), "backward")),
-                    backward=framework in BACKWARD_REPLAYED)
+                    backward=framework in BACKWARD_REPLAYED, shares=framework != "numpy")
                 policy = _policy(rtol, atol, rename, tolerances)
                 if needs_run(report, wanted, same):
                     local, grads, input_grads, why = _run_layers(

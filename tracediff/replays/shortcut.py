@@ -6,7 +6,12 @@ the recording (``local["from"] == "recorded"``). A clean prefix of a network (ev
 the first bug, all of a correct port recorded in the same framework) then costs nothing to
 replay. Parameter gradients likewise: a parameter whose recorded gradient is bit-identical to
 the reference's, held by a module every call of which is unchanged and got the reference's own
-dL/d(output), has the reference's gradient as its local one."""
+dL/d(output), has the reference's gradient as its local one. And, where the candidate's replay
+computes dL/d of consumed records by each call's VJP, a record's dL/d: the reference's is the
+sum of its consumers' VJPs, so where it is bit-identical and every consumer is such an
+unchanged call, that sum is the recorded dL/d. A call whose VJP would give only recorded
+results is given no seed (``quiet``) and is not differentiated; one that must run keeps every
+other consumer of what it consumed running, so no sum is judged with a share missing."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -55,12 +60,14 @@ def identical_pairs(report, layouts) -> set:
 
 
 def unchanged(report, trace_a, layouts, wanted, *, runs_alone=lambda name: True,
-              backward=False) -> Unchanged:
+              backward=False, shares=True) -> Unchanged:
     """The forward records of ``wanted``, the parameters and (``backward``: where the
     candidate's replay computes dL/d of consumed records by each call's VJP) the dL/d of
     consumed records whose local result is their recorded one, and the calls needing no VJP
     (see the module). ``runs_alone(name)``: whether the layer of a record can be left out of
-    the replay on its own (a NumPy layer whose backward needs its forward cannot)."""
+    the replay on its own (a NumPy layer whose backward needs its forward cannot). ``shares``:
+    whether such a layer has a VJP (a NumPy layer left out has none: no dL/d is taken from
+    the recording for what it consumes)."""
     if not ENABLED:
         return Unchanged(loud=backward)
     same = identical_pairs(report, layouts)
@@ -102,7 +109,7 @@ def unchanged(report, trace_a, layouts, wanted, *, runs_alone=lambda name: True,
     if backward and seeded and _aliased(trace_a, records, sources, silent):
         result.loud = True
         return result
-    if backward:
+    if backward and shares:
         result.backward = _recorded_backward(trace_a, records, sources, silent, same,
                                              unchanged_call)
     orphans = any(p.kind == "param_grad" and p.a_name not in result.params
