@@ -105,12 +105,13 @@ def unchanged(report, trace_a, layouts, wanted, *, runs_alone=lambda name: True,
         # no input): who sends dL/d where is the VJPs' to find, so every call runs
         result.loud = True
         return result
-    silent = _silent(records) if backward and seeded else set()
+    containers = _containers(records)
+    silent = _silent(records, containers) if backward and seeded else set()
     if backward and seeded and _aliased(trace_a, records, sources, silent):
         result.loud = True
         return result
     if backward and shares:
-        result.backward = _recorded_backward(trace_a, records, sources, silent, same,
+        result.backward = _recorded_backward(records, sources, silent, containers, same,
                                              unchanged_call)
     orphans = any(p.kind == "param_grad" and p.a_name not in result.params
                   and (p.a_name.rpartition(".")[0] or "<root>") not in calls for p in report.pairs)
@@ -122,7 +123,7 @@ def unchanged(report, trace_a, layouts, wanted, *, runs_alone=lambda name: True,
         if not orphans and all(p in result.params for p in owned.get(name, [])) and all(
                 (r.name, r.call) in result.forward for r in records_of) and (
                 not backward or all(
-                    (r.name, r.call) in silent or not _is_container(r, records) and all(
+                    (r.name, r.call) in silent or _module(r) not in containers and all(
                         (s[1], s[2]) in result.backward or (s[1], s[2]) not in seeded
                         for s in sources[r.index])
                     for r in records_of)):
@@ -143,22 +144,26 @@ def _module(record):
     return str(record.meta.get("module", record.name.partition(":")[0]))
 
 
-def _is_container(record, records):
-    """Whether other recorded calls run inside ``record``'s module (a torch container, a
-    nested Keras model or Flax module): its VJP may reach their outputs."""
-    path = _module(record)
-    return any(_module(r) != path and (not path or _module(r).startswith((path + ".", path + "/")))
-               for r in records)
+def _containers(records) -> set:
+    """The module paths other recorded calls run inside (a torch container, a nested Keras
+    model or Flax module): a call of one may send dL/d to their outputs."""
+    found = set()
+    for r in records:
+        path = _module(r)
+        if path:
+            found.add("")
+            found.update(path[:i] for i, c in enumerate(path) if c in "./")
+    return found
 
 
-def _silent(records) -> set:
+def _silent(records, containers) -> set:
     """The container calls that return a value one of their inner calls recorded, unchanged
     (``nn.Sequential``): their output is that call's, and their VJP sends nothing back."""
     found = set()
     for r in records:
-        if not _is_container(r, records):
-            continue
         path = _module(r)
+        if path not in containers:
+            continue
         inner = [i for i in records if i.index < r.index and _module(i) != path and (
             not path or _module(i).startswith((path + ".", path + "/")))]
         if any(_equal(i, r) for i in inner):
@@ -187,7 +192,7 @@ def _equal(a, b) -> bool:
             and np.array_equal(a.read(), b.read()))
 
 
-def _recorded_backward(trace_a, records, sources, silent, same, unchanged_call) -> dict:
+def _recorded_backward(records, sources, silent, containers, same, unchanged_call) -> dict:
     """``{(record name, call): [consumer layers]}`` of the consumed records whose dL/d is
     bit-identical to the reference's and whose every consumer (meta ``inputs``) is an
     unchanged call with the reference's dL/d(output): the sum of their VJPs, run on the
@@ -203,7 +208,7 @@ def _recorded_backward(trace_a, records, sources, silent, same, unchanged_call) 
             continue
         by = [u for u in users if (u.name, u.call) not in silent]
         if by and all(unchanged_call(u) for u in by) and not any(
-                _is_container(u, records) for u in by):
+                _module(u) in containers for u in by):
             found[(name, call)] = list(dict.fromkeys(u.name.partition(":")[0] for u in by))
     return found
 
