@@ -1,6 +1,8 @@
 """Replay takes a layer's local result from the recording where its inputs and output are
 bit-identical to the reference's (it would compute the same again), says so, and still runs
-every layer after the first difference."""
+every layer after the first difference; with a loss, the dL/d of a record whose consumers are
+all unchanged too, so a clean replay runs no VJP in any framework and judges what a replay
+with the shortcut off judges."""
 import copy
 
 import pytest
@@ -131,3 +133,80 @@ def test_a_fan_out_is_judged_as_the_vjp_path_judges_it_and_a_container_op_still_
     recorded = {(p.a_name, p.a_call) for p in clean.pairs
                 if p.kind == "backward" and p.local and p.local.get("from") == "recorded"}
     assert recorded == {("lin", 0), ("act", 0)}
+
+
+def keras_fan_out(tmp_path):
+    """A Keras model whose ``fc`` feeds both ``act`` and ``add``, against its own trace."""
+    keras = pytest.importorskip("keras")
+    import numpy as np
+    import tensorflow as tf
+    from tracediff.adapters import tensorflow as tdtf
+    from tracediff.adapters.tensorflow import replay as entry
+    x = keras.Input((5,))
+    h = keras.layers.Dense(6, name="fc")(x)
+    s = keras.layers.Add(name="add")([keras.layers.Activation("tanh", name="act")(h), h])
+    model = keras.Model(x, keras.layers.Dense(3, name="head")(s))
+
+    def loss(out):
+        return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+            np.array([0, 1, 2]), out, from_logits=True))
+
+    features = np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
+    tdtf.record(model, features, tmp_path / "ref.h5", loss_fn=loss)
+    return model, {"loss_fn": loss}, entry, "_differentiate"
+
+
+def flax_mlp(tmp_path):
+    """A Flax MLP of modules only (no plain code between them), against its own trace."""
+    pytest.importorskip("flax")
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from tracediff.adapters import jax as tdj
+    from tracediff.adapters.jax import replay_vjp as entry
+
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3, name="fc3")(nn.Dense(6, name="fc2")(nn.Dense(6, name="fc1")(x)))
+
+    def loss(out):
+        return -jnp.take_along_axis(jax.nn.log_softmax(out), jnp.array([[0], [1], [2]]),
+                                    axis=-1).mean()
+
+    model, x = MLP(), np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32)
+    variables = model.init(jax.random.PRNGKey(0), x)
+    tdj.record(model, x, tmp_path / "ref.h5", loss_fn=loss, params=variables)
+    return model.bind(variables), {"loss_fn": loss}, entry, "local_backward"
+
+
+def onnx_export(tmp_path):
+    """An exported torch MLP recorded with the ONNX adapter's cross-entropy loss."""
+    pytest.importorskip("onnxruntime")
+    import numpy as np
+    from tracediff.adapters import onnx as tdo
+    from tracediff.adapters.onnx import replay as entry
+    from tracediff.adapters.onnx.replay import graph_inputs
+    from test_replay_onnx import export
+    model, x = mlp(), torch.randn(3, 7, generator=torch.Generator().manual_seed(1))
+    path = str(export(model, x, tmp_path / "mlp.onnx"))
+    labels = np.array([0, 3, 1])
+    tdo.record(path, {graph_inputs(path)[0]: x.numpy()}, tmp_path / "ref.h5",
+               loss="cross_entropy", target=labels)
+    return path, {"loss_fn": "cross_entropy", "target": labels}, entry, "local_backward"
+
+
+@pytest.mark.parametrize("candidate", [keras_fan_out, flax_mlp, onnx_export])
+def test_a_clean_self_replay_with_a_loss_runs_no_vjp_in_any_framework(
+        candidate, tmp_path, monkeypatch):
+    from tracediff.replays import shortcut
+    model, options, entry, name = candidate(tmp_path)
+    runs, real = [], getattr(entry, name)
+    monkeypatch.setattr(entry, name, lambda *a, **k: runs.append(1) or real(*a, **k))
+    clean = td.replay(model, tmp_path / "ref.h5", **options)
+    assert runs == [] and clean.root_causes == []
+    monkeypatch.setattr(shortcut, "ENABLED", False)
+    run = td.replay(model, tmp_path / "ref.h5", **options)
+    assert runs and run.root_causes == []
+    assert judged_backward(clean) == judged_backward(run) and judged_backward(clean)
