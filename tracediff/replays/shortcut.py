@@ -21,6 +21,8 @@ from .dataflow import consumed
 RECORDED = "recorded"
 # the candidates whose replay computes dL/d(a layer's input) by the layers' VJPs
 BACKWARD_REPLAYED = {"numpy", "torch", "tensorflow", "onnx", "jax"}
+NO_VJP_LEFT_OUT = {"numpy"}     # a layer its replay leaves out has no VJP (no backward=)
+SORTED_BY = {"tensorflow"}      # a sum's consumers named in sorted order, not call order
 NOT_PURE = ("Dropout",)     # recorded in training mode, replayed in eval mode: not the same run
 ENABLED = True      # False: every layer runs (what the shortcut's results are checked against)
 
@@ -60,14 +62,13 @@ def identical_pairs(report, layouts) -> set:
 
 
 def unchanged(report, trace_a, layouts, wanted, *, runs_alone=lambda name: True,
-              backward=False, shares=True) -> Unchanged:
-    """The forward records of ``wanted``, the parameters and (``backward``: where the
-    candidate's replay computes dL/d of consumed records by each call's VJP) the dL/d of
-    consumed records whose local result is their recorded one, and the calls needing no VJP
-    (see the module). ``runs_alone(name)``: whether the layer of a record can be left out of
-    the replay on its own (a NumPy layer whose backward needs its forward cannot). ``shares``:
-    whether such a layer has a VJP (a NumPy layer left out has none: no dL/d is taken from
-    the recording for what it consumes)."""
+              framework=None) -> Unchanged:
+    """The forward records of ``wanted``, the parameters and (where ``framework``'s replay
+    computes dL/d of consumed records by each call's VJP) the dL/d of consumed records whose
+    local result is their recorded one, and the calls needing no VJP (see the module).
+    ``runs_alone(name)``: whether the layer of a record can be left out of the replay on its
+    own (a NumPy layer whose backward needs its forward cannot)."""
+    backward = framework in BACKWARD_REPLAYED
     if not ENABLED:
         return Unchanged(loud=backward)
     same = identical_pairs(report, layouts)
@@ -110,9 +111,9 @@ def unchanged(report, trace_a, layouts, wanted, *, runs_alone=lambda name: True,
     if backward and seeded and _aliased(trace_a, records, sources, silent):
         result.loud = True
         return result
-    if backward and shares:
+    if backward and framework not in NO_VJP_LEFT_OUT:
         result.backward = _recorded_backward(records, sources, silent, containers, same,
-                                             unchanged_call)
+                                             unchanged_call, framework in SORTED_BY)
     orphans = any(p.kind == "param_grad" and p.a_name not in result.params
                   and (p.a_name.rpartition(".")[0] or "<root>") not in calls for p in report.pairs)
     for name, records_of in calls.items():
@@ -197,7 +198,8 @@ def _equal(a, b) -> bool:
     return a.stored and b.stored and np.array_equal(a.read(), b.read())
 
 
-def _recorded_backward(records, sources, silent, containers, same, unchanged_call) -> dict:
+def _recorded_backward(records, sources, silent, containers, same, unchanged_call,
+                       by_name) -> dict:
     """``{(record name, call): [consumer layers]}`` of the consumed records whose dL/d is
     bit-identical to the reference's and whose every consumer (meta ``inputs``) is an
     unchanged call with the reference's dL/d(output): the sum of their VJPs, run on the
@@ -214,7 +216,8 @@ def _recorded_backward(records, sources, silent, containers, same, unchanged_cal
         by = [u for u in users if (u.name, u.call) not in silent]
         if by and all(unchanged_call(u) for u in by) and not any(
                 _module(u) in containers for u in by):
-            found[(name, call)] = list(dict.fromkeys(u.name.partition(":")[0] for u in by))
+            layers = list(dict.fromkeys(u.name.partition(":")[0] for u in by))
+            found[(name, call)] = sorted(layers) if by_name else layers
     return found
 
 
