@@ -14,7 +14,7 @@ from ..trace import Trace, open_trace
 from .backward import LocalBackward, input_gradients
 from .layouts import assumed
 from .local import judge, root_causes, settle_introduced, skipped
-from .shortcut import BACKWARD_REPLAYED, needs_run, put_recorded, unchanged, without_seeds
+from .shortcut import needs_run, put_recorded, unchanged, without_seeds
 
 
 def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None, atol=None,
@@ -61,7 +61,7 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
                         wanted.setdefault((pair.a_name, pair.a_call), []).append(pair)
                 same = unchanged(report, trace_a, values.layouts, wanted, runs_alone=(
                     lambda name: not hasattr((layers or {}).get(name), "backward")),
-                    backward=framework in BACKWARD_REPLAYED)
+                    framework=framework)
                 policy = _policy(rtol, atol, rename, tolerances)
                 if needs_run(report, wanted, same):
                     local, grads, input_grads, why = _run_layers(

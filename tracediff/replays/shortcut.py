@@ -6,7 +6,12 @@ the recording (``local["from"] == "recorded"``). A clean prefix of a network (ev
 the first bug, all of a correct port recorded in the same framework) then costs nothing to
 replay. Parameter gradients likewise: a parameter whose recorded gradient is bit-identical to
 the reference's, held by a module every call of which is unchanged and got the reference's own
-dL/d(output), has the reference's gradient as its local one."""
+dL/d(output), has the reference's gradient as its local one. And, where the candidate's replay
+computes dL/d of consumed records by each call's VJP, a record's dL/d: the reference's is the
+sum of its consumers' VJPs, so where it is bit-identical and every consumer is such an
+unchanged call, that sum is the recorded dL/d. A call whose VJP would give only recorded
+results is given no seed (``quiet``) and is not differentiated; one that must run keeps every
+other consumer of what it consumed running, so no sum is judged with a share missing."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -14,18 +19,23 @@ from dataclasses import dataclass, field
 from .dataflow import consumed
 
 RECORDED = "recorded"
-# the candidates whose replay computes dL/d(a layer's input) by the layers' VJPs: their
-# calls all run wherever the report has backward pairs
+# the candidates whose replay computes dL/d(a layer's input) by the layers' VJPs
 BACKWARD_REPLAYED = {"numpy", "torch", "tensorflow", "onnx", "jax"}
+NO_VJP_LEFT_OUT = {"numpy"}     # a layer its replay leaves out has no VJP (no backward=)
+SORTED_BY = {"tensorflow"}      # a sum's consumers named in sorted order, not call order
 NOT_PURE = ("Dropout",)     # recorded in training mode, replayed in eval mode: not the same run
+ENABLED = True      # False: every layer runs (what the shortcut's results are checked against)
 
 
 @dataclass
 class Unchanged:
     forward: set = field(default_factory=set)      # (record name, call) of forward records
     params: set = field(default_factory=set)       # parameter record names
+    # (record name, call) of consumed records whose dL/d is the recorded one -> the layers
+    # whose VJPs would sum to it (``by``)
+    backward: dict = field(default_factory=dict)
     quiet: set = field(default_factory=set)        # (name, call) of layer calls needing no VJP
-    backward_replayed: bool = False                # the candidate's replay computes dL/d inputs
+    loud: bool = False      # some call with a seed must run its VJP
 
     def drop_from(self, local, grads, input_grads):
         """Leave the adapter's results for what is taken from the recording out of judging."""
@@ -33,6 +43,8 @@ class Unchanged:
             local.pop(key, None)
         for name in self.params:
             grads.pop(name, None)
+        for key in self.backward:
+            input_grads.pop(key, None)
 
 
 def identical_pairs(report, layouts) -> set:
@@ -50,19 +62,23 @@ def identical_pairs(report, layouts) -> set:
 
 
 def unchanged(report, trace_a, layouts, wanted, *, runs_alone=lambda name: True,
-              backward=False) -> Unchanged:
-    """The forward records of ``wanted`` and the parameters whose local result is their
-    recorded one (see the module). ``runs_alone(name)``: whether the layer of a record can be
-    left out of the replay on its own (a NumPy layer whose backward needs its forward cannot).
-    ``backward``: whether the candidate's replay computes dL/d of consumed records by each
-    call's VJP; every call then runs (``quiet`` stays empty)."""
+              framework=None) -> Unchanged:
+    """The forward records of ``wanted``, the parameters and (where ``framework``'s replay
+    computes dL/d of consumed records by each call's VJP) the dL/d of consumed records whose
+    local result is their recorded one, and the calls needing no VJP (see the module).
+    ``runs_alone(name)``: whether the layer of a record can be left out of the replay on its
+    own (a NumPy layer whose backward needs its forward cannot)."""
+    backward = framework in BACKWARD_REPLAYED
+    if not ENABLED:
+        return Unchanged(loud=backward)
     same = identical_pairs(report, layouts)
-    result = Unchanged(backward_replayed=backward)
-    calls, sources = {}, {}
+    result = Unchanged()
+    calls, sources, records = {}, {}, []
     for r in trace_a:
         if r.kind != "forward":
             continue
-        calls.setdefault(r.name, []).append(r)
+        calls.setdefault(_owner(r), []).append(r)
+        records.append(r)
         sources[r.index] = consumed(trace_a, r)
         if ((r.name, r.call) in wanted and ("forward", r.name, r.call) in same
                 and runs_alone(r.name)
@@ -70,9 +86,9 @@ def unchanged(report, trace_a, layouts, wanted, *, runs_alone=lambda name: True,
                 and all(source in same for source in sources[r.index])):
             result.forward.add((r.name, r.call))
 
-    def unchanged_calls(records):
-        return all((r.name, r.call) in result.forward and ("backward", r.name, r.call) in same
-                   for r in records)
+    def unchanged_call(record):     # its output and its dL/d(output) are the reference's
+        return (record.name, record.call) in result.forward and (
+            "backward", record.name, record.call) in same
 
     owned = {}       # module -> its parameters' names
     for p in report.pairs:
@@ -81,25 +97,136 @@ def unchanged(report, trace_a, layouts, wanted, *, runs_alone=lambda name: True,
         module = p.a_name.rpartition(".")[0] or "<root>"
         owned.setdefault(module, []).append(p.a_name)
         if (("param_grad", p.a_name, p.a_call) in same and module in calls
-                and unchanged_calls(calls[module])):
+                and all(unchanged_call(r) for r in calls[module])):
             result.params.add(p.a_name)
-    if backward:
-        return result      # every call's VJP gives dL/d of what it consumed: all run
-    for name, records in calls.items():
-        # a call needs no VJP where its parameters' gradients are all recorded ones
-        if all(p in result.params for p in owned.get(name, [])) and all(
-                (r.name, r.call) in result.forward for r in records):
-            result.quiet.update((r.name, r.call) for r in records)
+    seeded = {(p.a_name, p.a_call) for p in report.pairs if p.kind == "backward"}
+    if backward and seeded and any(r.meta.get("inputs_partial") or r.meta.get("inputs") == []
+                                   for r in records):
+        # an op no record names consumes some record (a call fed only by such ops declares
+        # no input): who sends dL/d where is the VJPs' to find, so every call runs
+        result.loud = True
+        return result
+    containers = _containers(records)
+    silent = _silent(records, containers) if backward and seeded else set()
+    if backward and seeded and _aliased(trace_a, records, sources, silent):
+        result.loud = True
+        return result
+    if backward and framework not in NO_VJP_LEFT_OUT:
+        result.backward = _recorded_backward(records, sources, silent, containers, same,
+                                             unchanged_call, framework in SORTED_BY)
+    orphans = any(p.kind == "param_grad" and p.a_name not in result.params
+                  and (p.a_name.rpartition(".")[0] or "<root>") not in calls for p in report.pairs)
+    for name, records_of in calls.items():
+        # a call needs no VJP where its parameters' gradients are recorded ones (none is where
+        # some parameter's module is unknown) and (where the replay computes dL/d of inputs)
+        # so is the dL/d of every record it consumed: the sum over a record's consumers needs
+        # every consumer's share
+        if not orphans and all(p in result.params for p in owned.get(name, [])) and all(
+                (r.name, r.call) in result.forward for r in records_of) and (
+                not backward or all(
+                    (r.name, r.call) in silent or _module(r) not in containers and all(
+                        (s[1], s[2]) in result.backward or (s[1], s[2]) not in seeded
+                        for s in sources[r.index])
+                    for r in records_of)):
+            result.quiet.update((r.name, r.call) for r in records_of)
+    result.loud = backward and any((r.name, r.call) not in result.quiet
+                                   and (r.name, r.call) in seeded for r in records)
     return result
+
+
+def _owner(record):
+    """The module whose parameters a call uses: its meta ``module`` (``<root>`` for the
+    model), else its record name."""
+    module = record.meta.get("module")
+    return (str(module) or "<root>") if module is not None else record.name
+
+
+def _module(record):
+    return str(record.meta.get("module", record.name.partition(":")[0]))
+
+
+def _containers(records) -> set:
+    """The module paths other recorded calls run inside (a torch container, a nested Keras
+    model or Flax module): a call of one may send dL/d to their outputs."""
+    found = set()
+    for r in records:
+        path = _module(r)
+        if path:
+            found.add("")
+            found.update(path[:i] for i, c in enumerate(path) if c in "./")
+    return found
+
+
+def _silent(records, containers) -> set:
+    """The container calls that return a value one of their inner calls recorded, unchanged
+    (``nn.Sequential``): their output is that call's, and their VJP sends nothing back."""
+    found = set()
+    for r in records:
+        path = _module(r)
+        if path not in containers:
+            continue
+        inner = [i for i in records if i.index < r.index and _module(i) != path and (
+            not path or _module(i).startswith((path + ".", path + "/")))]
+        if any(_equal(i, r) for i in inner):
+            found.add((r.name, r.call))
+    return found
+
+
+def _aliased(trace_a, records, sources, silent) -> bool:
+    """Whether some records may be one tensor under two names, where a VJP's senders differ
+    from the consumers meta ``inputs`` lists: a call whose output equals a record it consumed
+    (``nn.Identity``, a shortcut that returns its input), or a silent container whose output
+    some call consumes (the adapter's VJP judges the inner call's record as well)."""
+    consumed_names = {(s[1], s[2]) for r in records for s in sources[r.index]}
+    if any((name, call) in consumed_names for name, call in silent):
+        return True
+    known = {}
+    for r in trace_a:
+        known.setdefault((r.kind, r.name, r.call), r)
+    return any(source in known and _equal(known[source], r)
+               for r in records for source in sources[r.index])
+
+
+def _equal(a, b) -> bool:
+    """Whether two records hold the same tensor's values: by their recorded hash (SHA-256 of
+    the values, as the diff trusts it), else by reading them."""
+    import numpy as np
+    if list(a.shape) != list(b.shape) or a.dtype != b.dtype:
+        return False
+    if a.hash and b.hash:
+        return a.hash == b.hash
+    return a.stored and b.stored and np.array_equal(a.read(), b.read())
+
+
+def _recorded_backward(records, sources, silent, containers, same, unchanged_call,
+                       by_name) -> dict:
+    """``{(record name, call): [consumer layers]}`` of the consumed records whose dL/d is
+    bit-identical to the reference's and whose every consumer (meta ``inputs``) is an
+    unchanged call with the reference's dL/d(output): the sum of their VJPs, run on the
+    reference's values, is the recorded dL/d. A consumer that is a container (other than a
+    silent one) may also send dL/d to records no meta names, so it is always run."""
+    consumers = {}
+    for r in records:
+        for source in sources[r.index]:
+            consumers.setdefault((source[1], source[2]), []).append(r)
+    found = {}
+    for (name, call), users in consumers.items():
+        if ("backward", name, call) not in same:
+            continue
+        by = [u for u in users if (u.name, u.call) not in silent]
+        if by and all(unchanged_call(u) for u in by) and not any(
+                _module(u) in containers for u in by):
+            layers = list(dict.fromkeys(u.name.partition(":")[0] for u in by))
+            found[(name, call)] = sorted(layers) if by_name else layers
+    return found
 
 
 def needs_run(report, wanted, same) -> bool:
     """Whether any layer must run: a forward record or a parameter gradient whose local result
-    is not its recorded one, or (where the candidate's replay computes them) any dL/d of a
-    consumed record."""
+    is not its recorded one, or a call whose VJP is needed (``same.loud``)."""
     return (any(key not in same.forward for key in wanted)
             or any(p.kind == "param_grad" and p.a_name not in same.params for p in report.pairs)
-            or same.backward_replayed and any(p.kind == "backward" for p in report.pairs))
+            or same.loud)
 
 
 def put_recorded(report, same, policy) -> None:
@@ -109,12 +236,15 @@ def put_recorded(report, same, policy) -> None:
         if p.kind == "forward" and key in same.forward or p.kind == "param_grad" \
                 and p.a_name in same.params:
             p.local = recorded_local(p, policy)
+        elif p.kind == "backward" and key in same.backward:
+            by = same.backward[key]
+            p.local = {**recorded_local(p, policy), "by": by[0] if len(by) == 1 else by}
 
 
 def without_seeds(values, quiet):
     """``values`` without the reference's dL/d(output) of the layer calls in ``quiet``: their
-    VJPs give only parameter gradients that are recorded ones, so the adapter, finding no
-    seed, does not run them (never where the replay computes dL/d of inputs)."""
+    VJPs give only gradients that are recorded ones, so the adapter, finding no seed, does not
+    run them."""
     if not quiet:
         return values
 
