@@ -264,7 +264,7 @@ def _rank(rank, world, port, steps, folder, queue):
             for _ in range(steps):
                 step()
         else:
-            path = os.path.join(folder, f"{mode}-rank-{rank:05d}.h5")
+            path = os.path.join(folder, f"{mode}.trace")   # a multi-rank folder: one file a rank
             with tdt.recording(ddp, path, every=1, values=(mode == "full"), overwrite=True) as s:
                 for _ in range(steps):
                     step(s)
@@ -277,7 +277,8 @@ def _rank(rank, world, port, steps, folder, queue):
     for _ in range(3):      # interleaved: the VM's speed drifts
         for mode in times:
             times[mode].append(loop(mode))
-    sizes = {m: os.path.getsize(os.path.join(folder, f"{m}-rank-{rank:05d}.h5")) for m in ("stats", "full")}
+    sizes = {m: os.path.getsize(os.path.join(folder, f"{m}.trace", f"rank-{rank:05d}.h5"))
+             for m in ("stats", "full")}
     queue.put((rank, {m: sorted(v)[1] for m, v in times.items()}, sizes))
     dist.destroy_process_group()
 
