@@ -23,7 +23,7 @@ def resnet50_with_weights(seed=0, image=64, batch=1):
     ``image`` x ``image`` pixels (the final average pool shrunk to the last map, the flatten's
     fixed batch of 1 set to ``batch``), as ``onnx.ModelProto``."""
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
     model = onnx.load(resnet50_path())
     graph = model.graph

@@ -1,5 +1,4 @@
 """Meta ``inputs`` from Keras (inbound tensors) and ONNX (node inputs)."""
-import os
 
 import numpy as np
 import pytest

@@ -13,13 +13,9 @@ pytest.importorskip("onnxruntime")
 import tracediff as td  # noqa: E402
 from tracediff.adapters import torch as tdt  # noqa: E402
 
+from explorer_models import cnn  # noqa: E402  (the CNN the Model Explorer tests draw)
 
-def cnn():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(), torch.nn.Linear(8, 5)).eval()
+
 
 
 def export(model, x, path):
