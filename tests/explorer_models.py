@@ -1,5 +1,6 @@
-"""A torch CNN (also the ONNX replay tests' model), its torch trace and torch.export program, and an ONNX export of it with a planted
-bug in its second conv (``3``, the ONNX node ``/3/Conv``): the Model Explorer tests' models."""
+"""A torch CNN, its torch trace and torch.export program, and an ONNX export of it with a planted
+bug in its second conv (``3``, the ONNX node ``/3/Conv``): the Model Explorer tests' models
+(the ONNX replay tests use the CNN too)."""
 from __future__ import annotations
 
 import copy
