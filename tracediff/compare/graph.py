@@ -9,12 +9,14 @@ from __future__ import annotations
 from ..dataflow import declared_inputs
 
 NODE_KINDS = ("input", "forward")
+MAX_NODES = 20_000   # a bigger graph is cut (``omitted`` says how much): the report stays small
 
 
 def dataflow_graph(ta, tb) -> dict | None:
     """``{"side", "step", "dataflow", "nodes": [{"kind", "name", "call", "index"}], "edges":
-    [[from, to]]}``: nodes are the ``input`` and ``forward`` records of the first step, in
-    execution order, edges index into them. None where neither trace holds a forward record."""
+    [[from, to]]}``: nodes are the ``input`` and ``forward`` records of the first group (step,
+    decode step, batch), in execution order, at most MAX_NODES of them (then ``"omitted"``: how
+    many more), edges index into them. None where neither trace holds a forward record."""
     chosen = None
     for side, trace in (("b", tb), ("a", ta)):
         forward = [r for r in trace if r.kind == "forward"]
@@ -28,8 +30,10 @@ def dataflow_graph(ta, tb) -> dict | None:
     if chosen is None:
         return None
     side, trace, forward = chosen
-    step = forward[0].step
-    records = [r for r in trace if r.kind in NODE_KINDS and r.step == step]
+    position = forward[0].position
+    records = [r for r in trace if r.kind in NODE_KINDS and r.position == position]
+    omitted = max(0, len(records) - MAX_NODES)
+    records = records[:MAX_NODES]
     node_of = {(r.kind, r.name, r.call): i for i, r in enumerate(records)}
     declared = {r.index: declared_inputs(r) for r in records if r.kind == "forward"}
     dataflow = "declared" if any(v is not None for v in declared.values()) else "order"
@@ -42,7 +46,10 @@ def dataflow_graph(ta, tb) -> dict | None:
         else:
             sources = [node_of[key] for key in declared[r.index] or [] if key in node_of]
         edges += [[s, i] for s in dict.fromkeys(sources) if s != i]
-    return {"side": side, "step": step, "dataflow": dataflow,
-            "nodes": [{"kind": r.kind, "name": r.name, "call": r.call, "index": r.index}
-                      for r in records],
-            "edges": edges}
+    graph = {"side": side, "step": position[0], "dataflow": dataflow,
+             "nodes": [{"kind": r.kind, "name": r.name, "call": r.call, "index": r.index}
+                       for r in records],
+             "edges": edges}
+    if omitted:
+        graph["omitted"] = omitted
+    return graph
