@@ -90,3 +90,35 @@ def test_batches_must_be_an_iterable_of_inputs(tmp_path):
     model = nn.Linear(3, 2)
     with pytest.raises(td.TraceDiffError, match=r"record\(batches=True\) takes an iterable of batches"):
         tdt.record(model, torch.ones(2, 3), tmp_path / "t.h5", batches=True)
+
+
+def test_an_onnx_export_recorded_batch_by_batch_names_the_batch_and_layer(tmp_path, torch_one_thread):
+    """The same evaluation set through an ONNX export of the port (onnxruntime, batches=True):
+    a clean export matches the torch batches; the unmasked pooling is named at batch 1."""
+    pytest.importorskip("onnxruntime")
+    import warnings
+
+    import onnx
+
+    from tracediff.adapters import onnx as tdo
+
+    _record(tmp_path / "ref.h5", masked=True)
+    batches = _batches()
+    for name, masked in (("clean", True), ("bug", False)):
+        torch.manual_seed(0)
+        model = Classifier(masked).eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (batches[0]["ids"], batches[0]["mask"]), tmp_path / f"{name}.onnx",
+                              input_names=["ids", "mask"], dynamo=False)
+        taken = [i.name for i in onnx.load(tmp_path / f"{name}.onnx").graph.input]  # the bug drops mask
+        tdo.record(tmp_path / f"{name}.onnx", [{k: b[k].numpy() for k in taken} for b in batches],
+                   tmp_path / f"{name}.h5", batches=True)
+    trace = td.open(tmp_path / "bug.h5")
+    assert trace.batches == [0, 1, 2]
+    assert {r.batch_index for r in trace.records(kind="param")} == {0}
+    assert td.diff(tmp_path / "clean.h5", tmp_path / "ref.h5").ok
+    first = td.diff(tmp_path / "bug.h5", tmp_path / "ref.h5").to_dict()["first_divergence"]
+    assert first["batch_index"] == 1 and first["forward"]["b_name"] == "pool"
+    with pytest.raises(td.TraceDiffError, match=r"record\(batches=True\) takes a list of input dicts"):
+        tdo.record(tmp_path / "bug.onnx", batches[0], tmp_path / "x.h5", batches=True)

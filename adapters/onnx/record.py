@@ -34,13 +34,16 @@ _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorPro
 
 
 def record(model, inputs, path, *, loss=None, target=None, max_memory=None, providers=None,
-           overwrite=False, dims=None, seed=None, values=True, save_grad_model=None) -> None:
+           overwrite=False, dims=None, seed=None, values=True, save_grad_model=None,
+           batches=False) -> None:
     """Record every node output of ``model`` (a path or ``onnx.ModelProto``) on ``inputs``
     (a dict input name -> array; None generates seeded inputs with ``dims`` for dynamic axes).
 
     ``loss`` (``"cross_entropy"``, ``"mse"`` or ``"sum"``, with ``target``) adds gradients.
     ``max_memory`` (bytes or ``"512MB"``) bounds the outputs (and gradients) held at once
-    (default 256 MiB).
+    (default 256 MiB). ``batches=True``: ``inputs`` is a list of such dicts (an evaluation
+    set), each run and recorded with its ``batch_index`` (initializers with the first), and
+    ``target`` a list of one target a batch.
     """
     if loss is not None and loss not in LOSSES:
         raise TraceDiffError(f"unknown loss {loss!r}: use one of {', '.join(LOSSES)}")
@@ -49,18 +52,19 @@ def record(model, inputs, path, *, loss=None, target=None, max_memory=None, prov
     budget = parse_memory(DEFAULT_MAX_MEMORY if max_memory is None else max_memory)
     resolved_providers = resolve_providers(providers)
     proto, source = load_model(model)
-    if inputs is None:
+    if batches:
+        all_feeds, targets = _batches(proto, inputs, target, source)
+    elif inputs is None:
         feeds, dims = random_feeds(proto, dims, 0 if seed is None else seed)
+        all_feeds, targets = [feeds], [target]
     else:
-        feeds = check_feeds(proto, inputs, source)
+        all_feeds, targets = [check_feeds(proto, inputs, source)], [target]
 
     graph = proto.graph
     order = topological_order(graph)
     nodes = [graph.node[i] for i in order]
     initializers = {t.name: t for t in graph.initializer}
-    known = {name: array.nbytes for name, array in feeds.items()}
-    sizes = estimate_sizes(nodes, inferred_types(proto, feeds), known)
-    groups = plan_groups(nodes, sizes, budget, feeds, set(initializers))
+    plans = [_plan(proto, nodes, feeds, budget, initializers) for feeds in all_feeds]
     legacy = is_legacy_export(proto)
     # a QDQ model is recorded as the float model it quantizes (qdq.py); shown[i] is node i as
     # that model has it, None where a QuantizeLinear/DequantizeLinear is folded away
@@ -71,16 +75,14 @@ def record(model, inputs, path, *, loss=None, target=None, max_memory=None, prov
     float_names = set(initializers) | (set(view.weights) if view else set())
     folded = sorted(folded_initializers(kept_nodes + (view.fused if view else []), float_names,
                                         legacy))
-    run_meta = {"groups": len(groups), "max_memory": budget, "providers": resolved_providers,
+    run_meta = {"groups": len(plans[0][1]), "max_memory": budget, "providers": resolved_providers,
                 "exporter": _exporter(proto, legacy), "opset": _opset(proto),
                 "folded_initializers": folded}
 
     with Recorder(path, framework="onnx", framework_version=f"onnxruntime {ort.__version__}",
                   dims=dims, model=source, seed=seed, overwrite=overwrite, values=values,
                   meta=run_meta, flush_every=FLUSH_EVERY,
-                  expected_bytes=sum(sizes.values()) if values else 0) as rec:
-        for name, array in feeds.items():
-            rec.input(name, array, onnx_output=name)
+                  expected_bytes=sum(sum(p[0].values()) for p in plans) if values else 0) as rec:
         found = node_origins(kept_nodes, _graph_outputs(graph), float_names, legacy)
         origins = dict(zip(kept, found))
         by_node = {}
@@ -88,16 +90,47 @@ def record(model, inputs, path, *, loss=None, target=None, max_memory=None, prov
             by_node.setdefault(kept[k], []).append((tensor, name))
         owners = reader_owners(kept_nodes, found,
                                {k: by_node[i][0][1] for k, i in enumerate(kept) if i in by_node})
-        _record_params(rec, graph, kept_nodes + (view.fused if view else []), skip=set(folded),
-                       legacy=legacy, owners=owners, view=view)
-        names = _record_forward(rec, proto, nodes, by_node, origins, groups, feeds,
-                                initializers, resolved_providers, shown,
-                                view.quantization if view else {})
-        if loss is not None:
-            from .grad import record_backward
-            record_backward(proto, feeds, rec, loss=loss, target=target, names=names,
-                            save_grad_model=save_grad_model, providers=resolved_providers,
-                            max_memory=budget)
+        for index, (feeds, (_, groups), batch_target) in enumerate(zip(all_feeds, plans, targets)):
+            if batches:
+                rec.batch(index)
+            for name, array in feeds.items():
+                rec.input(name, array, onnx_output=name)
+            if index == 0:
+                _record_params(rec, graph, kept_nodes + (view.fused if view else []),
+                               skip=set(folded), legacy=legacy, owners=owners, view=view)
+            names = _record_forward(rec, proto, nodes, by_node, origins, groups, feeds,
+                                    initializers, resolved_providers, shown,
+                                    view.quantization if view else {})
+            if loss is not None:
+                from .grad import record_backward
+                record_backward(proto, feeds, rec, loss=loss, target=batch_target, names=names,
+                                save_grad_model=save_grad_model, providers=resolved_providers,
+                                max_memory=budget)
+
+
+def _batches(proto, inputs, target, source):
+    """The feeds of each batch of ``record(..., batches=True)`` and each batch's target."""
+    if isinstance(inputs, dict) or inputs is None or not hasattr(inputs, "__iter__"):
+        raise TraceDiffError(
+            f"record(batches=True) takes a list of input dicts (one a batch), got "
+            f"{type(inputs).__name__}: pass a list of them, or batches=False for one input")
+    all_feeds = [check_feeds(proto, batch, source) for batch in inputs]
+    if not all_feeds:
+        raise TraceDiffError("record(batches=True) got no batch: pass at least one input dict")
+    if target is None:
+        return all_feeds, [None] * len(all_feeds)
+    targets = list(target)
+    if len(targets) != len(all_feeds):
+        raise TraceDiffError(f"record(batches=True) got {len(all_feeds)} batches and "
+                             f"{len(targets)} targets: pass one target a batch")
+    return all_feeds, targets
+
+
+def _plan(proto, nodes, feeds, budget, initializers):
+    """(estimated output sizes, groups of nodes run together within ``budget``) for ``feeds``."""
+    known = {name: array.nbytes for name, array in feeds.items()}
+    sizes = estimate_sizes(nodes, inferred_types(proto, feeds), known)
+    return sizes, plan_groups(nodes, sizes, budget, feeds, set(initializers))
 
 
 def _graph_outputs(graph):
