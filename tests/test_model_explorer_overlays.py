@@ -240,3 +240,26 @@ def test_a_second_root_cause_is_marked_beside_the_first_divergence(models, tmp_p
     status = {k: v["value"] for k, v in _load(tmp_path / "me", "a.status.json")["results"].items()}
     assert status["/0/Conv"] == "first divergence" and status["/3/Conv"] == "root cause"
     assert status["/2/Relu"] == status["/4/Relu"] == "diverged"
+
+
+def test_a_multi_rank_folder_is_drawn_from_its_reassembled_trace(tmp_path):
+    """``tracediff view`` of a rank folder with no model file: its graph is the logical trace's
+    (one node a record, not one a rank file), with the overlays keyed to it."""
+    import numpy as np
+
+    from test_ranks_format import write_ranks
+    from tracediff.explorer.server import explorer_config
+
+    full = np.arange(42, dtype=np.float32).reshape(6, 7)
+    with td.Recorder(tmp_path / "ref.h5") as rec:
+        rec.input("x", full)
+        rec.forward("rows", full * 2)
+
+    def records(rank):
+        return [("input", "x", full, {}),
+                ("forward", "rows", np.array_split(full * 2, 2, axis=0)[rank], {"placement": "Shard(0)"})]
+    folder = write_ranks(tmp_path / "run.trace", 2, records)
+    index = td.diff(folder, tmp_path / "ref.h5").to_model_explorer(tmp_path / "me")
+    config, _ = explorer_config(index, tmp_path / "me", (None, None))
+    graph = config.graphs_list[0]["graphs"][0]
+    assert sorted(node.id for node in graph.nodes) == ["rows", "x"]

@@ -8,7 +8,7 @@ import socket
 import sys
 
 from ..errors import TraceDiffError
-from ..trace import open_trace
+from ..ranks import open_any
 from .graph import trace_graph
 
 INSTALL = ("tracediff view needs Model Explorer: pip install 'tracediff[viewer]' "
@@ -41,7 +41,7 @@ def explorer_config(index: dict, directory, models):
                 extensions.append("model_explorer_onnx")
         else:
             target = f"{side.upper()} {os.path.basename(info['trace'] or '')}"
-            with open_trace(info["trace"]) as trace:
+            with open_any(info["trace"]) as trace:   # a trace file or a multi-rank folder
                 graphs = trace_graph(trace, target)
             config.graphs_list.append(graphs)
             config.model_sources.append({"url": f"graphs://{target}/{len(config.graphs_list) - 1}"})
