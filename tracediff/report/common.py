@@ -72,8 +72,7 @@ def summary(report: dict) -> str:
         return f"no divergence: {len(pairs)} pairs match within tolerance"
     missing = report.get("missing") or []
     if missing:   # pairs a Dask cluster lost: never a silent "ok"
-        names = ", ".join(f"{m['kind']} {m['b_name']}" for m in missing[:3])
-        lost = f"{len(missing)} pair(s) not compared: {names}{', ...' if len(missing) > 3 else ''}"
+        lost = missing_text(missing)
         if not bad:
             return f"incomplete: {len(pairs)} pairs compared match within tolerance; {lost}"
     first = report.get("first_divergence") or {}
@@ -89,6 +88,12 @@ def summary(report: dict) -> str:
     where = position_text(first)
     return (f"{bad} of {len(pairs)} pairs diverged; " + (f"in {where}: " if where else "")
             + "; ".join(parts) + (f"; {lost}" if missing else ""))
+
+
+def missing_text(missing: list) -> str:
+    """``2 pair(s) not compared: forward fc1, ...``: the pairs a Dask cluster lost."""
+    names = ", ".join(f"{m['kind']} {m['b_name']}" for m in missing[:3])
+    return f"{len(missing)} pair(s) not compared: {names}{', ...' if len(missing) > 3 else ''}"
 
 
 def position_text(item) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ..report.common import by_layers, number, position_text
+from ..report.common import by_layers, missing_text, number, position_text
 from .steps import terminal_tables as step_tables
 
 STATUS_STYLE = {"ok": "green", "diverged": "bold red", "shape_mismatch": "bold magenta",
@@ -40,8 +40,7 @@ def summary_line(report) -> str:
     if unmatched:
         text += f"; {len(report.unmatched['a'])} record(s) of a and {len(report.unmatched['b'])} of b unmatched"
     if missing:
-        names = ", ".join(f"{m['kind']} {m['b_name']}" for m in missing[:3])
-        text += f"; {len(missing)} pair(s) not compared: {names}{', ...' if len(missing) > 3 else ''}"
+        text += f"; {missing_text(missing)}"
     return text
 
 
