@@ -14,19 +14,20 @@ def summarize(pairs) -> dict | None:
         columns.setdefault(p.position, len(columns))
     if len(columns) < 2:
         return None
-    layers = {}
+    layers, by_layer = {}, {}
+    by_column = {position: [] for position in columns}
     for p in pairs:
         key = (p.kind, p.a_name, p.a_call, p.b_name, p.b_call)
         if key not in layers:
             layers[key] = {"kind": p.kind, "a_name": p.a_name, "b_name": p.b_name,
                            "label": p.label(), "rel_l2": [None] * len(columns), "diverged": []}
+            by_layer[key] = []
         layer = layers[key]
         column = columns[p.position]
         layer["rel_l2"][column] = _finite(p.rel_l2)
         if p.diverged:
             layer["diverged"].append(column)
-    by_column = {position: [] for position in columns}
-    for p in pairs:
+        by_layer[key].append(p)
         by_column[p.position].append(p)
     out_columns = []
     for (step, decode_step, batch_index), in_column in by_column.items():
@@ -35,11 +36,7 @@ def summarize(pairs) -> dict | None:
                             "pairs": len(in_column), "diverged": len(diverged),
                             "first": diverged[0].label() if diverged else None,
                             "first_kind": diverged[0].kind if diverged else None})
-    batched = any(position[2] >= 0 for position in columns)
-    if batched:
-        by_layer = {key: [] for key in layers}
-        for p in pairs:
-            by_layer[(p.kind, p.a_name, p.a_call, p.b_name, p.b_call)].append(p)
+    if any(position[2] >= 0 for position in columns):    # batches: each layer's worst one
         for key, layer in layers.items():
             layer["worst"] = _worst_batch(by_layer[key])
     return {"columns": out_columns, "layers": list(layers.values())}
