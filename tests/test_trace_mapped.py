@@ -1,6 +1,6 @@
 """Record.view(): the diff's zero-copy read. Where the file's layout allows, the tensor is the
 file's own pages mapped; elsewhere it is read through HDF5. Either way it holds exactly what
-read() returns, and it is read-only."""
+read() returns, and it is read-only. read() copies the mapped pages where it can."""
 from __future__ import annotations
 
 import mmap
@@ -12,7 +12,7 @@ import pytest
 
 import tracediff as td
 from tracediff import format as fmt
-from tracediff.mapped import MAP_MIN, MappedBlob
+from tracediff.mapped import MappedBlob
 
 from diff_helpers import rng
 
@@ -26,7 +26,7 @@ def _mapped(array) -> bool:
 
 def _large_trace(path, expected_bytes=0):
     """Records from a few bytes to several chunks, at offsets that straddle chunk edges."""
-    sizes = [3, 5000, MAP_MIN // 4, MAP_MIN // 4 + 1, 300_001, 1_048_583, 7, 2_000_003]
+    sizes = [3, 5000, fmt.DATA_CHUNK // 4, fmt.DATA_CHUNK // 4 + 1, 300_001, 1_048_583, 7, 2_000_003]
     arrays = {f"t{i}": rng(i).standard_normal(n).astype(np.float32) for i, n in enumerate(sizes)}
     with td.Recorder(path, expected_bytes=expected_bytes) as rec:
         for name, value in arrays.items():
@@ -35,7 +35,9 @@ def _large_trace(path, expected_bytes=0):
 
 
 @pytest.mark.parametrize("expected_bytes", [0, fmt.LARGE_TRACE], ids=["64KiB-chunks", "1MiB-chunks"])
-def test_view_holds_what_read_holds_and_maps_the_large_records(tmp_path, expected_bytes):
+def test_view_holds_what_read_holds_and_maps_every_record(tmp_path, expected_bytes):
+    """Small records too: each run of chunks is mapped once, so a view of a few bytes costs no
+    system call (through HDF5 it cost ~0.1 ms, most of a small tensor's read)."""
     path = tmp_path / "t.h5"
     arrays = _large_trace(path, expected_bytes)
     with td.open(path) as trace:
@@ -48,9 +50,21 @@ def test_view_holds_what_read_holds_and_maps_the_large_records(tmp_path, expecte
             with pytest.raises(ValueError, match="read-only"):
                 view[...] = 0
             mapped.append(_mapped(view))
-    small = [record.nbytes < MAP_MIN for record in td.open(path)]
-    assert not any(m for m, s in zip(mapped, small) if s)   # small ones are read, not mapped
-    assert sum(mapped) >= 3                                 # the multi-chunk ones are mapped
+    small = [record.nbytes < fmt.DATA_CHUNK // 4 for record in td.open(path)]
+    assert all(m for m, s in zip(mapped, small) if s)   # a few bytes: mapped all the same
+    assert sum(mapped) >= 6     # those crossing a gap between runs of chunks are read
+
+
+def test_read_is_a_writable_copy_of_the_mapped_pages(tmp_path):
+    path = tmp_path / "t.h5"
+    arrays = _large_trace(path)
+    with td.open(path) as trace:
+        for record in trace:
+            value = record.read()
+            assert value.flags.writeable and not _mapped(value)
+            np.testing.assert_array_equal(value, arrays[record.name])
+            value[...] = 0
+            np.testing.assert_array_equal(record.view(), arrays[record.name])
 
 
 def test_view_stays_valid_after_the_trace_is_closed(tmp_path):
@@ -95,9 +109,9 @@ def _blob(path, chunks_in_file_order, chunk=1024, **options):
 
 def test_a_range_across_a_gap_between_chunks_is_not_mapped(tmp_path):
     path = str(tmp_path / "blob.h5")
-    chunk = MAP_MIN
+    chunk = fmt.DATA_CHUNK
     with _blob(path, [0, 1, 3, 2], chunk=chunk) as f:   # chunks 2 and 3 swapped in the file
-        blob = MappedBlob.open(path, f, f["data"])
+        blob = MappedBlob.open(f, f["data"])
         assert blob is not None
         try:
             whole = blob.view(0, 2 * chunk)              # chunks 0-1: back to back
@@ -105,7 +119,8 @@ def test_a_range_across_a_gap_between_chunks_is_not_mapped(tmp_path):
             assert blob.view(chunk, 2 * chunk) is None   # chunks 1-2: not next to each other
             third = blob.view(3 * chunk, chunk)
             assert third is not None and (third == 4).all()
-            assert blob.view(0, MAP_MIN - 1) is None     # too small to be worth a mapping
+            small = blob.view(chunk + 5, 3)                # a few bytes: mapped all the same
+            assert small is not None and (small == 2).all()
         finally:
             blob.close()
 
@@ -113,11 +128,11 @@ def test_a_range_across_a_gap_between_chunks_is_not_mapped(tmp_path):
 def test_a_compressed_or_truncated_blob_is_not_mapped(tmp_path):
     path = str(tmp_path / "gz.h5")
     with _blob(path, [0, 1], compression="gzip") as f:
-        assert MappedBlob.open(path, f, f["data"]) is None
+        assert MappedBlob.open(f, f["data"]) is None
     path = str(tmp_path / "cut.h5")
-    with _blob(path, [0, 1, 2], chunk=MAP_MIN) as f:
-        os.truncate(path, os.path.getsize(path) - MAP_MIN)   # the last chunk is gone
-        assert MappedBlob.open(path, f, f["data"]) is None
+    with _blob(path, [0, 1, 2], chunk=fmt.DATA_CHUNK) as f:
+        os.truncate(path, os.path.getsize(path) - fmt.DATA_CHUNK)   # the last chunk is gone
+        assert MappedBlob.open(f, f["data"]) is None
 
 
 def test_the_diff_of_mapped_traces_matches_the_diff_of_copies(tmp_path, monkeypatch):

@@ -15,8 +15,6 @@ import os
 import h5py
 import numpy as np
 
-MAP_MIN = 1 << 16   # bytes: below this a read through HDF5 costs less than a mapping
-
 
 class MappedBlob:
     """The runs of a 1-D uint8 dataset that lie contiguously in its file, mapped on demand."""
@@ -24,9 +22,10 @@ class MappedBlob:
     def __init__(self, fd: int, starts: np.ndarray, ends: np.ndarray, addresses: np.ndarray):
         self._fd = fd
         self._starts, self._ends, self._addresses = starts, ends, addresses
+        self._runs = {}     # run index -> (mmap of the whole run, offset of its first byte in it)
 
     @classmethod
-    def open(cls, path: str, h5file: h5py.File, dataset: h5py.Dataset) -> "MappedBlob | None":
+    def open(cls, h5file: h5py.File, dataset: h5py.Dataset) -> "MappedBlob | None":
         """The mapping of ``dataset``'s bytes, or None when its layout does not allow one."""
         try:
             runs = _runs(h5file, dataset)
@@ -34,9 +33,9 @@ class MappedBlob:
             return None
         if runs is None:
             return None
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        except OSError:
+        try:    # the file HDF5 has open: the path may name a newer trace written over it since
+            fd = os.dup(h5file.id.get_vfd_handle())
+        except (OSError, ValueError, AttributeError):
             return None
         starts, ends, addresses = runs
         if ends.size and int((addresses + (ends - starts)).max()) > os.fstat(fd).st_size:
@@ -46,19 +45,26 @@ class MappedBlob:
 
     def view(self, offset: int, nbytes: int) -> np.ndarray | None:
         """``nbytes`` bytes from ``offset`` as a read-only array over the mapped file, or None
-        when they do not lie in one contiguous run (or are too few to be worth a mapping).
-        The mapping lives as long as the array."""
-        if self._fd is None or nbytes < MAP_MIN:
+        when they do not lie in one contiguous run. Each run is mapped once, on the first view
+        into it, so a small tensor costs no system call; a mapping lives as long as the arrays
+        over it."""
+        if self._fd is None:
             return None
         run = int(np.searchsorted(self._starts, offset, side="right")) - 1
         if run < 0 or offset + nbytes > self._ends[run]:
             return None
-        address = int(self._addresses[run]) + offset - int(self._starts[run])
-        base = address - address % mmap.ALLOCATIONGRANULARITY
-        pages = mmap.mmap(self._fd, address + nbytes - base, offset=base, access=mmap.ACCESS_READ)
-        return np.frombuffer(pages, np.uint8, nbytes, address - base)
+        mapped = self._runs.get(run)
+        if mapped is None:
+            address = int(self._addresses[run])
+            base = address - address % mmap.ALLOCATIONGRANULARITY
+            length = address - base + int(self._ends[run] - self._starts[run])
+            pages = mmap.mmap(self._fd, length, offset=base, access=mmap.ACCESS_READ)
+            mapped = self._runs[run] = (pages, address - base)
+        pages, start = mapped
+        return np.frombuffer(pages, np.uint8, nbytes, start + offset - int(self._starts[run]))
 
     def close(self):
+        self._runs = {}     # the mappings close with the last array over them
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

@@ -75,7 +75,7 @@ class Record:
 
     def read(self) -> np.ndarray:
         """The tensor, bit-exact, with its logical dtype (bfloat16 via ml_dtypes)."""
-        return self._stored(self._trace._read_bytes)
+        return self._stored(self._trace._copy_bytes)
 
     def view(self) -> np.ndarray:
         """The tensor as ``read()`` gives it, but read-only and, where the file allows, not
@@ -330,18 +330,27 @@ class Trace:
                 "the stored data; record it again")
 
     def _view_bytes(self, offset, nbytes, record) -> np.ndarray:
-        self._check_span(offset, nbytes, record)
-        if self._mapped is None:
-            with self._mapping_lock:   # the diff compares pairs on several threads
-                if self._mapped is None:  # a writer may still be growing an incomplete trace
-                    blob = (MappedBlob.open(self.path, self._file, self._data) if self.complete
-                            else None)
-                    self._mapped = blob or False
-        raw = self._mapped.view(offset, nbytes) if self._mapped else None
+        raw = self._mapped_view(offset, nbytes, record)
         if raw is None:
             raw = self._read_bytes(offset, nbytes, record)
             raw.flags.writeable = False
         return raw
+
+    def _mapped_view(self, offset, nbytes, record) -> np.ndarray | None:
+        self._check_span(offset, nbytes, record)
+        if self._mapped is None:
+            with self._mapping_lock:   # the diff compares pairs on several threads
+                if self._mapped is None:  # a writer may still be growing an incomplete trace
+                    blob = (MappedBlob.open(self._file, self._data) if self.complete
+                            else None)
+                    self._mapped = blob or False
+        return self._mapped.view(offset, nbytes) if self._mapped else None
+
+    def _copy_bytes(self, offset, nbytes, record) -> np.ndarray:
+        """A fresh, writable copy: of the mapped pages where the file allows (a read through
+        HDF5 costs ~0.1 ms of overhead, most of a small tensor's time), else read through HDF5."""
+        raw = self._mapped_view(offset, nbytes, record)
+        return raw.copy() if raw is not None else self._read_bytes(offset, nbytes, record)
 
     def _read_bytes(self, offset, nbytes, record) -> np.ndarray:
         self._check_span(offset, nbytes, record)

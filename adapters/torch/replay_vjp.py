@@ -19,6 +19,7 @@ from collections import defaultdict
 import torch
 from torch.autograd.graph import GradientEdge
 
+from tracediff.replays.backward import accumulate
 from .convert import to_numpy
 
 WALK_LIMIT = 50_000     # autograd nodes visited per module call at most
@@ -103,13 +104,11 @@ class Backward:
                  for s, (_, t) in zip(seeds, mine)], retain_graph=True, allow_unused=True)
             for (name, _), g in zip(params, found):
                 if g is not None:
-                    value = to_numpy(g).astype("float64")
-                    param_grads[name] = param_grads[name] + value if name in param_grads else value
+                    param_grads[name] = accumulate(param_grads.get(name), to_numpy(g))
             for (key, _), g in zip(hits, found[len(params):]):
                 if g is None:
                     continue
-                value = to_numpy(g).astype("float64")
-                sums[key] = sums[key] + value if key in sums else value
+                sums[key] = accumulate(sums.get(key), to_numpy(g))
                 if record_name not in consumers[key]:
                     consumers[key].append(record_name)
         return {record: (consumers[key], sums[key]) for key, value in sums.items()

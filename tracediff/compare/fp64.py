@@ -17,6 +17,7 @@ import numpy as np
 from ..dtypes import as_float
 from ..errors import TraceDiffError
 from . import steps
+from .metrics import dot
 from .tolerances import LOW_PRECISION, dtype_default
 
 K_FLOAT32 = 2.0
@@ -96,4 +97,4 @@ def _rmse(x, y) -> float:
     d = np.abs(x - y).reshape(-1)
     if d.size == 0:
         return 0.0
-    return float(math.sqrt(float(np.dot(d, d)) / d.size))
+    return math.sqrt(dot(d, d) / d.size)

@@ -6,10 +6,13 @@ explanation when it removes nearly all of the difference: the residual must be b
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..primes import symbol
 from .activations import ACTIVATIONS
+from .metrics import dot
 
 HINT_LIMIT = 1 << 20     # elements; larger tensors are explained from their leading slice
 RESIDUAL = 1e-3
@@ -17,7 +20,7 @@ GAIN = 0.05
 
 
 def _norm(x):
-    return float(np.sqrt(np.vdot(x, x).real))
+    return math.sqrt(dot(x, x))
 
 
 class _Judge:
@@ -76,10 +79,10 @@ def leading(x):
 
 
 def _sign_or_scale(judge, a, b, **_):
-    bb = float(np.vdot(b, b).real)
+    bb = dot(b, b)
     if bb == 0:
         return None
-    s = float(np.vdot(b, a).real) / bb
+    s = dot(b, a) / bb
     if abs(s - 1) < 1e-3 or s == 0 or not judge.explains(s * b):   # s = 0: a is all zeros
         return None
     if abs(s + 1) < 1e-3:
