@@ -38,7 +38,8 @@ STAT_KEYS = ("max_abs", "max_rel", "mean_abs", "rmse", "rel_l2", "cosine", "mism
              "argmax_abs", "nan_a", "nan_b", "inf_a", "inf_b", "p99", "sqnr_db", "min_rtol", "min_atol")
 LAYOUT_SEARCH_LIMIT = 1 << 26     # elements: larger same-shape pairs skip the flatten-order search
 MAX_COMPARE_THREADS = 4           # pairs compared at once (their mapped pages are held meanwhile)
-THREADED_PAIR_BYTES = 1 << 16     # smaller pairs are compared faster than a thread hand-off
+THREADED_PAIR_BYTES = 1 << 19     # smaller pairs are compared faster than a thread hand-off
+                                  # (a diff of 128 KiB pairs: 0.19 s inline, 0.28 s on threads)
 HIST_BIN = 0.25                   # decades per histogram bin
 HIST_CHUNK = 1 << 18
 MARGIN_OVER_IDENTITY = 4.0      # a flatten order shown only where it explains the values this much better
