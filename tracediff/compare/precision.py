@@ -12,6 +12,7 @@ the whole forward on their way back from the loss: they take the lowest precisio
 """
 from __future__ import annotations
 
+import functools
 import json
 
 from ..dataflow import declared_inputs
@@ -33,12 +34,18 @@ def lowest(dtypes) -> str | None:
     """The least precise float dtype among ``dtypes`` (by its default rtol); None if none."""
     best, best_rtol = None, -1.0
     for dtype in dtypes:
-        if dtype is None or not is_float(dtype):
+        if dtype is None:
             continue
-        rtol = dtype_default(dtype)[0]
+        rtol = _float_rtol(dtype)
         if rtol > best_rtol:
             best, best_rtol = dtype, rtol
     return best
+
+
+@functools.lru_cache(maxsize=256)    # a trace names a few dtypes, asked about per record
+def _float_rtol(dtype: str) -> float:
+    """The default rtol of a float dtype; -1 for any other."""
+    return dtype_default(dtype)[0] if is_float(dtype) else -1.0
 
 
 def is_float(dtype: str) -> bool:
