@@ -1,11 +1,13 @@
-"""Zero-copy reads of a trace's data blob: the file's own pages mapped into memory.
+"""Reads of a trace's data blob straight from its file: large ranges are the file's own pages
+mapped into memory, small ones are read with one system call.
 
 A diff reads each tensor of both traces once. Through HDF5 every byte is copied from the page
-cache into a fresh array first (a third of a large diff's time); mapped, the comparison reads
-the page cache directly. HDF5 still owns the layout: the chunk addresses come from it, and only
-what maps one to one onto the file is mapped: an unfiltered blob, its chunks stored back to back
-(a range that crosses a gap between chunks is read through HDF5 instead), in a file with no
-user block, closed by its writer and not shorter than the addresses say.
+cache into a fresh array first (a third of a large diff's time), and every read costs ~0.1 ms
+of HDF5's own work (most of a small tensor's time); mapped, the comparison reads the page
+cache directly. HDF5 still owns the layout: the chunk addresses come from it, and only what
+lies one to one in the file is read this way: an unfiltered blob, its chunks stored back to
+back (a range that crosses a gap between chunks is read through HDF5 instead), in a file with
+no user block, closed by its writer and not shorter than the addresses say.
 """
 from __future__ import annotations
 
@@ -15,18 +17,20 @@ import os
 import h5py
 import numpy as np
 
+MAP_MIN = 1 << 20   # bytes: a smaller range is read (one pread) rather than mapped: up to about
+                    # 1 MiB the copy costs less than the page faults of a fresh mapping
+
 
 class MappedBlob:
-    """The runs of a 1-D uint8 dataset that lie contiguously in its file, mapped on demand."""
+    """The runs of a 1-D uint8 dataset that lie contiguously in its file."""
 
     def __init__(self, fd: int, starts: np.ndarray, ends: np.ndarray, addresses: np.ndarray):
         self._fd = fd
         self._starts, self._ends, self._addresses = starts, ends, addresses
-        self._runs = {}     # run index -> (mmap of the whole run, offset of its first byte in it)
 
     @classmethod
     def open(cls, h5file: h5py.File, dataset: h5py.Dataset) -> "MappedBlob | None":
-        """The mapping of ``dataset``'s bytes, or None when its layout does not allow one."""
+        """Direct reads of ``dataset``'s bytes, or None when its layout does not allow them."""
         try:
             runs = _runs(h5file, dataset)
         except Exception:  # an HDF5 or h5py without the chunk queries: read through HDF5
@@ -44,27 +48,47 @@ class MappedBlob:
         return cls(fd, starts, ends, addresses)
 
     def view(self, offset: int, nbytes: int) -> np.ndarray | None:
-        """``nbytes`` bytes from ``offset`` as a read-only array over the mapped file, or None
-        when they do not lie in one contiguous run. Each run is mapped once, on the first view
-        into it, so a small tensor costs no system call; a mapping lives as long as the arrays
-        over it."""
+        """``nbytes`` bytes from ``offset`` as a read-only array: over the mapped file from
+        MAP_MIN bytes (the mapping lives as long as the array), read below it; None when they
+        do not lie in one contiguous run."""
+        if nbytes < MAP_MIN:
+            out = self.copy(offset, nbytes)
+            if out is not None:
+                out.flags.writeable = False
+            return out
+        address = self._address(offset, nbytes)
+        if address is None:
+            return None
+        base = address - address % mmap.ALLOCATIONGRANULARITY
+        pages = mmap.mmap(self._fd, address + nbytes - base, offset=base, access=mmap.ACCESS_READ)
+        return np.frombuffer(pages, np.uint8, nbytes, address - base)
+
+    def copy(self, offset: int, nbytes: int) -> np.ndarray | None:
+        """``nbytes`` bytes from ``offset`` in a fresh, writable array, read from the file with
+        one system call; None when they do not lie in one contiguous run (or the platform has
+        no ``preadv``)."""
+        address = self._address(offset, nbytes)
+        if address is None or not hasattr(os, "preadv"):
+            return None
+        out = np.empty(nbytes, np.uint8)
+        done = 0
+        while done < nbytes:
+            got = os.preadv(self._fd, [memoryview(out)[done:]], address + done)
+            if got <= 0:
+                return None     # the file ended early: read through HDF5, which says why
+            done += got
+        return out
+
+    def _address(self, offset, nbytes) -> int | None:
+        """The file address of blob byte ``offset``, where ``nbytes`` from it lie in one run."""
         if self._fd is None:
             return None
         run = int(np.searchsorted(self._starts, offset, side="right")) - 1
         if run < 0 or offset + nbytes > self._ends[run]:
             return None
-        mapped = self._runs.get(run)
-        if mapped is None:
-            address = int(self._addresses[run])
-            base = address - address % mmap.ALLOCATIONGRANULARITY
-            length = address - base + int(self._ends[run] - self._starts[run])
-            pages = mmap.mmap(self._fd, length, offset=base, access=mmap.ACCESS_READ)
-            mapped = self._runs[run] = (pages, address - base)
-        pages, start = mapped
-        return np.frombuffer(pages, np.uint8, nbytes, start + offset - int(self._starts[run]))
+        return int(self._addresses[run]) + offset - int(self._starts[run])
 
     def close(self):
-        self._runs = {}     # the mappings close with the last array over them
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

@@ -330,13 +330,15 @@ class Trace:
                 "the stored data; record it again")
 
     def _view_bytes(self, offset, nbytes, record) -> np.ndarray:
-        raw = self._mapped_view(offset, nbytes, record)
+        blob = self._blob(record, offset, nbytes)
+        raw = blob.view(offset, nbytes) if blob else None
         if raw is None:
             raw = self._read_bytes(offset, nbytes, record)
             raw.flags.writeable = False
         return raw
 
-    def _mapped_view(self, offset, nbytes, record) -> np.ndarray | None:
+    def _blob(self, record, offset, nbytes) -> MappedBlob | None:
+        """The direct reader of the data blob, or None where reads go through HDF5."""
         self._check_span(offset, nbytes, record)
         if self._mapped is None:
             with self._mapping_lock:   # the diff compares pairs on several threads
@@ -344,13 +346,15 @@ class Trace:
                     blob = (MappedBlob.open(self._file, self._data) if self.complete
                             else None)
                     self._mapped = blob or False
-        return self._mapped.view(offset, nbytes) if self._mapped else None
+        return self._mapped or None
 
     def _copy_bytes(self, offset, nbytes, record) -> np.ndarray:
-        """A fresh, writable copy: of the mapped pages where the file allows (a read through
-        HDF5 costs ~0.1 ms of overhead, most of a small tensor's time), else read through HDF5."""
-        raw = self._mapped_view(offset, nbytes, record)
-        return raw.copy() if raw is not None else self._read_bytes(offset, nbytes, record)
+        """A fresh, writable array: read from the file directly where its layout allows (a read
+        through HDF5 costs ~0.1 ms of overhead, most of a small tensor's time), else through
+        HDF5."""
+        blob = self._blob(record, offset, nbytes)
+        raw = blob.copy(offset, nbytes) if blob else None
+        return raw if raw is not None else self._read_bytes(offset, nbytes, record)
 
     def _read_bytes(self, offset, nbytes, record) -> np.ndarray:
         self._check_span(offset, nbytes, record)
