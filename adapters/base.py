@@ -25,6 +25,8 @@ from typing import Protocol
 # model files, by suffix, and the adapter that records them
 MODEL_SUFFIXES = {".onnx": "onnx", ".tflite": "litert"}
 ADAPTERS = ("numpy", "torch", "tensorflow", "onnx", "litert", "jax")
+# the losses the ONNX adapter appends to a graph to record its gradients (onnx/grad/graph.py)
+ONNX_LOSSES = ("cross_entropy", "mse", "sum")
 
 
 class Adapter(Protocol):

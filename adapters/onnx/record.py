@@ -15,6 +15,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from ...errors import TraceDiffError
+from ..base import ONNX_LOSSES
 from ...recorder import Recorder
 from .inputs import check_feeds, random_feeds
 from .load import load_model
@@ -28,7 +29,6 @@ from .capture import resolve_providers, run_groups
 
 DEFAULT_MAX_MEMORY = 256 * 2**20
 FLUSH_EVERY = 64   # index rows per flush: flushing each of hundreds of records costs ~20%
-LOSSES = ("cross_entropy", "mse", "sum")
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
                 onnx.TensorProto.BFLOAT16}
 
@@ -45,8 +45,8 @@ def record(model, inputs, path, *, loss=None, target=None, max_memory=None, prov
     set), each run and recorded with its ``batch_index`` (initializers with the first), and
     ``target`` a list of one target a batch.
     """
-    if loss is not None and loss not in LOSSES:
-        raise TraceDiffError(f"unknown loss {loss!r}: use one of {', '.join(LOSSES)}")
+    if loss is not None and loss not in ONNX_LOSSES:
+        raise TraceDiffError(f"unknown loss {loss!r}: use one of {', '.join(ONNX_LOSSES)}")
     if loss in ("cross_entropy", "mse") and target is None:
         raise TraceDiffError(f"loss {loss!r} needs a target: pass target= (--target FILE.npy)")
     budget = parse_memory(DEFAULT_MAX_MEMORY if max_memory is None else max_memory)

@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from ..adapters.base import framework_of
+from ..adapters.base import ONNX_LOSSES, framework_of
 from ..errors import TraceDiffError
 from . import diff as diff_cli
 
@@ -31,7 +31,7 @@ def add_arguments(parser):
                              "e.g. 512MB (default 256MiB)")
     parser.add_argument("--provider", action="append", metavar="NAME",
                         help="onnxruntime execution provider (cuda, cpu, ...); default cpu")
-    parser.add_argument("--loss", choices=("cross_entropy", "mse", "sum"),
+    parser.add_argument("--loss", choices=ONNX_LOSSES,
                         help="also record gradients of this loss")
     parser.add_argument("--target", metavar="FILE.npy", help="target of --loss")
     parser.add_argument("--save-grad-model", metavar="PATH",

@@ -7,10 +7,9 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 
-from ..adapters.base import framework_of as adapter_for
+from ..adapters.base import ONNX_LOSSES, framework_of as adapter_for
 from ..errors import TraceDiffError
 
-ONNX_LOSSES = ("cross_entropy", "mse", "sum")
 
 
 def framework_of(model) -> str:

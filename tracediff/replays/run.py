@@ -190,12 +190,11 @@ def _first_step(reference):
 
 
 FORWARD_ONLY = {"litert": "a LiteRT"}    # an inference runtime: no loss_fn
-ONNX_LOSSES = ("cross_entropy", "mse", "sum")
 
 
 def _record(framework, candidate, inputs, path, loss_fn, target=None):
     """The candidate's own trace on ``inputs``, through its adapter (``base.load``)."""
-    from ..adapters.base import load
+    from ..adapters.base import ONNX_LOSSES, load
 
     if framework in FORWARD_ONLY and loss_fn is not None:
         raise TraceDiffError(f"replay: {FORWARD_ONLY[framework]} candidate replays forward only: "

@@ -15,11 +15,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ....errors import TraceDiffError
+from ...base import ONNX_LOSSES as LOSSES
 from ..meta import parameter_aliases
 from .prepare import FLOAT_TYPES, _constant_values, _prepared, _tensor_info
 from .vjp import NEEDS_VALUES, RULES
 
-LOSSES = ("cross_entropy", "mse", "sum")
 META_KEY = "tracediff.gradients"
 # Ops whose outputs carry no gradient whatever their inputs (indices, masks, shapes).
 NO_GRADIENT = {"Shape", "Size", "ArgMax", "ArgMin", "Equal", "Greater", "GreaterOrEqual", "Less",
