@@ -3,22 +3,17 @@ import statistics
 import time
 
 
-def median_seconds(fn, repeats):
-    """Median wall time of ``repeats`` calls of ``fn``."""
+def median_seconds(fn, repeats, clock=time.perf_counter):
+    """Median time of ``repeats`` calls of ``fn`` by ``clock`` (wall time by default)."""
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
 def median_cpu_seconds(fn, repeats):
     """Median CPU time of this process over ``repeats`` calls of ``fn``: on a loaded machine
     it moves far less than wall time (with one compute thread)."""
-    times = []
-    for _ in range(repeats):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
-    return statistics.median(times)
+    return median_seconds(fn, repeats, clock=time.process_time)

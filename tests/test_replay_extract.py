@@ -1,6 +1,7 @@
 """`tracediff extract` for ONNX, Keras and NumPy candidates: the one-layer repro it writes is run
 as a user runs it (`python -m pytest` on the written folder) and passes on the reference layer,
 fails on a bugged one naming the same local error that replay finds."""
+import importlib
 import os
 import subprocess
 import sys
@@ -32,6 +33,27 @@ def local_of(report, a_name):
     return next(p.local for p in report.pairs if p.kind == "forward" and p.a_name == a_name)
 
 
+def import_ports(tmp_path, monkeypatch, name, source):
+    """The candidates' module ``name`` written in ``tmp_path`` (the working folder from here on,
+    as a user's project would be) and imported, so ``--candidate name:object`` finds it."""
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return importlib.import_module(name)
+
+
+def mlp_reference(tmp_path, dtype):
+    """The torch MLP the Keras and NumPy ports copy, its parameters saved (as ``dtype``) where
+    the ports load them, and its trace ``ref.h5`` on the input it returns."""
+    torch.manual_seed(0)
+    reference = torch.nn.Sequential(torch.nn.Linear(7, 11), torch.nn.Tanh(), torch.nn.Linear(11, 5))
+    np.savez(tmp_path / "weights.npz", **{key: p.detach().numpy().astype(dtype) for key, p in
+                                          zip(("w1", "b1", "w2", "b2"), reference.parameters())})
+    x = torch.randn(3, 7, generator=torch.Generator().manual_seed(7))
+    tdt.record(reference, x, tmp_path / "ref.h5")
+    return x
+
+
 ONNX_PORTS = '''import copy, torch
 torch.manual_seed(0)
 model = torch.nn.Sequential(
@@ -50,10 +72,7 @@ def test_an_onnx_repro_is_a_one_node_model_that_fails_on_the_bug_only(tmp_path, 
     passes. The written .onnx runs alone: inputs named as the case's records."""
     pytest.importorskip("onnxruntime")
     from tracediff.adapters import onnx as tdo
-    (tmp_path / "onnx_ports.py").write_text(ONNX_PORTS)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import onnx_ports as ports
+    ports = import_ports(tmp_path, monkeypatch, "onnx_ports", ONNX_PORTS)
     x = torch.randn(2, 3, 6, 6, generator=torch.Generator().manual_seed(1))
     tdt.record(ports.model, x, "ref.h5")
     for name in ("model", "bad"):
@@ -115,16 +134,8 @@ def test_a_keras_repro_fails_on_the_bug_only(tmp_path, monkeypatch):
     replay's local error; the correct port's passes."""
     pytest.importorskip("tensorflow")
     from tracediff.adapters import tensorflow as tdtf
-    torch.manual_seed(0)
-    reference = torch.nn.Sequential(torch.nn.Linear(7, 11), torch.nn.Tanh(), torch.nn.Linear(11, 5))
-    np.savez(tmp_path / "weights.npz", **{key: p.detach().numpy() for key, p in
-                                          zip(("w1", "b1", "w2", "b2"), reference.parameters())})
-    (tmp_path / "keras_ports.py").write_text(KERAS_PORTS)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import keras_ports as ports
-    x = torch.randn(3, 7, generator=torch.Generator().manual_seed(7))
-    tdt.record(reference, x, "ref.h5")
+    x = mlp_reference(tmp_path, np.float32)
+    ports = import_ports(tmp_path, monkeypatch, "keras_ports", KERAS_PORTS)
     for name in ("model", "bad"):
         tdtf.record(getattr(ports, name), x.numpy(), f"{name}.h5")
         assert main(["extract", f"{name}.h5", "ref.h5", "--layer", "fc2", "--candidate",
@@ -167,16 +178,8 @@ def test_a_numpy_repro_runs_the_ports_layer_named_as_in_layers(tmp_path, monkeyp
     """A NumPy port's layers are named as td.replay's ``layers=`` (the record names): the
     repro of the layer missing its bias fails with the bias hint's local error."""
     from tracediff.replays.case import check_case
-    torch.manual_seed(0)
-    reference = torch.nn.Sequential(torch.nn.Linear(7, 11), torch.nn.Tanh(), torch.nn.Linear(11, 5))
-    np.savez(tmp_path / "weights.npz", **{key: p.detach().double().numpy() for key, p in
-                                          zip(("w1", "b1", "w2", "b2"), reference.parameters())})
-    (tmp_path / "numpy_ports.py").write_text(NUMPY_PORTS)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import numpy_ports as ports
-    x = torch.randn(3, 7, generator=torch.Generator().manual_seed(7))
-    tdt.record(reference, x, "ref.h5")
+    x = mlp_reference(tmp_path, np.float64)
+    ports = import_ports(tmp_path, monkeypatch, "numpy_ports", NUMPY_PORTS)
     from tracediff.adapters import numpy as tdn
     tdn.record(ports.port, x.double().numpy(), "port.h5")
     for spec in ("numpy_ports:layers", "numpy_ports:bad_layers"):
@@ -214,10 +217,7 @@ def test_a_channels_last_keras_repro_gets_the_references_values_in_its_own_layou
     from tracediff.adapters import tensorflow as tdtf
     from tracediff.replays.case import check_case
     from torch_references import DIMS
-    (tmp_path / "cnn_ports.py").write_text(CNN_PORTS)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import cnn_ports
+    cnn_ports = import_ports(tmp_path, monkeypatch, "cnn_ports", CNN_PORTS)
     x = np.random.default_rng(2).standard_normal((3, 2, 5, 7)).astype(np.float32)
     tdt.record(cnn_ports.reference, torch.from_numpy(x), "ref.h5", dims=DIMS)
     for name in ("port", "bad"):
