@@ -1,11 +1,17 @@
 """What the renderers share: reading a diff report dict, formatting numbers."""
 from __future__ import annotations
 
+import html
 import math
 
 from ..primes import render_shape
 
 STAT_COLUMNS = ("max_abs", "max_rel", "rel_l2", "cosine")
+
+
+def esc(value) -> str:
+    """``value`` as HTML text or attribute ('' for None)."""
+    return html.escape("" if value is None else str(value), quote=True)
 
 
 def number(value) -> str:

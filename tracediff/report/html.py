@@ -10,11 +10,11 @@ its data in the same JSON block and its script ahead of the plots' in the same e
 """
 from __future__ import annotations
 
-import html
 import json
 import math
 
 from . import common, steps
+from .common import esc
 from .html_graph import GRAPH_CSS, GRAPH_SCRIPT, graph_data, graph_section
 
 TABLE_LIMIT = 2000
@@ -53,10 +53,6 @@ def render_html(report: dict, *, title: str = "tracediff report", limit: int = T
         f'<script type="application/json" id="tracediff-data">{data}</script>\n'
         f"<script>{GRAPH_SCRIPT}{_SCRIPT}</script>\n</body></html>\n"
     )
-
-
-def esc(value) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
 
 
 def _metric_note():

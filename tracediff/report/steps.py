@@ -3,10 +3,9 @@
 each diverging layer at each step, and the HTML heat map of the error per layer per step."""
 from __future__ import annotations
 
-import html
 import math
 
-from .common import number, position_text
+from .common import esc, number, position_text
 
 MAX_LAYERS = 20        # terminal rows: the layers that diverge somewhere, first first
 MAX_COLUMNS = 12       # terminal step columns: around the first divergent step
@@ -110,7 +109,7 @@ def html_heatmap(report: dict) -> str:
     columns = summary["columns"][:HEATMAP_COLUMNS]
     layers = summary["layers"][:HEATMAP_LAYERS]
     head = "<tr><th>layer</th>" + "".join(
-        f'<th title="{_esc(position_text(c))}">{_esc(_short(c) or "-")}</th>' for c in columns)
+        f'<th title="{esc(position_text(c))}">{esc(_short(c) or "-")}</th>' for c in columns)
     batched = any(layer.get("worst") for layer in layers)
     head += ("<th>worst batch / row</th>" if batched else "") + "</tr>"
     rows = []
@@ -120,12 +119,12 @@ def html_heatmap(report: dict) -> str:
             value = layer["rel_l2"][i]
             bad = i in layer["diverged"]
             cells.append(f'<td class="heat{" bad" if bad else ""}" style="background:{_colour(value)}"'
-                         f' title="{_esc(number(value))}">{_esc(number(value))}</td>')
+                         f' title="{esc(number(value))}">{esc(number(value))}</td>')
         extra = ""
         if batched:
             w = layer.get("worst")
-            extra = f"<td>{_esc(w['batch_index'])} / {_esc(w['row'])}</td>" if w else "<td>-</td>"
-        rows.append(f"<tr><td>{_esc(layer['kind'])} {_esc(layer['label'])}</td>{''.join(cells)}{extra}</tr>")
+            extra = f"<td>{esc(w['batch_index'])} / {esc(w['row'])}</td>" if w else "<td>-</td>"
+        rows.append(f"<tr><td>{esc(layer['kind'])} {esc(layer['label'])}</td>{''.join(cells)}{extra}</tr>")
     more = ""
     if len(summary["layers"]) > len(layers) or len(summary["columns"]) > len(columns):
         more = f'<p class="note">first {len(layers)} layers and {len(columns)} steps shown</p>'
@@ -142,7 +141,3 @@ def _colour(value) -> str:
     level = 0.0 if value <= 0 else min(1.0, max(0.0, (math.log10(value) + 8) / 8))
     light = int(round(96 - 50 * level))
     return f"hsl(10, 80%, {light}%)"
-
-
-def _esc(value) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
