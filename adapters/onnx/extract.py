@@ -5,11 +5,11 @@ named ``output``."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
 from onnx import helper
 
 from ...errors import TraceDiffError
 from .load import load_model
+from .util import copied
 
 OUTPUT = "output"
 
@@ -74,8 +74,7 @@ def layer_model(model, trace, members, target, reference):
     renamed[target.meta["onnx_output"]] = OUTPUT
     copies = []
     for node in constants + nodes:
-        copy = onnx.NodeProto()
-        copy.CopyFrom(node)
+        copy = copied(node)
         copy.input[:] = [renamed.get(i, i) for i in copy.input]
         copy.output[:] = [renamed.get(o, o) for o in copy.output]
         copies.append(copy)

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from onnx import helper, numpy_helper
 
+from .util import copied
+
 QUANTIZE, DEQUANTIZE = "QuantizeLinear", "DequantizeLinear"
 REMOVABLE_ACTIVATIONS = ("Relu", "Clip")     # what onnxruntime's QDQ quantizer folds away
 _OUTPUT_NAME = re.compile(r"^(.*)_output_\d+$")
@@ -97,7 +99,7 @@ def _reading(node, renamed):
     """``node`` reading the float view's tensors."""
     if node is None or not any(t in renamed for t in node.input):
         return node
-    node = _copy(node)
+    node = copied(node)
     node.input[:] = [renamed.get(t, t) for t in node.input]
     return node
 
@@ -122,7 +124,7 @@ def quantization(node, initializers) -> dict:
 def _as_layer(node, float_tensor, quantized_tensor, names):
     """``node`` writing ``quantized_tensor``: its float model's record. Where the quantizer
     removed an activation after it, the float tensor carries that activation's name."""
-    layer = _copy(node)
+    layer = copied(node)
     match = _OUTPUT_NAME.match(float_tensor)
     if match and match.group(1) not in names and match.group(1) != node.name:
         removed = match.group(1)
@@ -132,8 +134,3 @@ def _as_layer(node, float_tensor, quantized_tensor, names):
     layer.output[:] = [quantized_tensor]
     return layer
 
-
-def _copy(node):
-    copied = type(node)()
-    copied.CopyFrom(node)
-    return copied

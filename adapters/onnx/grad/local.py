@@ -24,6 +24,7 @@ from ....errors import TraceDiffError, first_line
 from .forward import run_model
 from .graph import NO_GRADIENT, Emitter, _all_names, _live
 from .prepare import FLOAT_TYPES, _constant_values, _prepared, _tensor_info
+from ..util import copied
 from .vjp import RULES
 
 CUT, SEED = "::replayed", "::seed"
@@ -40,7 +41,7 @@ def local_gradients(proto, records, reference, own_values, providers=None):
     info, consts = _tensor_info(model), _constant_values(graph)
     initializers = {t.name for t in graph.initializer}
     params = [t.name for t in graph.initializer if t.data_type in FLOAT_TYPES]
-    nodes = [_copy(node) for node in graph.node]
+    nodes = [copied(node) for node in graph.node]
     feeds, cut = {}, {}
     for tensor in sorted({i for node in nodes for i in node.input if i}):
         if tensor in initializers or tensor in consts or tensor not in records:
@@ -148,12 +149,6 @@ def _run(model, nodes, g, feeds, wanted, providers):
         raise TraceDiffError(f"replay: the local gradients of the ONNX model cannot run "
                              f"({first_line(exc)}); replay without loss_fn") from None
     return {key: np.asarray(value, np.float64) for (key, _), value in zip(outputs, values)}
-
-
-def _copy(node):
-    copy = onnx.NodeProto()
-    copy.CopyFrom(node)
-    return copy
 
 
 def _is_float(info, tensor):
