@@ -330,14 +330,14 @@ class Trace:
                 "the stored data; record it again")
 
     def _view_bytes(self, offset, nbytes, record) -> np.ndarray:
-        blob = self._blob(record, offset, nbytes)
+        blob = self._blob(offset, nbytes, record)
         raw = blob.view(offset, nbytes) if blob else None
         if raw is None:
             raw = self._read_bytes(offset, nbytes, record)
             raw.flags.writeable = False
         return raw
 
-    def _blob(self, record, offset, nbytes) -> MappedBlob | None:
+    def _blob(self, offset, nbytes, record) -> MappedBlob | None:
         """The direct reader of the data blob, or None where reads go through HDF5."""
         self._check_span(offset, nbytes, record)
         if self._mapped is None:
@@ -352,7 +352,7 @@ class Trace:
         """A fresh, writable array: read from the file directly where its layout allows (a read
         through HDF5 costs ~0.1 ms of overhead, most of a small tensor's time), else through
         HDF5."""
-        blob = self._blob(record, offset, nbytes)
+        blob = self._blob(offset, nbytes, record)
         raw = blob.copy(offset, nbytes) if blob else None
         return raw if raw is not None else self._read_bytes(offset, nbytes, record)
 
