@@ -165,3 +165,17 @@ def test_p99_threshold_sample_is_not_fooled_by_rows(monkeypatch):
     monkeypatch.setattr(metrics, "_kernel", lambda *args: calls.append(args[-1]) or kernel(*args))
     assert compare(a, b, 1e-5, 1e-8).p99 == float(np.percentile(np.abs(a - b), 99))
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kernel_with_top_keeps_the_largest_differences_only(dtype):
+    rng = np.random.default_rng(6)
+    b = rng.standard_normal(5 * 1024 + 3).astype(dtype)
+    a = b + rng.standard_normal(b.size).astype(dtype)
+    absd = np.abs(a - b)
+    heap = np.full(53, -1, dtype)
+    got = metrics._kernel(a, b, 1e-5, 1e-8, 0.0, 1e-300, heap, 1024, 1, 1024, 0.0, heap.size)
+    assert got[-2:] == (b.size, heap.size)
+    np.testing.assert_array_equal(np.sort(heap), np.sort(absd)[-heap.size:])
+    with pytest.raises(ValueError, match="^compare\\(\\): the pool holds 52 values, 53 are needed$"):
+        metrics._kernel(a, b, 1e-5, 1e-8, 0.0, 1e-300, heap[:52], 1024, 1, 1024, 0.0, 53)

@@ -46,3 +46,18 @@ def test_p99_in_the_report_of_a_large_pair():
     a = b + rng.standard_normal(b.size).astype(np.float32) * 1e-3
     expected = float(np.percentile(np.abs(a - b), 99))
     assert compare(a, b, 1e-2, 1e-2).stats()["p99"] == expected
+
+
+@pytest.mark.parametrize("order", ["shuffled", "ascending", "descending", "ties"])
+@pytest.mark.parametrize("n", [1, 2, 3, 101, 1024, 1025, 8192, P99_SELECT_MIN - 1])
+def test_p99_of_a_small_pair_from_the_kernels_heap_is_numpys(n, order):
+    """Below P99_SELECT_MIN the kernel keeps the top percent in a heap as it goes: whatever
+    order the differences come in (each new one the largest, each the smallest, all tied),
+    p99 is still np.percentile's."""
+    rng = np.random.default_rng(n)
+    for dtype in (np.float32, np.float64):
+        b = rng.standard_normal(n).astype(dtype)
+        d = {"shuffled": rng.standard_normal(n), "ascending": np.linspace(0, 1, n),
+             "descending": np.linspace(1, 0, n), "ties": rng.integers(0, 3, n) * 0.5}[order]
+        a = (b + d).astype(dtype)
+        assert compare(a, b, 1e-5, 1e-8).p99 == float(np.percentile(np.abs(a - b), 99))

@@ -1,7 +1,7 @@
 /* The diff engine's comparison of two same-sized float32 or float64 arrays in one pass, for
  * tracediff.compare.metrics.compare (which keeps the NumPy path for every other case).
  *
- * compare(a, b, rtol, atol, floor, rel_floor, pool, chunk, every, keep, threshold)
+ * compare(a, b, rtol, atol, floor, rel_floor, pool, chunk, every, keep, threshold, top)
  *   -> None when a or b holds a NaN or an Inf (the caller then takes the NumPy path), else
  *      (max_abs, argmax, sum_abs, sum_sq, sum_aa, sum_bb, sum_ab, mismatches, min_atol,
  *       max_rel, min_rtol, worst, pooled, kept)
@@ -15,7 +15,9 @@
  * of ``chunk`` elements; ``pooled`` counts them. Of those, the ones >= ``threshold`` (taken in
  * the arrays' type; 0 keeps all) are written to the front of ``pool``, in order; ``kept``
  * counts them. A threshold near the top percent makes p99 a selection among a few values,
- * with no second pass over the tensor.
+ * with no second pass over the tensor. ``top`` > 0 instead keeps the ``top`` largest of them,
+ * as a min-heap in pool[:top] (``kept`` counts them): p99 of a small pool is then read from
+ * its top percent with no selection over the whole pool.
  * at_least(values, threshold, minimum) -> count: the values >= threshold moved to the front,
  * for the p99 selection.
  * The GIL is released.
@@ -84,6 +86,61 @@ static void keep_worst(Result *r, Py_ssize_t index, double value)
 
 DEFINE_KEEP_AT_LEAST(float)
 DEFINE_KEEP_AT_LEAST(double)
+
+/* The ``cap`` largest of the values seen so far, as a min-heap in ``heap`` (``size`` of them
+ * held); returns the new size. Once the heap is full, a group of eight none of which exceeds
+ * its least is skipped with one test. */
+#define DEFINE_KEEP_TOP(T)                                                                     \
+    static inline void heap_put_##T(T *heap, Py_ssize_t cap, Py_ssize_t size, T v)             \
+    {                                                                                          \
+        Py_ssize_t j;                                                                          \
+        if (size < cap) { /* sift up from the end */                                           \
+            j = size;                                                                          \
+            while (j > 0 && heap[(j - 1) / 2] > v) {                                           \
+                heap[j] = heap[(j - 1) / 2];                                                   \
+                j = (j - 1) / 2;                                                               \
+            }                                                                                  \
+        } else { /* replace the least, sift down */                                            \
+            j = 0;                                                                             \
+            for (;;) {                                                                         \
+                Py_ssize_t c = 2 * j + 1;                                                      \
+                if (c >= cap)                                                                  \
+                    break;                                                                     \
+                if (c + 1 < cap && heap[c + 1] < heap[c])                                      \
+                    c++;                                                                       \
+                if (!(heap[c] < v))                                                            \
+                    break;                                                                     \
+                heap[j] = heap[c];                                                             \
+                j = c;                                                                         \
+            }                                                                                  \
+        }                                                                                      \
+        heap[j] = v;                                                                           \
+    }                                                                                          \
+    static inline Py_ssize_t keep_top_##T(const T *values, Py_ssize_t n, T *heap,             \
+                                          Py_ssize_t cap, Py_ssize_t size)                     \
+    {                                                                                          \
+        Py_ssize_t i = 0;                                                                      \
+        for (; i < n && size < cap; i++)                                                       \
+            heap_put_##T(heap, cap, size++, values[i]);                                        \
+        for (; i + 8 <= n; i += 8) {                                                           \
+            T least = heap[0];                                                                 \
+            int any = 0;                                                                       \
+            for (int j = 0; j < 8; j++)                                                        \
+                any |= values[i + j] > least;                                                  \
+            if (!any)                                                                          \
+                continue;                                                                      \
+            for (int j = 0; j < 8; j++)                                                        \
+                if (values[i + j] > heap[0])                                                   \
+                    heap_put_##T(heap, cap, cap, values[i + j]);                               \
+        }                                                                                      \
+        for (; i < n; i++)                                                                     \
+            if (values[i] > heap[0])                                                           \
+                heap_put_##T(heap, cap, cap, values[i]);                                       \
+        return size;                                                                           \
+    }
+
+DEFINE_KEEP_TOP(float)
+DEFINE_KEEP_TOP(double)
 #define SIMD_REDUCTIONS "omp simd reduction(+:bad,fails,s_abs,s_sq,s_aa,s_bb,s_ab) reduction(max:block_max,excess_max,rel_max,ratio_max) reduction(|:zero_over)"
 
 /* Each block of BLOCK elements: one vectorised sweep takes |d| (kept in a block buffer), the
@@ -94,7 +151,7 @@ DEFINE_KEEP_AT_LEAST(double)
     static TARGETS void NAME(const T *a, const T *b, Py_ssize_t n, double rtol_d,               \
                              double atol_d, double floor_d, double rel_floor_d, T *pool,        \
                              Py_ssize_t chunk, Py_ssize_t every, Py_ssize_t keep,               \
-                             double threshold_d, Result *r)                                     \
+                             double threshold_d, Py_ssize_t top, Result *r)                     \
     {                                                                                          \
         const T rtol = (T)rtol_d, atol = (T)atol_d, floor_ = (T)floor_d;                       \
         const T threshold = (T)threshold_d;                                                    \
@@ -172,7 +229,8 @@ DEFINE_KEEP_AT_LEAST(double)
                 Py_ssize_t chunk_end = chunk - in_chunk;                                       \
                 if (take > chunk_end)                                                          \
                     take = chunk_end;                                                          \
-                kept += keep_at_least_##T(absd, take, threshold, pool + kept);                 \
+                kept = top ? keep_top_##T(absd, take, pool, top, kept)                          \
+                           : kept + keep_at_least_##T(absd, take, threshold, pool + kept);      \
                 pooled += take;                                                                \
             }                                                                                  \
         }                                                                                      \
@@ -217,13 +275,13 @@ static PyObject *compare(PyObject *self, PyObject *args)
     (void)self;
     PyObject *a_obj, *b_obj, *pool_obj;
     double rtol, atol, floor_, rel_floor, threshold;
-    Py_ssize_t chunk, every, keep;
-    if (!PyArg_ParseTuple(args, "OOddddOnnnd", &a_obj, &b_obj, &rtol, &atol, &floor_, &rel_floor,
-                          &pool_obj, &chunk, &every, &keep, &threshold))
+    Py_ssize_t chunk, every, keep, top = 0;
+    if (!PyArg_ParseTuple(args, "OOddddOnnnd|n", &a_obj, &b_obj, &rtol, &atol, &floor_, &rel_floor,
+                          &pool_obj, &chunk, &every, &keep, &threshold, &top))
         return NULL;
-    if (chunk < 1 || chunk % BLOCK || every < 1 || keep < 0 || keep > chunk) {
+    if (chunk < 1 || chunk % BLOCK || every < 1 || keep < 0 || keep > chunk || top < 0) {
         PyErr_Format(PyExc_ValueError,
-                     "compare(): chunk must be a positive multiple of %d, every >= 1, 0 <= keep <= chunk",
+                     "compare(): chunk must be a positive multiple of %d, every >= 1, 0 <= keep <= chunk, top >= 0",
                      BLOCK);
         return NULL;
     }
@@ -250,6 +308,8 @@ static PyObject *compare(PyObject *self, PyObject *args)
                         "compare() takes two float32 or two float64 arrays of one size, and a pool of that type");
         goto done;
     }
+    if (top)
+        pool_needed = top;
     if (pool.len / size < pool_needed) {
         PyErr_Format(PyExc_ValueError, "compare(): the pool holds %zd values, %zd are needed",
                      pool.len / size, pool_needed);
@@ -260,10 +320,10 @@ static PyObject *compare(PyObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     if (size == 4)
         compare_f32(a.buf, b.buf, n, rtol, atol, floor_, rel_floor, pool.buf, chunk, every, keep,
-                    threshold, &r);
+                    threshold, top, &r);
     else
         compare_f64(a.buf, b.buf, n, rtol, atol, floor_, rel_floor, pool.buf, chunk, every, keep,
-                    threshold, &r);
+                    threshold, top, &r);
     Py_END_ALLOW_THREADS
     if (r.nonfinite) {
         out = Py_NewRef(Py_None);
@@ -340,8 +400,8 @@ static PyMethodDef methods[] = {
      "at_least(values, threshold, minimum) -> count of the values >= threshold (taken in the "
      "values' type); when there are at least minimum, they are moved to the front, in order."},
     {"compare", compare, METH_VARARGS,
-     "compare(a, b, rtol, atol, floor, rel_floor, pool, chunk, every, keep, threshold): the "
-     "statistics of a - b in one pass, or None when a or b holds a NaN or an Inf."},
+     "compare(a, b, rtol, atol, floor, rel_floor, pool, chunk, every, keep, threshold, top=0): "
+     "the statistics of a - b in one pass, or None when a or b holds a NaN or an Inf."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -30,7 +30,12 @@ _KERNEL_TYPES = (np.dtype("=f4"), np.dtype("=f8"))
 
 def work_dtype(a: np.ndarray, b: np.ndarray) -> np.dtype:
     """float32 when both sides fit in it, float64 otherwise; complex kept complex."""
-    kinds = {as_float(np.zeros(0, a.dtype)).dtype, as_float(np.zeros(0, b.dtype)).dtype}
+    return _work_dtype(a.dtype, b.dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _work_dtype(dtype_a: np.dtype, dtype_b: np.dtype) -> np.dtype:
+    kinds = {as_float(np.zeros(0, dtype_a)).dtype, as_float(np.zeros(0, dtype_b)).dtype}
     if any(k.kind == "c" for k in kinds):
         return np.dtype(np.complex128) if any(k.itemsize >= 16 or k.kind == "f" and k.itemsize == 8
                                               for k in kinds) else np.dtype(np.complex64)
@@ -104,7 +109,7 @@ class Comparison:
         else:
             ratio = self.sum_bb / self.sum_sq   # 0 when the squared differences overflowed
             sqnr = 10.0 * math.log10(ratio) if ratio > 0 else (-math.inf if ratio == 0 else math.nan)
-        index = [int(i) for i in np.unravel_index(self.argmax_flat, self.shape)] if self.numel else []
+        index = unravel(int(self.argmax_flat), self.shape) if self.numel else []
         return {
             "max_abs": self.max_abs, "max_rel": self.max_rel, "mean_abs": self.sum_abs / n,
             "rmse": math.sqrt(self.sum_sq / n), "rel_l2": self.rel_l2, "cosine": cosine,
@@ -116,17 +121,26 @@ class Comparison:
         }
 
     def worst(self) -> list:
-        order = np.argsort(-self.worst_abs, kind="stable")
-        order = order[self.worst_abs[order] > 0]
-        if not order.size:
+        """The largest differences, largest first (the earlier among equals), zeros left out."""
+        diffs = np.asarray(self.worst_abs, np.float64).tolist()
+        order = sorted((i for i, d in enumerate(diffs) if d > 0), key=lambda i: -diffs[i])
+        if not order:
             return []
-        flat = np.asarray(self.worst_idx, dtype=np.int64)[order]
-        index = (np.stack(np.unravel_index(flat, self.shape), axis=-1).tolist() if self.shape
-                 else [[] for _ in flat])
-        return [{"index": i, "a": a, "b": b, "diff": d}
-                for i, a, b, d in zip(index, _plain_list(np.asarray(self.worst_a)[order]),
-                                      _plain_list(np.asarray(self.worst_b)[order]),
-                                      self.worst_abs[order].astype(np.float64).tolist())]
+        flat = np.asarray(self.worst_idx, dtype=np.int64).tolist()
+        a, b = _plain_list(np.asarray(self.worst_a)), _plain_list(np.asarray(self.worst_b))
+        return [{"index": unravel(flat[i], self.shape), "a": a[i], "b": b[i], "diff": diffs[i]}
+                for i in order]
+
+
+def unravel(flat: int, shape) -> list:
+    """``np.unravel_index(flat, shape)`` as a list of ints, for one index (no array round trip)."""
+    index = []
+    for size in reversed(shape):
+        flat, i = divmod(flat, size)
+        index.append(i)
+    if flat:
+        raise ValueError(f"index out of bounds for shape {tuple(shape)}")
+    return index[::-1]
 
 
 @np.errstate(invalid="ignore", over="ignore", divide="ignore")  # NaN/Inf are counted, not warned about
@@ -237,19 +251,25 @@ def _compare_in_one_pass(result, fa, fb, rtol, atol, floor, rel_floor, keep, eve
     arithmetic, so the same verdict; every statistic but p99 is exact at any size. False when
     a NaN or an Inf is found: the NumPy path then counts and places them."""
     fa, fb = np.ascontiguousarray(fa), np.ascontiguousarray(fb)
+    pooled = (fa.size if every == 1 and keep == CHUNK
+              else sum(min(keep, fa.size - start) for start in range(0, fa.size, CHUNK * every)))
+    if pooled < P99_SELECT_MIN:     # the kernel keeps the top percent itself (a heap)
+        top = _top_count(pooled) if pooled else 0
+        pool = np.empty(max(1, top), fa.dtype)
+        got = _kernel(fa, fb, rtol, atol, floor, rel_floor, pool, CHUNK, every, keep, 0.0, top)
+        if got is None:
+            return False
+        _take(result, got, fa, fb)
+        result.p99 = (_percentile99_of_top(pool[:top], pooled) if pooled >= 2
+                      else float(pool[0]) if pooled else 0.0)
+        return True
     # untouched pages of an np.empty cost nothing: only the values kept are written
-    pool = np.empty(sum(min(keep, fa.size - start) for start in range(0, fa.size, CHUNK * every)),
-                    fa.dtype)
+    pool = np.empty(pooled, fa.dtype)
     threshold = _top_threshold(fa, fb, pool.size)
     got = _kernel(fa, fb, rtol, atol, floor, rel_floor, pool, CHUNK, every, keep, threshold)
     if got is None:
         return False
-    (result.max_abs, result.argmax_flat, result.sum_abs, result.sum_sq, result.sum_aa,
-     result.sum_bb, result.sum_ab, result.mismatches, result.min_atol, result.max_rel,
-     result.min_rtol, worst, pooled, kept) = got
-    idx = np.asarray(worst, dtype=np.int64)
-    result.worst_idx, result.worst_a, result.worst_b = idx, fa[idx], fb[idx]
-    result.worst_abs = np.abs(result.worst_a - result.worst_b).astype(np.float64)
+    pooled, kept = _take(result, got, fa, fb)
     if threshold > 0 and kept < _top_count(pooled):   # the sample misled: keep every value
         kept = _kernel(fa, fb, rtol, atol, floor, rel_floor, pool, CHUNK, every, keep, 0.0)[-1]
     if kept == pooled:
@@ -257,6 +277,17 @@ def _compare_in_one_pass(result, fa, fb, rtol, atol, floor, rel_floor, keep, eve
     else:
         result.p99 = _percentile99_of_top(pool[:kept], pooled)
     return True
+
+
+def _take(result, got, fa, fb) -> tuple:
+    """The kernel's statistics into ``result``; ``(pooled, kept)``."""
+    (result.max_abs, result.argmax_flat, result.sum_abs, result.sum_sq, result.sum_aa,
+     result.sum_bb, result.sum_ab, result.mismatches, result.min_atol, result.max_rel,
+     result.min_rtol, worst, pooled, kept) = got
+    idx = np.array(worst, dtype=np.int64)
+    result.worst_idx, result.worst_a, result.worst_b = idx, fa[idx], fb[idx]
+    result.worst_abs = np.abs(result.worst_a - result.worst_b).astype(np.float64)
+    return pooled, kept
 
 
 def _top_count(n: int) -> int:

@@ -29,6 +29,7 @@ EXACT = (0.0, 0.0)                 # integers and bools compare exactly
 
 # An element passes when |a - b| <= atol + rtol * max(|b|, SCALE_FLOOR * rms(b)).
 SCALE_FLOOR = 1.0
+SCALE_TEXT = f"max(|b|, {SCALE_FLOOR:g}*rms(b))"     # the rule as reports state it
 # The default rtol at depth d is rtol * DEPTH_GROWTH * sqrt(d) (d >= 1) ...
 DEPTH_GROWTH = 4.0
 # ... but for 16-bit and lower precisions (rtol >= 1e-3) at most rtol * this factor: their
@@ -79,7 +80,7 @@ class Tolerance:
 
     def to_dict(self) -> dict:
         out = {"rtol": self.rtol, "atol": self.atol, "source": self.source, "depth": self.depth,
-               "scale": f"max(|b|, {SCALE_FLOOR:g}*rms(b))"}
+               "scale": SCALE_TEXT}
         if self.precision:
             out["precision"] = self.precision
         if self.rel_l2 is not None:
