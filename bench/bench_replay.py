@@ -4,7 +4,8 @@
                                            [--cpu]
 
 ``--cpu``: process CPU time with one torch thread instead of wall time at default threads,
-for a machine other work is loading.
+for a machine other work is loading. The three measures alternate, round by round (``repeat``
+rounds, medians), so that a drift in the machine's speed moves them together.
 
 The model is a torch MLP of ``layers`` Linear + ReLU pairs (2 x layers modules, so 100 layers
 by default) with a cross-entropy loss. ``record`` is one training-step recording (forward,
@@ -24,6 +25,7 @@ import copy
 import os
 import sys
 import tempfile
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -34,7 +36,7 @@ import torch.nn.functional as F  # noqa: E402
 import tracediff as td  # noqa: E402
 from tracediff.adapters import torch as tdt  # noqa: E402
 from bench_golden import build  # noqa: E402  (the same deep Linear + ReLU MLP)
-from timing import median_cpu_seconds, median_seconds  # noqa: E402
+from timing import interleaved_medians  # noqa: E402
 
 
 def main():
@@ -45,7 +47,7 @@ def main():
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cpu", action="store_true", help="CPU time, one torch thread")
     args = parser.parse_args()
-    measure = median_cpu_seconds if args.cpu else median_seconds
+    clock = time.process_time if args.cpu else time.perf_counter
     if args.cpu:
         torch.set_num_threads(1)
     model = build(args.layers, args.width)
@@ -55,18 +57,20 @@ def main():
     def loss_fn(out):
         return F.cross_entropy(out, y)
 
+    bad = copy.deepcopy(model)
+    middle = [m for m in bad.modules() if isinstance(m, torch.nn.Linear)][args.layers // 2]
+    with torch.no_grad():
+        middle.weight.mul_(1.01)
     with tempfile.TemporaryDirectory() as folder:
-        ref = os.path.join(folder, "ref.h5")
-        t_record = measure(lambda: tdt.record(model, x, ref, loss_fn=loss_fn, overwrite=True),
-                                  args.repeat)
-        t_replay = measure(lambda: td.replay(model, ref, loss_fn=loss_fn), args.repeat)
-        report = td.replay(model, ref, loss_fn=loss_fn)
-        bad = copy.deepcopy(model)
-        middle = [m for m in bad.modules() if isinstance(m, torch.nn.Linear)][args.layers // 2]
-        with torch.no_grad():
-            middle.weight.mul_(1.01)
-        t_bug = measure(lambda: td.replay(bad, ref, loss_fn=loss_fn), args.repeat)
+        ref, other = os.path.join(folder, "ref.h5"), os.path.join(folder, "again.h5")
+        tdt.record(model, x, ref, loss_fn=loss_fn, overwrite=True)
+        report = td.replay(model, ref, loss_fn=loss_fn)          # also the warm-up
         bug_report = td.replay(bad, ref, loss_fn=loss_fn)
+        medians = interleaved_medians({
+            "record": lambda: tdt.record(model, x, other, loss_fn=loss_fn, overwrite=True),
+            "replay": lambda: td.replay(model, ref, loss_fn=loss_fn),
+            "bug": lambda: td.replay(bad, ref, loss_fn=loss_fn)}, args.repeat, clock)
+    t_record, t_replay, t_bug = medians["record"], medians["replay"], medians["bug"]
     modules = 2 * args.layers + 1
     print(f"{modules} modules, width {args.width}, batch {args.batch}, torch threads "
           f"{torch.get_num_threads()}, {'CPU' if args.cpu else 'wall'} time")

@@ -13,7 +13,14 @@ def median_seconds(fn, repeats, clock=time.perf_counter):
     return statistics.median(times)
 
 
-def median_cpu_seconds(fn, repeats):
-    """Median CPU time of this process over ``repeats`` calls of ``fn``: on a loaded machine
-    it moves far less than wall time (with one compute thread)."""
-    return median_seconds(fn, repeats, clock=time.process_time)
+def interleaved_medians(fns: dict, repeats, clock=time.perf_counter) -> dict:
+    """``{name: median time}`` of ``repeats`` rounds, each calling every function of ``fns``
+    once in turn: on a machine whose speed drifts (a shared VM), each measure sees the same
+    conditions, so their ratios hold where separate runs of medians would not."""
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = clock()
+            fn()
+            times[name].append(clock() - start)
+    return {name: statistics.median(values) for name, values in times.items()}

@@ -285,30 +285,32 @@ class Trace:
         shapes = {}
         out = []
         rank = self.rank
-        for index in range(count):
-            kind = texts["kind"][index]
+        stat_rows = zip(*(numbers[key] for key in STAT_FIELDS))
+        numel_at, nan_at, inf_at = (STAT_FIELDS.index(k) for k in ("numel", "nan", "inf"))
+        for index, (kind, name, dtype, shape_text, digest, meta, row, call, step, decode_step,
+                    batch_index, stored, nbytes, offset, sample_offset, sample_count) in enumerate(zip(
+                        texts["kind"], texts["name"], texts["dtype"], texts["shape"], texts["hash"],
+                        texts["meta"], stat_rows, numbers["call"], numbers["step"],
+                        numbers["decode_step"], numbers["batch_index"], numbers["stored"],
+                        numbers["nbytes"], numbers["offset"], numbers["sample_offset"],
+                        numbers["sample_count"])):
             if kind not in fmt.KINDS:
                 raise TraceFormatError(f"{self.path} is damaged: record {index} has unknown kind {kind!r}")
-            shape_text = texts["shape"][index]
             shape = shapes.get(shape_text)
             if shape is None:
                 shape = shapes[shape_text] = self._parse_shape(index, shape_text)
-            stats = {key: numbers[key][index] for key in STAT_FIELDS}
             # later arithmetic trusts these (sample indices, finite counts): check them once here
             numel = math.prod(shape)
-            if stats["numel"] != numel or not all(0 <= stats[k] <= numel for k in ("nan", "inf")):
+            if row[numel_at] != numel or not (0 <= row[nan_at] <= numel and 0 <= row[inf_at] <= numel):
                 raise TraceFormatError(
                     f"{self.path} is damaged: record {index} declares shape {list(shape)} but "
-                    f"statistics for {stats['numel']} element(s) ({stats['nan']} NaN, "
-                    f"{stats['inf']} Inf); record it again")
+                    f"statistics for {row[numel_at]} element(s) ({row[nan_at]} NaN, "
+                    f"{row[inf_at]} Inf); record it again")
             out.append(Record(
-                index=index, name=texts["name"][index], kind=kind, call=numbers["call"][index],
-                step=numbers["step"][index], decode_step=numbers["decode_step"][index],
-                batch_index=numbers["batch_index"][index], dtype=texts["dtype"][index], shape=shape,
-                stored=bool(numbers["stored"][index]), stats=stats, hash=texts["hash"][index],
-                nbytes=numbers["nbytes"][index], rank=rank, _meta_text=texts["meta"][index],
-                _offset=numbers["offset"][index],
-                _sample=(numbers["sample_offset"][index], numbers["sample_count"][index]), _trace=self))
+                index=index, name=name, kind=kind, call=call, step=step, decode_step=decode_step,
+                batch_index=batch_index, dtype=dtype, shape=shape, stored=bool(stored),
+                stats=dict(zip(STAT_FIELDS, row)), hash=digest, nbytes=nbytes, rank=rank,
+                _meta_text=meta, _offset=offset, _sample=(sample_offset, sample_count), _trace=self))
         return out
 
     def _parse_shape(self, index, text) -> tuple:

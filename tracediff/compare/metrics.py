@@ -123,7 +123,10 @@ class Comparison:
     def worst(self) -> list:
         """The largest differences, largest first (the earlier among equals), zeros left out."""
         diffs = np.asarray(self.worst_abs, np.float64).tolist()
-        order = sorted((i for i, d in enumerate(diffs) if d > 0), key=lambda i: -diffs[i])
+        if diffs == sorted(diffs, reverse=True):     # as both paths keep them
+            order = [i for i, d in enumerate(diffs) if d > 0]
+        else:
+            order = sorted((i for i, d in enumerate(diffs) if d > 0), key=lambda i: -diffs[i])
         if not order:
             return []
         flat = np.asarray(self.worst_idx, dtype=np.int64).tolist()
@@ -134,6 +137,8 @@ class Comparison:
 
 def unravel(flat: int, shape) -> list:
     """``np.unravel_index(flat, shape)`` as a list of ints, for one index (no array round trip)."""
+    if len(shape) == 2 and 0 <= flat < shape[0] * shape[1]:
+        return list(divmod(flat, shape[1]))
     index = []
     for size in reversed(shape):
         flat, i = divmod(flat, size)

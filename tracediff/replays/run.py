@@ -66,7 +66,7 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
                 if needs_run(report, wanted, same):
                     local, grads, input_grads, why = _run_layers(
                         framework, candidate, run_inputs, without_seeds(values, same.quiet),
-                        wanted, report, trace_a, layers)
+                        wanted, report, trace_a, layers, recorded=same.forward)
                 else:     # nothing to run again: every local result is the recorded one
                     local, grads, input_grads, why = {}, {}, {}, ""
                 same.drop_from(local, grads, input_grads)      # not judged again
@@ -107,29 +107,33 @@ def _judge_all(report, reference, values, wanted, results, framework, policy):
                           if pair.a_name in grads else skipped(no_gradient))
 
 
-def _run_layers(framework, candidate, run_inputs, values, wanted, report, trace_a, layers):
+def _run_layers(framework, candidate, run_inputs, values, wanted, report, trace_a, layers,
+                recorded=frozenset()):
     """The adapter's replay: ``(local outputs, local parameter gradients, local dL/d of
-    consumed records, why a pair without a local output was skipped)``."""
+    consumed records, why a pair without a local output was skipped)``. ``recorded``: the
+    forward records whose local output is their recorded one (``shortcut``), which the
+    adapters that run the whole model need not hand back."""
     gradients = any(p.kind in ("param_grad", "backward") for p in report.pairs)
+    outputs = set(wanted) - set(recorded)
     if framework == "torch":
         from ..adapters.torch import replay as torch_replay
         input_grads = {}
         local, grads = torch_replay.replay(
-            candidate, run_inputs, values, set(wanted), input_grads=input_grads,
+            candidate, run_inputs, values, outputs, input_grads=input_grads,
             gradients=gradients)
         return (local, grads, input_grads,
                 "not run: a module's output through a functional op, or an op record")
     backward = LocalBackward() if gradients else None
     if framework == "tensorflow":
         from ..adapters.tensorflow import replay as keras_replay
-        local = keras_replay.replay(candidate, run_inputs, values, set(wanted), backward)
+        local = keras_replay.replay(candidate, run_inputs, values, outputs, backward)
         return (local, *_gradients(trace_a, backward),
                 "not run: a layer's output through an op that is no layer")
     if framework == "jax":
         from ..adapters.jax import replay as jax_replay
         if backward is not None:
             backward.sums = {}
-        local = jax_replay.replay(candidate, run_inputs, values, set(wanted), backward=backward)
+        local = jax_replay.replay(candidate, run_inputs, values, outputs, backward=backward)
         return (local, *_gradients(trace_a, backward),
                 "not run: a module's output through plain jnp code, or no module's output")
     if framework == "onnx":
@@ -252,7 +256,7 @@ class _ReferenceValues:
 def as_dtype(value, dtype):
     """``value`` cast to the candidate record's dtype name, where NumPy knows it."""
     try:
-        return value.astype(np.dtype(dtype)) if dtype else value
+        return value.astype(np.dtype(dtype), copy=False) if dtype else value
     except TypeError:
         return value
 
