@@ -137,6 +137,8 @@ class Comparison:
 
 def unravel(flat: int, shape) -> list:
     """``np.unravel_index(flat, shape)`` as a list of ints, for one index (no array round trip)."""
+    if len(shape) == 1 and 0 <= flat < shape[0]:
+        return [flat]
     if len(shape) == 2 and 0 <= flat < shape[0] * shape[1]:
         return list(divmod(flat, shape[1]))
     index = []
