@@ -19,6 +19,14 @@ CLOSE_FIELDS = ("mean_abs", "rmse", "rel_l2", "cosine")
 DETAIL_FIELDS = ("max_rel", "min_rtol", "min_atol", "p99")
 
 
+def _noisy_pair(seed, size, dtype):
+    """``(a, b, |a - b|)``: b standard normal, a = b plus as much noise again."""
+    rng = np.random.default_rng(seed)
+    b = rng.standard_normal(size).astype(dtype)
+    a = b + rng.standard_normal(size).astype(dtype)
+    return a, b, np.abs(a - b)
+
+
 def _numpy_path(a, b, rtol, atol, **options):
     saved = metrics._kernel
     metrics._kernel = None
@@ -122,10 +130,7 @@ def test_kernel_refuses_mixed_types_and_bad_chunks_with_one_line():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_kernel_pools_only_the_values_at_or_above_the_threshold_in_order(dtype):
-    rng = np.random.default_rng(5)
-    b = rng.standard_normal(3 * 1024 + 17).astype(dtype)
-    a = b + rng.standard_normal(b.size).astype(dtype)
-    absd = np.abs(a - b)
+    a, b, absd = _noisy_pair(5, 3 * 1024 + 17, dtype)
     threshold = float(np.sort(absd)[-100])
     pool = np.full(b.size, -1, dtype)
     got = metrics._kernel(a, b, 1e-5, 1e-8, 0.0, 1e-300, pool, 1024, 1, 1024, threshold)
@@ -169,10 +174,7 @@ def test_p99_threshold_sample_is_not_fooled_by_rows(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_kernel_with_top_keeps_the_largest_differences_only(dtype):
-    rng = np.random.default_rng(6)
-    b = rng.standard_normal(5 * 1024 + 3).astype(dtype)
-    a = b + rng.standard_normal(b.size).astype(dtype)
-    absd = np.abs(a - b)
+    a, b, absd = _noisy_pair(6, 5 * 1024 + 3, dtype)
     heap = np.full(53, -1, dtype)
     got = metrics._kernel(a, b, 1e-5, 1e-8, 0.0, 1e-300, heap, 1024, 1, 1024, 0.0, heap.size)
     assert got[-2:] == (b.size, heap.size)
