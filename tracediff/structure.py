@@ -3,6 +3,7 @@ named leaves with the stable ``:`` suffixes of docs/conventions.md: ``lstm:0``, 
 ``bert:last_hidden_state``. Every adapter names its structured outputs through this."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Mapping
 
@@ -24,3 +25,30 @@ def named_leaves(value, name: str, is_leaf):
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
         for field in dataclasses.fields(value):
             yield from named_leaves(getattr(value, field.name), f"{name}:{field.name}", is_leaf)
+
+
+def with_leaves(value, replace, is_leaf):
+    """``value`` with each leaf ``named_leaves`` finds replaced by ``replace(leaf)``: the same
+    structure (its own type: a namedtuple, a ``ModelOutput``), rebuilt only where a leaf
+    changed, so an unchanged output is handed back as it is. A dataclass that is not a mapping
+    is left as it is."""
+    if is_leaf(value):
+        return replace(value)
+    if isinstance(value, Mapping):
+        items = {key: with_leaves(item, replace, is_leaf) for key, item in value.items()}
+        if all(items[key] is item for key, item in value.items()):
+            return value
+        out = copy.copy(value)
+        for key, item in items.items():
+            out[key] = item
+        return out
+    if isinstance(value, (tuple, list)):
+        items = [with_leaves(item, replace, is_leaf) for item in value]
+        if all(new is old for new, old in zip(items, value)):
+            return value
+        if isinstance(value, list):
+            return items if type(value) is list else type(value)(items)
+        if hasattr(value, "_fields"):       # a namedtuple
+            return type(value)(*items)
+        return tuple(items) if type(value) is tuple else type(value)(items)
+    return value

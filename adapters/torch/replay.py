@@ -31,6 +31,7 @@ from .convert import to_numpy
 from .replay_vjp import Backward
 from .session import original_module
 from .structure import named_inputs, named_tensors, split_inputs
+from tracediff.structure import with_leaves
 
 
 def replay(model, inputs, reference, wanted, *, gradients=False, arguments=None,
@@ -51,6 +52,7 @@ def replay(model, inputs, reference, wanted, *, gradients=False, arguments=None,
     produced = {}        # id(tensor) -> ((kind, record name, call), version when recorded)
                          # ``alive`` keeps the ids unique
     alive = []
+    handed = {}          # id(tensor handed on in place of a module's output) -> its value
     calls = defaultdict(int)
     local = {}
     backward = Backward() if gradients else None
@@ -63,20 +65,44 @@ def replay(model, inputs, reference, wanted, *, gradients=False, arguments=None,
             return None
         return found[0]
 
-    def substituted(t):
+    def reference_of(t):
+        """``(source, the reference's value)`` of the record ``t`` holds, or ``(None, None)``."""
         source = source_of(t)
         if source is None:
-            return t
-        value = reference(*source)
+            return None, None
+        value = handed.get(id(t))
+        if value is None:
+            value = reference(*source)
         if value is None or tuple(value.shape) != tuple(t.shape):
-            return t
-        value = torch.from_numpy(value.copy()).to(dtype=t.dtype, device=t.device)
+            return None, None
+        return source, value
+
+    def as_tensor(source, value, like):
+        value = torch.from_numpy(value.copy()).to(dtype=like.dtype, device=like.device)
         if backward is not None and value.is_floating_point():
             value = backward.substitute(source, value)
-        # a module handing it on to a child: the child gets a fresh copy of its own
         produced[id(value)] = (source, value._version)
         alive.append(value)
         return value
+
+    def substituted(t):
+        # a module handing it on to a child: the child gets a fresh copy of its own
+        source, value = reference_of(t)
+        return t if value is None else as_tensor(source, value, t)
+
+    def handed_on(t):
+        """What the module's caller gets instead of ``t``: the reference's value of the record
+        ``t`` holds, so that code between modules (attention's split, softmax and matmul
+        between ``c_attn`` and ``c_proj``; ``out += identity``) computes from the reference's
+        values too, and a wrong module's output reaches no other module's inputs."""
+        if id(t) in handed:     # a container handing on its child's output: replaced already
+            return t
+        source, value = reference_of(t)
+        if value is None:
+            return t
+        out = as_tensor(source, value, t)
+        handed[id(out)] = value
+        return out
 
     def pre_hook(sub, hook_args, hook_kwargs):
         hook_args = tuple(substituted(a) for a in hook_args)
@@ -103,6 +129,7 @@ def replay(model, inputs, reference, wanted, *, gradients=False, arguments=None,
                     backward.output(record_name, call, t)
             if backward is not None:
                 backward.called(path, name, call, named)
+            return with_leaves(output, handed_on, lambda leaf: isinstance(leaf, torch.Tensor))
         return hook
 
     for name, t in named_inputs(args, kwargs):

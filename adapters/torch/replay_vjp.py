@@ -15,6 +15,7 @@ gives no contribution (a module without the reference's dL/d(output)) is left un
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import contextmanager
 
 import torch
 from torch.autograd.graph import GradientEdge
@@ -83,6 +84,9 @@ class Backward:
         gave their contribution; ``param_grads`` (``{name: gradient}``) gains each call's
         parameter gradients."""
         sums, consumers, incomplete = {}, defaultdict(list), set()
+        # a parameter shared by several modules (GPT-2's tied wte and lm_head) is recorded once,
+        # under its first name: each call's share goes to that name
+        recorded_as = {id(p): name for name, p in module.named_parameters()}
         for path, record_name, call, named in self.calls:
             mine = [(n, t) for n, t in named
                     if self.records.get(self.boundary.get((id(t.grad_fn), t.output_nr)), [None])[0]
@@ -94,14 +98,17 @@ class Backward:
                 incomplete.update(key for key, _ in hits)
                 continue
             sub = module.get_submodule(path)
-            params = [(f"{path}.{n}" if path else n, p)
+            params = [(recorded_as.get(id(p), f"{path}.{n}" if path else n), p)
                       for n, p in sub.named_parameters(recurse=False) if p.requires_grad]
             if not mine or (not hits and not params):
                 continue
-            found = torch.autograd.grad(
-                [t for _, t in mine], [p for _, p in params] + [edge for _, edge in hits],
-                [torch.from_numpy(s.copy()).to(dtype=t.dtype, device=t.device)
-                 for s, (_, t) in zip(seeds, mine)], retain_graph=True, allow_unused=True)
+            with _stopped_at([edge for _, edge in hits]) as arrived:
+                found = torch.autograd.grad(
+                    [t for _, t in mine], [p for _, p in params] + [edge for _, edge in hits],
+                    [torch.from_numpy(s.copy()).to(dtype=t.dtype, device=t.device)
+                     for s, (_, t) in zip(seeds, mine)], retain_graph=True, allow_unused=True)
+            found = found[:len(params)] + tuple(
+                arrived.get(_edge_key(edge), g) for (_, edge), g in zip(hits, found[len(params):]))
             for (name, _), g in zip(params, found):
                 if g is not None:
                     param_grads[name] = accumulate(param_grads.get(name), to_numpy(g))
@@ -138,3 +145,38 @@ class Backward:
                 continue
             stack.extend(node.next_functions)
         return list(hits.values()), True
+
+
+def _edge_key(edge):
+    return (id(edge.node), edge.output_nr) if isinstance(edge, GradientEdge) else None
+
+
+@contextmanager
+def _stopped_at(edges):
+    """A context in which the gradient reaching each of ``edges`` (other calls' outputs) stops
+    there: it is kept in the dict yielded, ``{(id(node), output_nr): gradient}``, and nothing
+    flows on through the node. Autograd differentiates through everything, so without this,
+    where one boundary lies on a path to another (attention weights an attention module
+    returns and its own matmul reads, between c_attn and c_proj), the farther one's gradient
+    would also count the path through the nearer one, which that one's own call gives."""
+    arrived, handles, wanted = {}, [], defaultdict(set)
+    for edge in edges:
+        if isinstance(edge, GradientEdge):
+            wanted[edge.node].add(edge.output_nr)
+
+    def stop(node, outputs):
+        def hook(grad_outputs):
+            for nr in outputs:
+                if grad_outputs[nr] is not None:
+                    arrived[(id(node), nr)] = grad_outputs[nr]
+            return tuple(torch.zeros_like(g) if nr in outputs and g is not None else g
+                         for nr, g in enumerate(grad_outputs))
+        return hook
+
+    try:
+        for node, outputs in wanted.items():
+            handles.append(node.register_prehook(stop(node, outputs)))
+        yield arrived
+    finally:
+        for handle in handles:
+            handle.remove()
