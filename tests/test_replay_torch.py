@@ -14,6 +14,7 @@ import torch.nn.functional as F  # noqa: E402
 import tracediff as td  # noqa: E402
 from tracediff.adapters import torch as tdt  # noqa: E402
 from tracediff.cli import main  # noqa: E402
+from tracediff.replays import shortcut  # noqa: E402
 
 
 def resnet():
@@ -258,3 +259,36 @@ def test_extract_writes_a_repro_that_fails_on_the_bug_and_passes_on_the_fix(tmp_
     passing = subprocess.run(run + ["repro_good/test_2.py"], capture_output=True, text=True,
                              cwd=tmp_path)
     assert passing.returncode == 0, passing.stdout
+
+
+def test_dropout_recorded_in_training_mode_is_skipped_not_blamed(tmp_path, monkeypatch):
+    """Recorded in training mode, each dropout drew a random mask; replay runs dropout off, so
+    a dropout's own output and VJP cannot be the recorded ones: its pair is skipped with the
+    reason, what it consumed is left unjudged backward, and the layers after it, handed the
+    reference's masked values, are judged as usual. The copy with every layer run again (no
+    result taken from the recording): no root cause; a wrong last layer: that layer alone."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(7, 11), torch.nn.ReLU(), torch.nn.Dropout(0.3),
+                                torch.nn.Linear(11, 13), torch.nn.Dropout(0.3),
+                                torch.nn.Linear(13, 5)).train()
+    labels = torch.tensor([0, 4, 2])
+
+    def loss_fn(out):
+        return F.cross_entropy(out, labels)
+
+    tdt.record(model, torch.randn(3, 7), tmp_path / "ref.h5", loss_fn=loss_fn)
+    monkeypatch.setattr(shortcut, "ENABLED", False)
+    report = td.replay(copy.deepcopy(model), tmp_path / "ref.h5", loss_fn=loss_fn)
+    assert report.root_causes == []
+    reason = ("skipped: a dropout recorded in training mode: its mask was random, and replay "
+              "runs it off")
+    assert {p.b_name: p.local["status"] for p in report.pairs if p.kind == "forward"} == {
+        "0": "ok", "1": "ok", "2": reason, "3": "ok", "4": reason, "5": "ok", "<root>": "ok"}
+    backward = {p.b_name: (p.local or {}).get("status") for p in report.pairs
+                if p.kind == "backward"}
+    assert backward["4"] == "ok" and backward["3"] is None      # 3 feeds dropout 4 only
+    bad = copy.deepcopy(model)
+    with torch.no_grad():
+        bad[5].weight.mul_(1.01)
+    assert [(c["kind"], c["b_name"]) for c in
+            td.replay(bad, tmp_path / "ref.h5", loss_fn=loss_fn).root_causes] == [("forward", "5")]

@@ -117,6 +117,8 @@ def replay(model, inputs, reference, wanted, *, gradients=False, arguments=None,
         name = path or ROOT
 
         def hook(sub, __, output):
+            if path in random:    # off, it returns its input; recorded, it made a new tensor
+                output = with_leaves(output, lambda t: t.view_as(t), is_tensor)
             call = calls[name]
             calls[name] += 1
             named = list(named_tensors(output, name))
@@ -129,7 +131,7 @@ def replay(model, inputs, reference, wanted, *, gradients=False, arguments=None,
                     backward.output(record_name, call, t)
             if backward is not None:
                 backward.called(path, name, call, named)
-            return with_leaves(output, handed_on, lambda leaf: isinstance(leaf, torch.Tensor))
+            return with_leaves(output, handed_on, is_tensor)
         return hook
 
     for name, t in named_inputs(args, kwargs):
@@ -138,13 +140,15 @@ def replay(model, inputs, reference, wanted, *, gradients=False, arguments=None,
             backward.input(name, 0, t)
     paths = {sub: path or ROOT for path, sub in module.named_modules()}
     modes = {m: m.training for m in module.modules()}
+    random = {path for path, sub in module.named_modules()   # dropout the recording ran
+              if isinstance(sub, torch.nn.modules.dropout._DropoutNd) and sub.training and sub.p > 0}
     handles = []
     grads = {}
     with kept_buffers(module):
         try:
             _run(module, args, kwargs, handles, pre_hook, forward_hook, gradients)
             if backward is not None:
-                found = backward.run(module, reference, grads)
+                found = backward.run(module, reference, grads, random=random)
                 if input_grads is not None:
                     input_grads.update(found)
         finally:
@@ -153,6 +157,10 @@ def replay(model, inputs, reference, wanted, *, gradients=False, arguments=None,
             for m, training in modes.items():
                 m.training = training
     return local, grads
+
+
+def is_tensor(value) -> bool:
+    return isinstance(value, torch.Tensor)
 
 
 def _run(module, args, kwargs, handles, pre_hook, forward_hook, gradients):

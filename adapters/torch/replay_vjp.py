@@ -79,10 +79,12 @@ class Backward:
             self.records[key].append((record_name, call))
         self.by_record.setdefault((record_name, call), key)
 
-    def run(self, module, reference, param_grads):
+    def run(self, module, reference, param_grads, random=frozenset()):
         """``{(record name, call): (consumers, dL/d)}`` for every record whose consumers all
         gave their contribution; ``param_grads`` (``{name: gradient}``) gains each call's
-        parameter gradients."""
+        parameter gradients. ``random``: the paths of modules whose VJP is not the recorded
+        one (dropout in training mode, replayed off: the reference's gradient has its mask);
+        what they consumed is left unjudged."""
         sums, consumers, incomplete = {}, defaultdict(list), set()
         # a parameter shared by several modules (GPT-2's tied wte and lm_head) is recorded once,
         # under its first name: each call's share goes to that name
@@ -93,8 +95,8 @@ class Backward:
                     == (n, call)]    # an output a child returned belongs to the child
             hits, complete = self._first_boundaries([t for _, t in mine])
             seeds = [reference("backward", n, call) for n, _ in mine]
-            if not complete or any(s is None or tuple(s.shape) != tuple(t.shape)
-                                   for s, (_, t) in zip(seeds, mine)):
+            if not complete or path in random or any(
+                    s is None or tuple(s.shape) != tuple(t.shape) for s, (_, t) in zip(seeds, mine)):
                 incomplete.update(key for key, _ in hits)
                 continue
             sub = module.get_submodule(path)

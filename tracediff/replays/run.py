@@ -14,7 +14,7 @@ from ..trace import Trace, open_trace
 from .backward import LocalBackward, input_gradients
 from .layouts import assumed
 from .local import judge, root_causes, settle_introduced, skipped
-from .shortcut import needs_run, put_recorded, unchanged, without_seeds
+from .shortcut import needs_run, put_recorded, random_in_training, unchanged, without_seeds
 
 
 def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None, atol=None,
@@ -83,6 +83,9 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
     return report
 
 
+RANDOM = "a dropout recorded in training mode: its mask was random, and replay runs it off"
+
+
 def _judge_all(report, reference, values, wanted, results, framework, policy):
     """Every forward pair's ``local`` (its candidate record's local output, or why it has
     none), and the gradients replay produced: dL/d of the consumed records whose every
@@ -93,6 +96,9 @@ def _judge_all(report, reference, values, wanted, results, framework, policy):
     }.get(framework, "no call of its layer had the reference's dL/d(output)")
     for key, pairs in wanted.items():
         for pair in pairs:
+            if random_in_training(values.trace_a[pair.a_index]):
+                pair.local = skipped(RANDOM)
+                continue
             pair.local = (judge(pair, local[key], reference[pair.b_index], policy,
                                 values.layouts.get(id(pair), False))
                           if key in local else skipped(why))
@@ -233,7 +239,7 @@ class _ReferenceValues:
     into the candidate's layout; None where the record has no usable pair."""
 
     def __init__(self, report, trace_a, trace_b):
-        self.trace_b = trace_b
+        self.trace_a, self.trace_b = trace_a, trace_b
         self.layouts = assumed(report, trace_a)
         self.pairs = {(p.kind, p.a_name, p.a_call): p for p in report.pairs
                       if p.kind in ("forward", "input", "backward") and id(p) in self.layouts

@@ -262,3 +262,10 @@ def recorded_local(pair, policy) -> dict:
     tol = policy.resolve(pair.kind, pair.a_name, pair.b_name, pair.dtype_a, pair.dtype_b, 1)
     return {"status": "ok", "rel_l2": 0.0, "max_abs": 0.0, "sqnr_db": None,
             "tolerance": tol.to_dict(), "from": RECORDED}
+
+
+def random_in_training(record) -> bool:
+    """Whether a forward record is a dropout's, recorded in training mode (meta ``training``):
+    replay runs dropout off, so its local output cannot be the recorded one."""
+    return (record.meta.get("training") is True
+            and any(word in str(record.meta.get("op_type", "")) for word in NOT_PURE))
