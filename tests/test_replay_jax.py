@@ -141,3 +141,33 @@ def test_a_plain_function_replays_between_its_taps(mlp_reference):
     assert "bias" in next(c["hint"] for c in report.root_causes if c["a_name"] == "fc2")
     # bind also records, and a jitted function replays eagerly all the same
     assert td.replay(tdj.bind(jax.jit(bad), params), path).root_causes == report.root_causes
+
+
+def test_jnp_code_between_modules_computes_from_the_reference_values(tmp_path):
+    """Plain jnp code between a Linen model's Dense layers (tanh and a scale, a relu) has no
+    record: replay runs it on the reference's output of the layer before, so a wrong first
+    layer is the only root cause, forward and backward, not also the layers after it."""
+    import flax.linen as nn
+    import numpy as np
+    from tracediff.adapters import jax as tdj
+
+    class Model(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = jnp.tanh(nn.Dense(11, name="a")(x)) * 2.0
+            return nn.Dense(5, name="c")(jax.nn.relu(nn.Dense(13, name="b")(h)))
+
+    x = np.random.default_rng(0).standard_normal((3, 7)).astype("float32")
+    variables = Model().init(jax.random.PRNGKey(0), x)
+    bad = jax.tree_util.tree_map(lambda v: v, variables)
+    bad["params"]["a"]["kernel"] = variables["params"]["a"]["kernel"] * 1.01
+
+    def loss(output):
+        return jnp.mean(output ** 2)
+
+    tdj.record(Model().bind(variables), x, tmp_path / "ref.h5", loss_fn=loss)
+    assert td.replay(Model().bind(variables), tmp_path / "ref.h5", loss_fn=loss).root_causes == []
+    report = td.replay(Model().bind(bad), tmp_path / "ref.h5", loss_fn=loss)
+    assert [(c["kind"], c["b_name"]) for c in report.root_causes] == [("forward", "a")]
+    assert {p.b_name: p.local["status"] for p in report.pairs if p.kind == "forward"
+            and p.b_name in ("a", "b", "c")} == {"a": "diverged", "b": "ok", "c": "ok"}

@@ -98,3 +98,35 @@ def test_a_residual_fan_out_is_judged_by_the_sum_of_its_consumers(tmp_path):
     local = {p.a_name: (p.local["status"], p.local["by"]) for p in report.pairs
              if p.kind == "backward" and p.local is not None}
     assert local == {"fc": ("ok", ["act", "add"]), "act": ("ok", "add"), "add": ("ok", "head")}
+
+
+def test_ops_between_layers_compute_from_the_reference_values_not_a_wrong_layers(tmp_path):
+    """A subclassed model's own tf code between its layers (tanh and a scale, a relu) has no
+    record: replay runs it on the reference's output of the layer before, so a wrong first
+    layer is the only root cause, not also the two layers its error would flow into."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    from tracediff.adapters import tensorflow as tdk
+
+    class Model(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = (keras.layers.Dense(n, name=name)
+                                      for n, name in ((11, "a"), (13, "b"), (5, "c")))
+
+        def call(self, x):
+            return self.c(tf.nn.relu(self.b(tf.nn.tanh(self.a(x)) * 2.0)))
+
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(0).standard_normal((3, 7)).astype("float32")
+    model, bad = Model(), Model()
+    model(x), bad(x)
+    bad.set_weights(model.get_weights())
+    bad.a.kernel.assign(bad.a.kernel * 1.01)
+    tdk.record(model, x, tmp_path / "ref.h5")
+    assert td.replay(model, tmp_path / "ref.h5").root_causes == []
+    report = td.replay(bad, tmp_path / "ref.h5")
+    assert [(c["kind"], c["b_name"]) for c in report.root_causes] == [("forward", "a")]
+    assert {p.b_name: p.local["status"] for p in report.pairs if p.kind == "forward"
+            and p.b_name in ("a", "b", "c")} == {"a": "diverged", "b": "ok", "c": "ok"}

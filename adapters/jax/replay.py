@@ -6,7 +6,8 @@ before each module call, every argument that a recorded module produced (or that
 input) with the reference's value of that record, when the shapes agree; in a plain function
 (``bind(fn, params)``) the value a ``tap`` returns is the reference's. The run is eager, so
 each array is the object its producer returned; a value made by plain ``jnp`` code between
-modules has no record and is computed from substituted values.
+modules has no record and is computed from the reference's values: each module hands on the
+reference's value of its output, not its local result.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class _Substitution(Taps):
         self.local = {}
         self.substitutions = []     # [((kind, name, call), value, consumer path)], in order
         self.outputs = {}           # key -> (record name, call, value)
+        self.handed = {}            # key -> the reference's value handed on for that output
         self._pending = []          # per module call in progress: its substitutions
 
     def module_inputs(self, args, kwargs):
@@ -57,12 +59,21 @@ class _Substitution(Taps):
         return value if name == ROOT else jax.tree_util.tree_map(self._substituted, value)
 
     def _tap(self, name, value, meta):
+        """A module output: its local result is kept, and the code after it gets the
+        reference's value of its record (``handed``), so plain ``jnp`` code between modules
+        computes from the reference's values, and a wrong module's output reaches no other
+        module's inputs."""
         call = self._calls[name]
         value = super()._tap(name, value, meta)
         self.outputs[f"{name}#{call}"] = (name, call, value)
         if (name, call) in self.wanted:
             self.local[(name, call)] = jax.device_get(value)
-        return value
+        known = self.reference("forward", name, call) if name != ROOT else None
+        if known is None or tuple(known.shape) != tuple(value.shape):
+            return value
+        handed = self.handed[f"{name}#{call}"] = jnp.asarray(known, dtype=value.dtype)
+        self._sources[id(handed)] = (self._sources[id(value)][0], handed)
+        return handed
 
 
 def replay(model, inputs, reference, wanted, params=None, backward=None):
@@ -78,5 +89,5 @@ def replay(model, inputs, reference, wanted, params=None, backward=None):
     if backward is not None:
         from .replay_vjp import local_backward
         local_backward(runner, args, kwargs, reference, substitution.substitutions,
-                       substitution.outputs, backward)
+                       substitution.outputs, backward, substitution.handed)
     return substitution.local

@@ -3,8 +3,8 @@ the reference's inputs, by one ``jax.vjp`` of the substituted run.
 
 The run is traced again as a function of the trainable parameters, of the substituted values
 (each substitution the eager pass made, in order, an argument of its own) and of a zero
-``cut`` added to each module output after ``stop_gradient``: a module's output reaches later
-code only through its cut, so gradients stop at module boundaries as they stop at the
+``cut`` added to each module output after ``stop_gradient`` (the value the eager pass handed
+on: the reference's): a module's output reaches later code only through its cut, so gradients stop at module boundaries as they stop at the
 substituted values. Three cotangents on that one VJP give: the seeded sum ``sum <output,
 reference dL/d(output)>`` (each call's parameter gradients and its contribution to each value
 it was given); the same with random seeds on the outputs the reference has no dL/d for (what
@@ -27,9 +27,9 @@ class Cut(Taps):
     """The traced replay: the i-th substitution takes ``subs[i]``, every module output is
     returned as ``stop_gradient(output) + cuts[key]`` and kept (before the cut) in ``outputs``."""
 
-    def __init__(self, sources, subs, cuts):
+    def __init__(self, sources, subs, cuts, handed=None):
         super().__init__()
-        self.expected, self.cuts = sources, cuts
+        self.expected, self.cuts, self.handed = sources, cuts, handed or {}
         # the float substitutions are traced; integer ones (token ids) stay the values given
         self.subs = [subs.get(position, value) for position, (_, value, _) in enumerate(sources)]
         self.outputs = {}
@@ -54,18 +54,21 @@ class Cut(Taps):
         self._calls[name] += 1
         key = f"{name}#{call}"
         self.outputs[key] = value
+        value = self.handed.get(key, value)     # what the eager pass handed on
         if key in self.cuts:
             value = jax.lax.stop_gradient(value) + self.cuts[key]
         self._sources[id(value)] = ({"kind": "forward", "name": name, "call": call}, value)
         return value
 
 
-def local_backward(runner, args, kwargs, reference, substitutions, outputs, backward):
+def local_backward(runner, args, kwargs, reference, substitutions, outputs, backward,
+                   handed=None):
     """Fill ``backward`` (``LocalBackward``): ``params`` with each parameter's local gradient
     and ``sums`` with ``{(record name, call): ([consumers], dL/d)}`` of the records judged.
 
     ``substitutions``: ``[((kind, name, call), value, consumer path)]`` in the eager pass's
-    order; ``outputs``: ``{key: (name, call, value)}`` of its module outputs."""
+    order; ``outputs``: ``{key: (name, call, value)}`` of its module outputs; ``handed``:
+    ``{key: value}``, what it handed on in place of those outputs (the reference's)."""
     floating = {key: entry for key, entry in outputs.items()
                 if jnp.issubdtype(entry[2].dtype, jnp.inexact)}
     seeds = {key: reference("backward", name, call) for key, (name, call, _) in floating.items()}
@@ -79,7 +82,7 @@ def local_backward(runner, args, kwargs, reference, substitutions, outputs, back
     cuts = {key: jnp.zeros_like(entry[2]) for key, entry in floating.items()}
 
     def run(trainable, subs, cuts):
-        taps = Cut(substitutions, subs, cuts)
+        taps = Cut(substitutions, subs, cuts, handed)
         taps.mark_inputs(named_inputs(args, kwargs))
         with active(taps):
             runner.run(trainable, args, kwargs)

@@ -3,9 +3,10 @@
 One eager forward pass with each layer's ``call`` wrapped for the pass (per instance, as the
 recording wraps them): a tensor argument that another layer returned in this pass is replaced
 by the reference's value of the record it pairs with, so each layer computes its output from
-the reference's inputs, its local result. Keras tensors are immutable, so an argument is always
-the value its producer returned; a tensor made by an op between layers (a ``tf.`` function in a
-subclassed model's ``call``) has no record and is computed from substituted values.
+the reference's inputs, its local result; and the layer hands on the reference's value of its
+output, not its local result. Keras tensors are immutable, so an argument is always the value
+its producer returned; a tensor made by an op between layers (a ``tf.`` function in a
+subclassed model's ``call``) has no record and is computed from the reference's values.
 
 Backward (``backward``, a ``tracediff.replays.backward.LocalBackward``): the pass runs under one
 persistent ``tf.GradientTape`` watching every substituted tensor, and each layer call's
@@ -50,6 +51,17 @@ class _Substitution(LayerCapture):
             self.alive.append(value)
         return value
 
+    def _handed_on(self, t):
+        """What the layer's caller gets instead of its output ``t``: the reference's value of
+        the record ``t`` holds, so that ops between layers (a ``tf.`` function in a subclassed
+        model's ``call``) compute from the reference's values too, and a wrong layer's output
+        reaches no other layer's inputs."""
+        value = self._substituted(t)
+        if value is not t:
+            self.produced[id(value)] = self.produced[id(t)]
+            self.alive.append(value)
+        return value
+
     def _wrap(self, path, layer, original):
         def call(*args, **kwargs):
             if tf.executing_eagerly():
@@ -70,6 +82,7 @@ class _Substitution(LayerCapture):
                     arguments = [(t, self.given.get(id(t))) for t in tf.nest.flatten((args, kwargs))
                                  if tf.is_tensor(t) and t.dtype.is_floating]
                     self.layer_calls.append((path, layer, index, arguments, named))
+                outputs = tf.nest.map_structure(self._handed_on, outputs)
             return outputs
 
         call.__wrapped__ = original
