@@ -210,3 +210,48 @@ def test_a_clean_self_replay_with_a_loss_runs_no_vjp_in_any_framework(
     run = td.replay(model, tmp_path / "ref.h5", **options)
     assert runs and run.root_causes == []
     assert judged_backward(clean) == judged_backward(run) and judged_backward(clean)
+
+
+class Staged(torch.nn.Module):
+    """Stages as ``nn.Sequential`` (a ResNet's shape): each stage returns its last layer's
+    output, one tensor under two names, and the next stage or the head consumes it."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = torch.nn.Sequential(torch.nn.Linear(7, 11), torch.nn.Tanh())
+        self.stages = torch.nn.Sequential(
+            torch.nn.Sequential(torch.nn.Linear(11, 13), torch.nn.Tanh()),
+            torch.nn.Sequential(torch.nn.Linear(13, 13), torch.nn.Tanh()))
+        self.head = torch.nn.Linear(13, 5)
+
+    def forward(self, x):
+        return self.head(self.stages(self.stem(x)))
+
+
+def test_stages_returning_their_last_layers_output_are_taken_from_the_recording(
+        tmp_path, monkeypatch):
+    """A record and the stage that returns it are one tensor: their dL/d is one sum over
+    everything that consumed either name. Clean, no VJP runs and both names take the
+    recorded dL/d; with every layer run, the same pairs are judged, by the same layers."""
+    from tracediff.replays import shortcut
+    model = Staged()
+    x = torch.randn(3, 7, generator=torch.Generator().manual_seed(1))
+    tdt.record(model, x, tmp_path / "ref.h5", loss_fn=loss_fn)
+    runs = vjp_runs(monkeypatch)
+    clean = td.replay(model, tmp_path / "ref.h5", loss_fn=loss_fn)
+    assert runs == [] and clean.root_causes == []
+    judged = judged_backward(clean)
+    assert judged[("stem.1", 0)] == judged[("stem", 0)] == ("ok", "stages.0.0")
+    assert judged[("stages.1.1", 0)] == judged[("stages", 0)] == ("ok", "head")
+    monkeypatch.setattr(shortcut, "ENABLED", False)
+    run = td.replay(model, tmp_path / "ref.h5", loss_fn=loss_fn)
+    assert len(runs) == 1 and run.root_causes == []
+    assert judged_backward(run) == judged
+
+    bad = copy.deepcopy(model)
+    with torch.no_grad():
+        bad.stages[1][0].bias.add_(1e-3)
+    monkeypatch.setattr(shortcut, "ENABLED", True)
+    report = td.replay(bad, tmp_path / "ref.h5", loss_fn=loss_fn)
+    assert [(c["kind"], c["b_name"]) for c in report.root_causes] == [("forward", "stages.1.0")]

@@ -23,6 +23,7 @@ RECORDED = "recorded"
 BACKWARD_REPLAYED = {"numpy", "torch", "tensorflow", "onnx", "jax"}
 NO_VJP_LEFT_OUT = {"numpy"}     # a layer its replay leaves out has no VJP (no backward=)
 SORTED_BY = {"tensorflow"}      # a sum's consumers named in sorted order, not call order
+MERGES_NAMES = {"torch"}        # one tensor's names share one dL/d sum in the adapter's VJPs
 NOT_PURE = ("Dropout",)     # recorded in training mode, replayed in eval mode: not the same run
 ENABLED = True      # False: every layer runs (what the shortcut's results are checked against)
 
@@ -107,13 +108,14 @@ def unchanged(report, trace_a, layouts, wanted, *, runs_alone=lambda name: True,
         result.loud = True
         return result
     containers = _containers(records)
-    silent = _silent(records, containers) if backward and seeded else set()
-    if backward and seeded and _aliased(trace_a, records, sources, silent):
+    silent = _silent(records, containers) if backward and seeded else {}
+    groups = _one_tensor(silent) if framework in MERGES_NAMES else {}
+    if backward and seeded and _aliased(trace_a, records, sources, silent, groups):
         result.loud = True
         return result
     if backward and framework not in NO_VJP_LEFT_OUT:
         result.backward = _recorded_backward(records, sources, silent, containers, same,
-                                             unchanged_call, framework in SORTED_BY)
+                                             unchanged_call, framework in SORTED_BY, groups)
     orphans = any(p.kind == "param_grad" and p.a_name not in result.params
                   and (p.a_name.rpartition(".")[0] or "<root>") not in calls for p in report.pairs)
     for name, records_of in calls.items():
@@ -157,28 +159,44 @@ def _containers(records) -> set:
     return found
 
 
-def _silent(records, containers) -> set:
+def _silent(records, containers) -> dict:
     """The container calls that return a value one of their inner calls recorded, unchanged
-    (``nn.Sequential``): their output is that call's, and their VJP sends nothing back."""
-    found = set()
+    (``nn.Sequential``), each with that inner call's ``(record name, call)``: their output is
+    that call's, and their VJP sends nothing back."""
+    found = {}
     for r in records:
         path = _module(r)
         if path not in containers:
             continue
         inner = [i for i in records if i.index < r.index and _module(i) != path and (
             not path or _module(i).startswith((path + ".", path + "/")))]
-        if any(_equal(i, r) for i in inner):
-            found.add((r.name, r.call))
+        equal = next((i for i in reversed(inner) if _equal(i, r)), None)
+        if equal is not None:
+            found[(r.name, r.call)] = (equal.name, equal.call)
     return found
 
 
-def _aliased(trace_a, records, sources, silent) -> bool:
+def _one_tensor(silent) -> dict:
+    """``(record name, call) -> (every name of that tensor, first one first)``: a silent
+    container's record and the inner record it returns (through nested ``nn.Sequential``s,
+    a stage, its last block and that block's last layer are one tensor)."""
+    groups = {}
+    for outer, inner in silent.items():
+        members = tuple(dict.fromkeys(groups.get(inner, (inner,)) + groups.get(outer, (outer,))))
+        for member in members:
+            groups[member] = members
+    return groups
+
+
+def _aliased(trace_a, records, sources, silent, groups) -> bool:
     """Whether some records may be one tensor under two names, where a VJP's senders differ
     from the consumers meta ``inputs`` lists: a call whose output equals a record it consumed
     (``nn.Identity``, a shortcut that returns its input), or a silent container whose output
-    some call consumes (the adapter's VJP judges the inner call's record as well)."""
+    some call consumes, where the adapter's VJP judges the inner call's record as well and
+    ``groups`` does not say which names are one tensor."""
     consumed_names = {(s[1], s[2]) for r in records for s in sources[r.index]}
-    if any((name, call) in consumed_names for name, call in silent):
+    if any((name, call) in consumed_names and (name, call) not in groups
+           for name, call in silent):
         return True
     known = {}
     for r in trace_a:
@@ -199,25 +217,28 @@ def _equal(a, b) -> bool:
 
 
 def _recorded_backward(records, sources, silent, containers, same, unchanged_call,
-                       by_name) -> dict:
+                       by_name, groups) -> dict:
     """``{(record name, call): [consumer layers]}`` of the consumed records whose dL/d is
     bit-identical to the reference's and whose every consumer (meta ``inputs``) is an
     unchanged call with the reference's dL/d(output): the sum of their VJPs, run on the
     reference's values, is the recorded dL/d. A consumer that is a container (other than a
-    silent one) may also send dL/d to records no meta names, so it is always run."""
+    silent one) may also send dL/d to records no meta names, so it is always run. The names
+    of one tensor (``groups``) share their consumers: the adapter sums them all for each."""
     consumers = {}
     for r in records:
         for source in sources[r.index]:
-            consumers.setdefault((source[1], source[2]), []).append(r)
+            names = groups.get((source[1], source[2]), ((source[1], source[2]),))
+            consumers.setdefault(names, []).append(r)
     found = {}
-    for (name, call), users in consumers.items():
-        if ("backward", name, call) not in same:
+    for names, users in consumers.items():
+        if not all(("backward", name, call) in same for name, call in names):
             continue
         by = [u for u in users if (u.name, u.call) not in silent]
         if by and all(unchanged_call(u) for u in by) and not any(
                 _module(u) in containers for u in by):
             layers = list(dict.fromkeys(u.name.partition(":")[0] for u in by))
-            found[(name, call)] = sorted(layers) if by_name else layers
+            for key in names:
+                found[key] = sorted(layers) if by_name else layers
     return found
 
 
