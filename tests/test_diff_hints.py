@@ -149,3 +149,15 @@ def test_shift_along_two_axes_from_padding_on_one_side(tmp_path):
     assert pair.b_name == "conv2"
     assert pair.hint == ("a is b shifted by one position along axis 2 (height) and axis 3 (width): "
                          "a[i, j] = b[i-1, j-1] (off-by-one, padding on the wrong side, or a causal shift)")
+
+
+def test_an_extra_activation_explains_a_layers_output_not_a_gradient():
+    """tanh(b) for b is a port's extra activation in what a layer computes; a parameter or a
+    gradient holding tanh of the reference's is no such mistake, and the hint says nothing of
+    one (trying every activation on every diverged gradient was most of a GPT-2 diff)."""
+    from tracediff.compare import hints
+    b = rng(7).standard_normal((5, 11))
+    assert hints.explain(np.tanh(b), b).startswith("a = tanh(b): a applies an extra tanh")
+    for kind in ("param", "param_grad", "backward"):
+        text = hints.explain(np.tanh(b), b, kind=kind)
+        assert text is None or "tanh" not in text

@@ -706,7 +706,7 @@ def _explain(pair: Pair, ta, tb, pairs, dims, explained) -> dict | None:
                 previous = prev_record.view()
     eps = max(EPSILON.get(pair.dtype_a, 0.0), EPSILON.get(pair.dtype_b, 0.0)) or None
     if pair.hint is None:
-        pair.hint = hints.explain(lead_a, lead_b, bad_mask=bad, dims=dims, eps=eps,
+        pair.hint = hints.explain(lead_a, lead_b, bad_mask=bad, dims=dims, eps=eps, kind=pair.kind,
                                   min_rtol=pair.stats.get("min_rtol"), previous=previous)
     del lead_a, lead_b, bad, previous
     return _histogram_of(pair, a, b)

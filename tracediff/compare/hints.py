@@ -41,10 +41,13 @@ def axis_name(axis, shape, dims) -> str:
     return f"axis {axis} ({name})" if name and not name.isdigit() else f"axis {axis}"
 
 
-def explain(a, b, *, bad_mask=None, dims=None, eps=None, min_rtol=None, previous=None):
+def explain(a, b, *, bad_mask=None, dims=None, eps=None, min_rtol=None, previous=None,
+            kind="forward"):
     """One line naming the probable mistake, or None. ``a`` and ``b`` are float arrays of the
     same shape; ``bad_mask`` marks the elements outside tolerance; ``previous`` is the reference
-    input of this layer (the previous aligned record), when its shape matches."""
+    input of this layer (the previous aligned record), when its shape matches. ``kind``: the
+    records' kind; an extra activation explains only what a layer computes (``forward``,
+    ``input``), not a parameter or a gradient."""
     a, b = leading(np.asarray(a, np.float64)), leading(np.asarray(b, np.float64))
     if bad_mask is not None:
         bad_mask = leading(bad_mask)
@@ -55,8 +58,9 @@ def explain(a, b, *, bad_mask=None, dims=None, eps=None, min_rtol=None, previous
     judge = _Judge(a, b)
     if judge.base == 0:
         return None
-    for test in (_sign_or_scale, _offset, _bias, _transpose, _activation, _substitution, _shift,
-                 _permuted_values):
+    tests = (_sign_or_scale, _offset, _bias, _transpose, _activation, _substitution, _shift,
+             _permuted_values)
+    for test in tests if kind in COMPUTED_KINDS else [t for t in tests if t is not _activation]:
         text = test(judge, a, b, dims=dims, previous=previous)
         if text:
             return text
@@ -68,6 +72,9 @@ def explain(a, b, *, bad_mask=None, dims=None, eps=None, min_rtol=None, previous
     if text:
         return text
     return None
+
+
+COMPUTED_KINDS = ("forward", "input", "loss")     # values a layer computes: an activation fits
 
 
 def leading(x):

@@ -64,7 +64,8 @@ def _compared(pair, a, b, policy, b_rms) -> dict:
              "tolerance": tol.to_dict()}
     if not result.passed:
         local["hint"] = hints.explain(np.asarray(as_float(hints.leading(a)), np.float64),
-                                      np.asarray(as_float(hints.leading(b)), np.float64))
+                                      np.asarray(as_float(hints.leading(b)), np.float64),
+                                      kind=pair.kind)
     return local
 
 
