@@ -144,6 +144,42 @@ def test_attention_modules_keep_their_masks_when_replayed(tmp_path):
     assert [c["b_name"] for c in causes] == [target]
 
 
+def test_attention_probabilities_returned_and_read_backward_are_judged_once(
+        tmp_path, monkeypatch):
+    """BERT's self-attention returns its probabilities, which its own matmul also reads: the
+    reference's dL/d(probabilities) already holds that path, so the module's VJP seeds them
+    with it alone, not with it plus the path again. With every layer and VJP run again (the
+    shortcut off): no root cause, dL/d of the query, key and value bit for bit; a wrong
+    query: that alone."""
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=61, hidden_size=22, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=26,
+                                     max_position_embeddings=17, attn_implementation="eager")
+    bert = transformers.BertForSequenceClassification(config).eval()
+    ids = torch.randint(0, 61, (3, 7), generator=torch.Generator().manual_seed(1))
+    inputs = {"input_ids": ids, "labels": torch.tensor([0, 1, 0])}
+
+    def loss(out):
+        return out.loss
+
+    tdt.record(bert, inputs, tmp_path / "bert.h5", loss_fn=loss)
+    monkeypatch.setattr(shortcut, "ENABLED", False)
+    report = td.replay(bert, tmp_path / "bert.h5", loss_fn=loss)
+    assert report.root_causes == []
+    backward = {p.b_name.rpartition("attention.")[2]: p.local for p in report.pairs
+                if p.kind == "backward" and p.b_name.startswith("bert.encoder.layer.0.attention")}
+    for name in ("self.query", "self.key", "self.value"):
+        assert backward[name]["status"] == "ok" and backward[name]["rel_l2"] == 0.0, name
+    assert backward["self:1"] is None    # no other layer reads the probabilities: not judged
+    bad = copy.deepcopy(bert)
+    target = "bert.encoder.layer.0.attention.self.query"
+    with torch.no_grad():
+        bad.get_submodule(target).weight.mul_(1.01)
+    assert [(c["kind"], c["b_name"]) for c in td.replay(bad, tmp_path / "bert.h5",
+                                                       loss_fn=loss).root_causes] == [
+        ("forward", target)]
+
+
 def test_the_cli_names_the_root_causes_and_writes_them_to_json(tmp_path, monkeypatch, capsys):
     (tmp_path / "ports.py").write_text(
         "import copy, torch\n"

@@ -104,11 +104,13 @@ class Backward:
                       for n, p in sub.named_parameters(recurse=False) if p.requires_grad]
             if not mine or (not hits and not params):
                 continue
-            with _stopped_at([edge for _, edge in hits]) as arrived:
+            seeds = [torch.from_numpy(s.copy()).to(dtype=t.dtype, device=t.device)
+                     for s, (_, t) in zip(seeds, mine)]
+            outputs = [t for _, t in mine]
+            with _stopped_at([edge for _, edge in hits], zip(outputs, seeds)) as arrived:
                 found = torch.autograd.grad(
-                    [t for _, t in mine], [p for _, p in params] + [edge for _, edge in hits],
-                    [torch.from_numpy(s.copy()).to(dtype=t.dtype, device=t.device)
-                     for s, (_, t) in zip(seeds, mine)], retain_graph=True, allow_unused=True)
+                    outputs, [p for _, p in params] + [edge for _, edge in hits], seeds,
+                    retain_graph=True, allow_unused=True)
             found = found[:len(params)] + tuple(
                 arrived.get(_edge_key(edge), g) for (_, edge), g in zip(hits, found[len(params):]))
             for (name, _), g in zip(params, found):
@@ -127,6 +129,7 @@ class Backward:
         """``([(key, edge to differentiate against)], complete)``: the boundaries the outputs'
         graph reaches first (substituted leaves, other calls' outputs), each once."""
         hits, seen = {}, set()
+        own = {(id(t.grad_fn), t.output_nr) for t in outputs}   # one output computed from another
         stack = [edge for t in outputs for edge in t.grad_fn.next_functions]
         while stack:
             if len(seen) > WALK_LIMIT:
@@ -136,7 +139,7 @@ class Backward:
                 continue
             seen.add((id(node), nr))
             key = self.boundary.get((id(node), nr))
-            if key is not None:
+            if key is not None and (id(node), nr) not in own:
                 hits[(id(node), nr)] = (key, GradientEdge(node, nr))
                 continue
             variable = getattr(node, "variable", None)
@@ -154,30 +157,40 @@ def _edge_key(edge):
 
 
 @contextmanager
-def _stopped_at(edges):
+def _stopped_at(edges, seeded=()):
     """A context in which the gradient reaching each of ``edges`` (other calls' outputs) stops
     there: it is kept in the dict yielded, ``{(id(node), output_nr): gradient}``, and nothing
     flows on through the node. Autograd differentiates through everything, so without this,
     where one boundary lies on a path to another (attention weights an attention module
     returns and its own matmul reads, between c_attn and c_proj), the farther one's gradient
-    would also count the path through the nearer one, which that one's own call gives."""
-    arrived, handles, wanted = {}, [], defaultdict(set)
+    would also count the path through the nearer one, which that one's own call gives.
+    ``seeded``: ``(output, seed)`` of the call's own outputs; each gets its seed alone. Where
+    one is computed from another (BERT's attention returns the probabilities its own matmul
+    reads), the path between them is already in the seed: the reference's dL/d of a tensor
+    sums every use of it."""
+    arrived, handles = {}, []
+    stops, seeds = defaultdict(set), defaultdict(dict)
     for edge in edges:
         if isinstance(edge, GradientEdge):
-            wanted[edge.node].add(edge.output_nr)
+            stops[edge.node].add(edge.output_nr)
+    for output, seed in seeded:
+        seeds[output.grad_fn][output.output_nr] = seed
 
-    def stop(node, outputs):
+    def hook_for(node):
         def hook(grad_outputs):
-            for nr in outputs:
-                if grad_outputs[nr] is not None:
-                    arrived[(id(node), nr)] = grad_outputs[nr]
-            return tuple(torch.zeros_like(g) if nr in outputs and g is not None else g
-                         for nr, g in enumerate(grad_outputs))
+            out = list(grad_outputs)
+            for nr in stops.get(node, ()):
+                if out[nr] is not None:
+                    arrived[(id(node), nr)] = out[nr]
+                    out[nr] = torch.zeros_like(out[nr])
+            for nr, seed in seeds.get(node, {}).items():
+                out[nr] = seed
+            return tuple(out)
         return hook
 
     try:
-        for node, outputs in wanted.items():
-            handles.append(node.register_prehook(stop(node, outputs)))
+        for node in {**stops, **seeds}:
+            handles.append(node.register_prehook(hook_for(node)))
         yield arrived
     finally:
         for handle in handles:
