@@ -331,3 +331,39 @@ def test_dropout_recorded_in_training_mode_is_skipped_not_blamed(tmp_path, monke
         bad[5].weight.mul_(1.01)
     assert [(c["kind"], c["b_name"]) for c in
             td.replay(bad, tmp_path / "ref.h5", loss_fn=loss_fn).root_causes] == [("forward", "5")]
+
+
+def test_a_wrong_layer_with_several_outputs_is_one_root_cause(tmp_path):
+    """An LSTM returns its output and (h, c): a wrong recurrent weight makes all three diverge
+    on the reference's inputs, one mistake, one root cause (its worst output); the LayerNorm
+    reading output and h together is right."""
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.emb = torch.nn.Embedding(19, 7)
+            self.lstm = torch.nn.LSTM(7, 11, batch_first=True, num_layers=2)
+            self.norm, self.head = torch.nn.LayerNorm(11), torch.nn.Linear(11, 5)
+
+        def forward(self, x):
+            out, (h, _) = self.lstm(self.emb(x))
+            return self.head(self.norm(out[:, -1] + h[-1]))
+
+    model = Model().eval()
+    tokens = torch.randint(0, 19, (3, 5), generator=torch.Generator().manual_seed(1))
+    labels = torch.tensor([0, 2, 4])
+
+    def loss(out):
+        return F.cross_entropy(out, labels)
+
+    tdt.record(model, tokens, tmp_path / "ref.h5", loss_fn=loss)
+    bad = copy.deepcopy(model)
+    with torch.no_grad():
+        bad.lstm.weight_hh_l1.mul_(1.01)
+    report = td.replay(bad, tmp_path / "ref.h5", loss_fn=loss)
+    outputs = {p.b_name: p.local["status"] for p in report.pairs if p.kind == "forward"
+               and p.b_name.startswith(("lstm", "norm"))}
+    assert outputs == {"lstm:0": "diverged", "lstm:1:0": "diverged", "lstm:1:1": "diverged",
+                       "norm": "ok"}
+    assert [(c["kind"], c["b_name"].partition(":")[0]) for c in report.root_causes] == [
+        ("forward", "lstm")]

@@ -78,7 +78,8 @@ def root_causes(pairs) -> list:
     - a layer whose forward is wrong has a backward and parameter gradients consistent with
       that mistake: its dL/d(input) (or a sum over consumers it is among) and its parameters'
       gradients are not listed again. A dL/d(input) names the layers whose backward gave it
-      (``by``): a wrong backward alone (a custom gradient) is named there.
+      (``by``): a wrong backward alone (a custom gradient) is named there;
+    - a layer with several outputs (an LSTM's output, h and c) is one entry, its worst output.
     """
     found = [p for p in pairs if getattr(p, "local", None) and p.local["status"] == "diverged"]
     forward = [p for p in found if p.kind == "forward"]
@@ -87,6 +88,12 @@ def root_causes(pairs) -> list:
              if not any(other != path and _contains(path, other) for other in paths)}
     kept = [p for p in found if _own_cause(p, wrong)]
     kept.sort(key=lambda p: -(p.local["rel_l2"] or 0.0))
+    listed = set()
+    for p in list(kept):
+        if p.kind == "forward":
+            if _module_path(p.a_name) in listed:
+                kept.remove(p)      # another output of a layer already listed
+            listed.add(_module_path(p.a_name))
     return [{"a_name": p.a_name, "b_name": p.b_name, "kind": p.kind,
              "local_rel_l2": p.local["rel_l2"], "hint": p.local.get("hint") or p.hint,
              **({"by": p.local["by"]} if "by" in p.local else {})}
