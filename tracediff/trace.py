@@ -286,7 +286,6 @@ class Trace:
         out = []
         rank = self.rank
         stat_rows = zip(*(numbers[key] for key in STAT_FIELDS))
-        numel_at, nan_at, inf_at = (STAT_FIELDS.index(k) for k in ("numel", "nan", "inf"))
         for index, (kind, name, dtype, shape_text, digest, meta, row, call, step, decode_step,
                     batch_index, stored, nbytes, offset, sample_offset, sample_count) in enumerate(zip(
                         texts["kind"], texts["name"], texts["dtype"], texts["shape"], texts["hash"],
@@ -299,17 +298,18 @@ class Trace:
             shape = shapes.get(shape_text)
             if shape is None:
                 shape = shapes[shape_text] = self._parse_shape(index, shape_text)
+            stats = dict(zip(STAT_FIELDS, row))
             # later arithmetic trusts these (sample indices, finite counts): check them once here
             numel = math.prod(shape)
-            if row[numel_at] != numel or not (0 <= row[nan_at] <= numel and 0 <= row[inf_at] <= numel):
+            if stats["numel"] != numel or not (0 <= stats["nan"] <= numel and 0 <= stats["inf"] <= numel):
                 raise TraceFormatError(
                     f"{self.path} is damaged: record {index} declares shape {list(shape)} but "
-                    f"statistics for {row[numel_at]} element(s) ({row[nan_at]} NaN, "
-                    f"{row[inf_at]} Inf); record it again")
+                    f"statistics for {stats['numel']} element(s) ({stats['nan']} NaN, "
+                    f"{stats['inf']} Inf); record it again")
             out.append(Record(
                 index=index, name=name, kind=kind, call=call, step=step, decode_step=decode_step,
                 batch_index=batch_index, dtype=dtype, shape=shape, stored=bool(stored),
-                stats=dict(zip(STAT_FIELDS, row)), hash=digest, nbytes=nbytes, rank=rank,
+                stats=stats, hash=digest, nbytes=nbytes, rank=rank,
                 _meta_text=meta, _offset=offset, _sample=(sample_offset, sample_count), _trace=self))
         return out
 

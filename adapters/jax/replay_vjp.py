@@ -4,8 +4,8 @@ the reference's inputs, by one ``jax.vjp`` of the substituted run.
 The run is traced again as a function of the trainable parameters, of the substituted values
 (each substitution the eager pass made, in order, an argument of its own) and of a zero
 ``cut`` added to each module output after ``stop_gradient`` (the value the eager pass handed
-on: the reference's): a module's output reaches later code only through its cut, so gradients stop at module boundaries as they stop at the
-substituted values. Three cotangents on that one VJP give: the seeded sum ``sum <output,
+on: the reference's): a module's output reaches later code only through its cut, so gradients
+stop at module boundaries as they stop at the substituted values. Three cotangents on that one VJP give: the seeded sum ``sum <output,
 reference dL/d(output)>`` (each call's parameter gradients and its contribution to each value
 it was given); the same with random seeds on the outputs the reference has no dL/d for (what
 depends on them is not judged: a consumer is missing); and random seeds on every output (a

@@ -30,7 +30,7 @@ from .capture import ROOT
 from .convert import to_numpy
 from .replay_vjp import Backward
 from .session import original_module
-from .structure import named_inputs, named_tensors, split_inputs
+from .structure import is_tensor, named_inputs, named_tensors, split_inputs
 from tracediff.structure import with_leaves
 
 
@@ -157,10 +157,6 @@ def replay(model, inputs, reference, wanted, *, gradients=False, arguments=None,
             for m, training in modes.items():
                 m.training = training
     return local, grads
-
-
-def is_tensor(value) -> bool:
-    return isinstance(value, torch.Tensor)
 
 
 def _run(module, args, kwargs, handles, pre_hook, forward_hook, gradients):

@@ -104,12 +104,12 @@ class Backward:
                       for n, p in sub.named_parameters(recurse=False) if p.requires_grad]
             if not mine or (not hits and not params):
                 continue
-            seeds = [torch.from_numpy(s.copy()).to(dtype=t.dtype, device=t.device)
-                     for s, (_, t) in zip(seeds, mine)]
+            grad_outputs = [torch.from_numpy(s.copy()).to(dtype=t.dtype, device=t.device)
+                            for s, (_, t) in zip(seeds, mine)]
             outputs = [t for _, t in mine]
-            with _stopped_at([edge for _, edge in hits], zip(outputs, seeds)) as arrived:
+            with _stopped_at([edge for _, edge in hits], zip(outputs, grad_outputs)) as arrived:
                 found = torch.autograd.grad(
-                    outputs, [p for _, p in params] + [edge for _, edge in hits], seeds,
+                    outputs, [p for _, p in params] + [edge for _, edge in hits], grad_outputs,
                     retain_graph=True, allow_unused=True)
             found = found[:len(params)] + tuple(
                 arrived.get(_edge_key(edge), g) for (_, edge), g in zip(hits, found[len(params):]))

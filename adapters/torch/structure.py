@@ -9,9 +9,13 @@ import torch
 from tracediff.structure import named_leaves
 
 
+def is_tensor(value) -> bool:
+    return isinstance(value, torch.Tensor)
+
+
 def named_tensors(value, name: str):
     """``(name + suffix, tensor)`` for every tensor inside ``value`` (see tracediff.structure)."""
-    return named_leaves(value, name, lambda leaf: isinstance(leaf, torch.Tensor))
+    return named_leaves(value, name, is_tensor)
 
 
 def split_inputs(inputs):

@@ -16,6 +16,7 @@ from .metrics import dot
 
 HINT_LIMIT = 1 << 20     # elements; larger tensors are explained from their leading slice
 RESIDUAL = 1e-3
+COMPUTED_KINDS = ("forward", "input", "loss")     # values a layer computes: an activation fits
 GAIN = 0.05
 
 
@@ -58,9 +59,11 @@ def explain(a, b, *, bad_mask=None, dims=None, eps=None, min_rtol=None, previous
     judge = _Judge(a, b)
     if judge.base == 0:
         return None
-    tests = (_sign_or_scale, _offset, _bias, _transpose, _activation, _substitution, _shift,
-             _permuted_values)
-    for test in tests if kind in COMPUTED_KINDS else [t for t in tests if t is not _activation]:
+    tests = [_sign_or_scale, _offset, _bias, _transpose, _activation, _substitution, _shift,
+             _permuted_values]
+    if kind not in COMPUTED_KINDS:
+        tests.remove(_activation)
+    for test in tests:
         text = test(judge, a, b, dims=dims, previous=previous)
         if text:
             return text
@@ -72,9 +75,6 @@ def explain(a, b, *, bad_mask=None, dims=None, eps=None, min_rtol=None, previous
     if text:
         return text
     return None
-
-
-COMPUTED_KINDS = ("forward", "input", "loss")     # values a layer computes: an activation fits
 
 
 def leading(x):

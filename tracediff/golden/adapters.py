@@ -11,7 +11,6 @@ from ..adapters.base import ONNX_LOSSES, framework_of as adapter_for
 from ..errors import TraceDiffError
 
 
-
 def framework_of(model) -> str:
     """``torch``, ``tensorflow``, ``jax``, ``onnx``, ``litert`` or ``numpy``; one clear refusal
     otherwise."""

@@ -88,16 +88,16 @@ def root_causes(pairs) -> list:
              if not any(other != path and _contains(path, other) for other in paths)}
     kept = [p for p in found if _own_cause(p, wrong)]
     kept.sort(key=lambda p: -(p.local["rel_l2"] or 0.0))
-    listed = set()
-    for p in list(kept):
+    causes, listed = [], set()
+    for p in kept:
         if p.kind == "forward":
             if _module_path(p.a_name) in listed:
-                kept.remove(p)      # another output of a layer already listed
+                continue        # another output of a layer already listed
             listed.add(_module_path(p.a_name))
-    return [{"a_name": p.a_name, "b_name": p.b_name, "kind": p.kind,
-             "local_rel_l2": p.local["rel_l2"], "hint": p.local.get("hint") or p.hint,
-             **({"by": p.local["by"]} if "by" in p.local else {})}
-            for p in kept]
+        causes.append({"a_name": p.a_name, "b_name": p.b_name, "kind": p.kind,
+                       "local_rel_l2": p.local["rel_l2"], "hint": p.local.get("hint") or p.hint,
+                       **({"by": p.local["by"]} if "by" in p.local else {})})
+    return causes
 
 
 def _own_cause(pair, wrong_layers) -> bool:

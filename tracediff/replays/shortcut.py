@@ -83,7 +83,7 @@ def unchanged(report, trace_a, layouts, wanted, *, runs_alone=lambda name: True,
         sources[r.index] = consumed(trace_a, r)
         if ((r.name, r.call) in wanted and ("forward", r.name, r.call) in same
                 and runs_alone(r.name)
-                and not any(word in str(r.meta.get("op_type", "")) for word in NOT_PURE)
+                and not _impure(r)
                 and all(source in same for source in sources[r.index])):
             result.forward.add((r.name, r.call))
 
@@ -288,5 +288,9 @@ def recorded_local(pair, policy) -> dict:
 def random_in_training(record) -> bool:
     """Whether a forward record is a dropout's, recorded in training mode (meta ``training``):
     replay runs dropout off, so its local output cannot be the recorded one."""
-    return (record.meta.get("training") is True
-            and any(word in str(record.meta.get("op_type", "")) for word in NOT_PURE))
+    return record.meta.get("training") is True and _impure(record)
+
+
+def _impure(record) -> bool:
+    """Whether a record's layer is one replay runs otherwise than it was recorded (dropout)."""
+    return any(word in str(record.meta.get("op_type", "")) for word in NOT_PURE)
