@@ -1,7 +1,7 @@
-"""Record.view(): the diff's zero-copy read. Where the file's layout allows, a large tensor is
-the file's own pages mapped and a small one is read from the file directly; elsewhere it is
-read through HDF5. Either way it holds exactly what read() returns, and it is read-only.
-read() reads the file directly where it can too."""
+"""Record.view(): the diff's zero-copy read. Where the file's layout allows, a tensor is the
+file's own pages, each run of the blob mapped once; elsewhere it is read through HDF5. Either
+way it holds exactly what read() returns, and it is read-only. read() copies from the mapping
+where it can too."""
 from __future__ import annotations
 
 import mmap
@@ -14,7 +14,9 @@ import pytest
 import tracediff as td
 from tracediff import format as fmt
 from tracediff import trace as trace_module
-from tracediff.mapped import MAP_MIN, MappedBlob
+from tracediff.mapped import MappedBlob
+
+MIB = 1 << 20
 
 from diff_helpers import rng
 
@@ -28,7 +30,7 @@ def _mapped(array) -> bool:
 
 def _large_trace(path, expected_bytes=0):
     """Records from a few bytes to several chunks, at offsets that straddle chunk edges."""
-    sizes = [3, 5000, MAP_MIN // 4, MAP_MIN // 4 + 1, 300_001, 1_048_583, 7, 2_000_003]
+    sizes = [3, 5000, MIB // 4, MIB // 4 + 1, 300_001, 1_048_583, 7, 2_000_003]
     arrays = {f"t{i}": rng(i).standard_normal(n).astype(np.float32) for i, n in enumerate(sizes)}
     with td.Recorder(path, expected_bytes=expected_bytes) as rec:
         for name, value in arrays.items():
@@ -37,7 +39,7 @@ def _large_trace(path, expected_bytes=0):
 
 
 @pytest.mark.parametrize("expected_bytes", [0, fmt.LARGE_TRACE], ids=["64KiB-chunks", "1MiB-chunks"])
-def test_view_holds_what_read_holds_and_maps_the_large_records(tmp_path, expected_bytes):
+def test_view_holds_what_read_holds_and_maps_the_file(tmp_path, expected_bytes):
     path = tmp_path / "t.h5"
     arrays = _large_trace(path, expected_bytes)
     with td.open(path) as trace:
@@ -50,15 +52,16 @@ def test_view_holds_what_read_holds_and_maps_the_large_records(tmp_path, expecte
             with pytest.raises(ValueError, match="read-only"):
                 view[...] = 0
             mapped.append(_mapped(view))
-    small = [record.nbytes < MAP_MIN for record in td.open(path)]
-    assert not any(m for m, s in zip(mapped, small) if s)   # small ones are read, not mapped
-    assert sum(mapped) >= 3                                 # the multi-chunk ones are mapped
+        # small and multi-chunk ones alike, each lying in one run of chunks; one that crosses
+        # a gap between two runs is read through HDF5
+        in_one_run = [trace._mapped._run(r._offset, r.nbytes) is not None for r in trace]
+    assert mapped == in_one_run and sum(mapped) >= 5 and mapped[0]
 
 
 def test_read_and_small_views_skip_hdf5(tmp_path, monkeypatch):
     """A read through HDF5 costs ~0.1 ms of its own work, most of a small tensor's: where the
-    record lies in one run of chunks, read() (any size) and a small view read the file with
-    one system call, read() into a fresh writable array."""
+    record lies in one run of chunks, a view is a slice of the mapped file and read() its copy,
+    a fresh writable array."""
     path = tmp_path / "t.h5"
     value = rng(9).standard_normal(3 * 7 * 11).astype(np.float32).reshape(3, 7, 11)
     with td.Recorder(path) as rec:
@@ -70,7 +73,7 @@ def test_read_and_small_views_skip_hdf5(tmp_path, monkeypatch):
         np.testing.assert_array_equal(copied, value)
         np.testing.assert_array_equal(view, value)
         assert copied.flags.writeable and not view.flags.writeable
-        assert not _mapped(copied) and not _mapped(view)
+        assert not _mapped(copied) and _mapped(view)
         copied[...] = 0
         np.testing.assert_array_equal(record.read(), value)
 
@@ -117,7 +120,7 @@ def _blob(path, chunks_in_file_order, chunk=1024, **options):
 
 def test_a_range_across_a_gap_between_chunks_is_not_mapped(tmp_path):
     path = str(tmp_path / "blob.h5")
-    chunk = MAP_MIN
+    chunk = MIB
     with _blob(path, [0, 1, 3, 2], chunk=chunk) as f:   # chunks 2 and 3 swapped in the file
         blob = MappedBlob.open(f, f["data"])
         assert blob is not None
@@ -127,10 +130,11 @@ def test_a_range_across_a_gap_between_chunks_is_not_mapped(tmp_path):
             assert blob.view(chunk, 2 * chunk) is None   # chunks 1-2: not next to each other
             third = blob.view(3 * chunk, chunk)
             assert third is not None and (third == 4).all()
-            small = blob.view(chunk + 5, 3)                # a few bytes: read, not mapped
-            assert (small == 2).all() and not _mapped(small) and not small.flags.writeable
-            copied = blob.copy(chunk - 2, 4)               # a copy: read, writable
+            small = blob.view(chunk + 5, 3)                # a few bytes: the same mapping
+            assert (small == 2).all() and _mapped(small) and not small.flags.writeable
+            copied = blob.copy(chunk - 2, 4)               # a copy: writable, its own
             assert copied.tolist() == [1, 1, 2, 2] and copied.flags.writeable
+            assert not _mapped(copied)
             assert blob.copy(chunk, 2 * chunk) is None     # across the gap: through HDF5
         finally:
             blob.close()
@@ -141,8 +145,8 @@ def test_a_compressed_or_truncated_blob_is_not_mapped(tmp_path):
     with _blob(path, [0, 1], compression="gzip") as f:
         assert MappedBlob.open(f, f["data"]) is None
     path = str(tmp_path / "cut.h5")
-    with _blob(path, [0, 1, 2], chunk=MAP_MIN) as f:
-        os.truncate(path, os.path.getsize(path) - MAP_MIN)   # the last chunk is gone
+    with _blob(path, [0, 1, 2], chunk=MIB) as f:
+        os.truncate(path, os.path.getsize(path) - MIB)   # the last chunk is gone
         assert MappedBlob.open(f, f["data"]) is None
 
 

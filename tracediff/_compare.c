@@ -4,20 +4,22 @@
  * compare(a, b, rtol, atol, floor, rel_floor, pool, chunk, every, keep, threshold, top)
  *   -> None when a or b holds a NaN or an Inf (the caller then takes the NumPy path), else
  *      (max_abs, argmax, sum_abs, sum_sq, sum_aa, sum_bb, sum_ab, mismatches, min_atol,
- *       max_rel, min_rtol, worst, pooled, kept)
+ *       max_rel, min_rtol, worst, p99, pooled, kept)
  *
  * Per element, in the arrays' own precision as NumPy computes it (d = a - b, |d|, the scale
  * max(|b|, floor), the excess |d| - rtol * scale, ...), so the verdict is the NumPy path's:
  * an element fails when its excess is above atol. Sums are taken per block in that precision
  * (vector lanes of BLOCK / lanes terms each) and across blocks in double. ``worst`` lists the
- * flat indices of the (at most) 10 largest |d|, the earliest first among equals. The values
+ * (at most) 10 largest |d|, largest first and the earliest first among equals, each as
+ * (flat index, a, b, |d|). The values
  * the caller takes p99 from are |d| of the first ``keep`` elements of every ``every``-th chunk
  * of ``chunk`` elements; ``pooled`` counts them. Of those, the ones >= ``threshold`` (taken in
  * the arrays' type; 0 keeps all) are written to the front of ``pool``, in order; ``kept``
  * counts them. A threshold near the top percent makes p99 a selection among a few values,
  * with no second pass over the tensor. ``top`` > 0 instead keeps the ``top`` largest of them,
- * as a min-heap in pool[:top] (``kept`` counts them): p99 of a small pool is then read from
- * its top percent with no selection over the whole pool.
+ * as a min-heap in pool[:top] (``kept`` counts them); with ``top`` = pooled - floor(0.99 *
+ * (pooled - 1)), the ranks np.percentile(pool, 99) reads, ``p99`` is that percentile, in
+ * NumPy's arithmetic (its linear method, in the arrays' type). ``p99`` is None without ``top``.
  * at_least(values, threshold, minimum) -> count: the values >= threshold moved to the front,
  * for the p99 selection.
  * The GIL is released.
@@ -270,6 +272,35 @@ static int kind_of(Py_buffer *view)
     return 0;
 }
 
+/* np.percentile(pool, 99) of ``pooled`` values from the ``size`` >= 2 largest of them, held
+ * as a min-heap: its least and the next one are the two ranks NumPy's linear method reads. */
+#define DEFINE_P99_OF_HEAP(T)                                                                  \
+    static double p99_of_heap_##T(const T *heap, Py_ssize_t size, Py_ssize_t pooled)           \
+    {                                                                                          \
+        double virtual_index = (double)(pooled - 1) * 0.99;                                    \
+        double gamma = virtual_index - floor(virtual_index);                                   \
+        T low = heap[0];                                                                       \
+        T high = size > 2 && heap[2] < heap[1] ? heap[2] : heap[1];                            \
+        T diff = high - low;                                                                   \
+        /* NumPy's _lerp; gamma is a weak Python float there, taken in the arrays' type */      \
+        T value = gamma < 0.5 ? low + diff * (T)gamma : high - diff * (T)(1.0 - gamma);        \
+        return (double)value;                                                                  \
+    }
+
+DEFINE_P99_OF_HEAP(float)
+DEFINE_P99_OF_HEAP(double)
+
+static PyObject *p99_of_heap(const void *heap, int size, Py_ssize_t kept, Py_ssize_t pooled)
+{
+    if (pooled == 0)
+        return PyFloat_FromDouble(0.0);
+    if (pooled == 1)
+        return PyFloat_FromDouble(size == 4 ? (double)((const float *)heap)[0]
+                                            : ((const double *)heap)[0]);
+    return PyFloat_FromDouble(size == 4 ? p99_of_heap_float(heap, kept, pooled)
+                                        : p99_of_heap_double(heap, kept, pooled));
+}
+
 static PyObject *compare(PyObject *self, PyObject *args)
 {
     (void)self;
@@ -332,11 +363,25 @@ static PyObject *compare(PyObject *self, PyObject *args)
     PyObject *worst = PyList_New(r.worst_n);
     if (!worst)
         goto done;
-    for (int k = 0; k < r.worst_n; k++)
-        PyList_SET_ITEM(worst, k, PyLong_FromSsize_t(r.worst_idx[k]));
-    out = Py_BuildValue("(dndddddnddd" "Nnn)", r.max_abs, r.argmax, r.sum_abs, r.sum_sq, r.sum_aa,
-                        r.sum_bb, r.sum_ab, r.mismatches, r.min_atol, r.max_rel, r.min_rtol, worst,
-                        r.pooled, r.kept);
+    for (int k = 0; k < r.worst_n; k++) {
+        Py_ssize_t i = r.worst_idx[k];
+        double x = size == 4 ? (double)((const float *)a.buf)[i] : ((const double *)a.buf)[i];
+        double y = size == 4 ? (double)((const float *)b.buf)[i] : ((const double *)b.buf)[i];
+        PyObject *item = Py_BuildValue("(nddd)", i, x, y, r.worst_abs[k]);
+        if (!item) {
+            Py_DECREF(worst);
+            goto done;
+        }
+        PyList_SET_ITEM(worst, k, item);
+    }
+    PyObject *p99 = top ? p99_of_heap(pool.buf, size, r.kept, r.pooled) : Py_NewRef(Py_None);
+    if (!p99) {
+        Py_DECREF(worst);
+        goto done;
+    }
+    out = Py_BuildValue("(dndddddnddd" "NNnn)", r.max_abs, r.argmax, r.sum_abs, r.sum_sq,
+                        r.sum_aa, r.sum_bb, r.sum_ab, r.mismatches, r.min_atol, r.max_rel,
+                        r.min_rtol, worst, p99, r.pooled, r.kept);
 done:
     PyBuffer_Release(&a);
     PyBuffer_Release(&b);

@@ -1,25 +1,26 @@
-"""Reads of a trace's data blob straight from its file: large ranges are the file's own pages
-mapped into memory, small ones are read with one system call.
+"""Reads of a trace's data blob straight from its file: each run of the blob that lies back to
+back in the file is mapped into memory once, on first use, and a tensor's bytes are a slice of
+that mapping.
 
-A diff reads each tensor of both traces once. Through HDF5 every byte is copied from the page
-cache into a fresh array first (a third of a large diff's time), and every read costs ~0.1 ms
-of HDF5's own work (most of a small tensor's time); mapped, the comparison reads the page
-cache directly. HDF5 still owns the layout: the chunk addresses come from it, and only what
-lies one to one in the file is read this way: an unfiltered blob, its chunks stored back to
-back (a range that crosses a gap between chunks is read through HDF5 instead), in a file with
-no user block, closed by its writer and not shorter than the addresses say.
+A diff reads each tensor of both traces once, and a replay reads the reference's two or three
+times. Through HDF5 every byte is copied from the page cache into a fresh array first (a third
+of a large diff's time), and every read costs ~0.1 ms of HDF5's own work (most of a small
+tensor's time); a system call a read still costs a few microseconds and a copy. Mapped, the
+comparison reads the page cache directly, and a page is faulted in once per trace opened. HDF5
+still owns the layout: the chunk addresses come from it, and only what lies one to one in the
+file is read this way: an unfiltered blob, its chunks stored back to back (a range that crosses
+a gap between chunks is read through HDF5 instead), in a file with no user block, closed by its
+writer and not shorter than the addresses say.
 """
 from __future__ import annotations
 
 import bisect
 import mmap
 import os
+import threading
 
 import h5py
 import numpy as np
-
-MAP_MIN = 1 << 20   # bytes: a smaller range is read (one pread) rather than mapped: up to about
-                    # 1 MiB the copy costs less than the page faults of a fresh mapping
 
 
 class MappedBlob:
@@ -30,6 +31,8 @@ class MappedBlob:
         # plain lists: a lookup per read, which NumPy's searchsorted made cost ~2 us
         self._starts, self._ends, self._addresses = (np.asarray(x).tolist()
                                                      for x in (starts, ends, addresses))
+        self._maps = [None] * len(self._starts)    # (mapping, file address of its first byte)
+        self._lock = threading.Lock()             # the diff compares pairs on several threads
 
     @classmethod
     def open(cls, h5file: h5py.File, dataset: h5py.Dataset) -> "MappedBlob | None":
@@ -51,50 +54,49 @@ class MappedBlob:
         return cls(fd, starts, ends, addresses)
 
     def view(self, offset: int, nbytes: int) -> np.ndarray | None:
-        """``nbytes`` bytes from ``offset`` as a read-only array: over the mapped file from
-        MAP_MIN bytes (the mapping lives as long as the array), read below it; None when they
-        do not lie in one contiguous run."""
-        if nbytes < MAP_MIN:
-            out = self.copy(offset, nbytes)
-            if out is not None:
-                out.flags.writeable = False
-            return out
-        address = self._address(offset, nbytes)
-        if address is None:
+        """``nbytes`` bytes from ``offset`` as a read-only array over the mapped file (the
+        mapping lives as long as the array); None when they do not lie in one contiguous run."""
+        run = self._run(offset, nbytes)
+        if run is None:
             return None
-        base = address - address % mmap.ALLOCATIONGRANULARITY
-        pages = mmap.mmap(self._fd, address + nbytes - base, offset=base, access=mmap.ACCESS_READ)
-        return np.frombuffer(pages, np.uint8, nbytes, address - base)
+        pages, first = self._mapping(run)
+        address = self._addresses[run] + offset - self._starts[run]
+        return np.frombuffer(pages, np.uint8, nbytes, address - first)
 
     def copy(self, offset: int, nbytes: int) -> np.ndarray | None:
-        """``nbytes`` bytes from ``offset`` in a fresh, writable array, read from the file with
-        one system call; None when they do not lie in one contiguous run (or the platform has
-        no ``preadv``)."""
-        address = self._address(offset, nbytes)
-        if address is None or not hasattr(os, "preadv"):
-            return None
-        out = np.empty(nbytes, np.uint8)
-        done = 0
-        while done < nbytes:
-            got = os.preadv(self._fd, [memoryview(out)[done:]], address + done)
-            if got <= 0:
-                return None     # the file ended early: read through HDF5, which says why
-            done += got
-        return out
+        """``nbytes`` bytes from ``offset`` in a fresh, writable array; None when they do not
+        lie in one contiguous run."""
+        view = self.view(offset, nbytes)
+        return None if view is None else view.copy()
 
-    def _address(self, offset, nbytes) -> int | None:
-        """The file address of blob byte ``offset``, where ``nbytes`` from it lie in one run."""
+    def _mapping(self, run):
+        found = self._maps[run]
+        if found is None:
+            with self._lock:
+                found = self._maps[run]
+                if found is None:
+                    address = self._addresses[run]
+                    first = address - address % mmap.ALLOCATIONGRANULARITY
+                    length = address + self._ends[run] - self._starts[run] - first
+                    found = self._maps[run] = (mmap.mmap(self._fd, length, offset=first,
+                                                         access=mmap.ACCESS_READ), first)
+        return found
+
+    def _run(self, offset, nbytes) -> int | None:
+        """The run holding blob bytes ``offset`` to ``offset + nbytes``; None if none does."""
         if self._fd is None:
             return None
         run = bisect.bisect_right(self._starts, offset) - 1
         if run < 0 or offset + nbytes > self._ends[run]:
             return None
-        return self._addresses[run] + offset - self._starts[run]
+        return run
 
     def close(self):
+        """Close the file; arrays over its mappings stay valid (each holds its mapping)."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+            self._maps = [None] * len(self._maps)
 
 
 def _runs(h5file, dataset):

@@ -45,6 +45,12 @@ class Recorder:
     is then written in larger chunks).
     """
 
+    def __new__(cls, path=None, *args, **kwargs):
+        from .memory import InMemory, MemoryRecorder
+        if cls is Recorder and isinstance(path, InMemory):
+            cls = MemoryRecorder
+        return super().__new__(cls)
+
     def __init__(self, path, framework="numpy", dims=None, *, model="", seed=None,
                  framework_version="", overwrite=False, values=True, meta=None,
                  flush_every=1, expected_bytes=0, rank=None, world_size=None):
@@ -65,6 +71,15 @@ class Recorder:
         self._data_written = 0
         self._flush_every = max(1, int(flush_every))
         self._expected_bytes = int(expected_bytes)
+        self._row_dtype = fmt.record_dtype()
+        self._strings_end = 0        # where the next record's text fields go
+        self._pending_strings = []   # their bytes, written by flush() with the rows
+        ranks = {} if rank is None else {"rank": int(rank), "world_size": int(world_size or 1)}
+        self._create(_attributes(framework, framework_version, dims, model, seed, values, meta,
+                                 ranks), overwrite)
+
+    def _create(self, attrs: dict, overwrite: bool):
+        """Create the file with its root attributes ``attrs`` and its empty datasets."""
         if os.path.exists(self.path) and not overwrite:
             raise TraceDiffError(
                 f"{self.path} already exists: choose another path or pass overwrite=True")
@@ -77,8 +92,7 @@ class Recorder:
             # until close) is what keeps a second writer from truncating a live trace.
             self._file = h5py.File(self.path, "w", libver="latest", locking=False)
             _forget_truncation(self.path)
-            ranks = {} if rank is None else {"rank": int(rank), "world_size": int(world_size or 1)}
-            self._init_file(framework, framework_version, dims, model, seed, meta, ranks)
+            self._init_file(attrs)
         except BaseException as exc:
             if self._file is not None:
                 self._file.close()
@@ -88,19 +102,8 @@ class Recorder:
                 raise TraceDiffError(_write_error(self.path, exc)) from None
             raise
 
-    def _init_file(self, framework, framework_version, dims, model, seed, meta, ranks=None):
+    def _init_file(self, attrs: dict):
         f = self._file
-        dims = {str(k): int(v) for k, v in (dims or {}).items()}
-        attrs = {
-            "format": fmt.FORMAT_NAME, "format_version": fmt.FORMAT_VERSION,
-            "tracediff_version": __version__, "framework": str(framework),
-            "framework_version": str(framework_version), "python": platform.python_version(),
-            "host": socket.gethostname(), "platform": sys.platform,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "model": str(model), "seed": -1 if seed is None else int(seed),
-            "dims": json.dumps(dims), "values": bool(self.values), "complete": False,
-            "meta": json.dumps(meta or {}, default=str), **(ranks or {}),
-        }
         _write_attributes(f, attrs)
         self._records = f.create_dataset(fmt.RECORDS, shape=(0,), maxshape=(None,),
                                          dtype=fmt.record_dtype(), chunks=(fmt.RECORDS_CHUNK,))
@@ -112,12 +115,9 @@ class Recorder:
         self._state = f.create_dataset(fmt.STATE, data=np.zeros(2, dtype="<i8"))
         f.swmr_mode = True
         f.flush()
-        self._row_dtype = fmt.record_dtype()
         # Rows are built with the file's own compound layout: saying so spares HDF5 a
         # field-by-field conversion (~4 us a row).
         self._row_type = self._records.id.get_type()
-        self._strings_end = 0        # where the next record's text fields go
-        self._pending_strings = []   # their bytes, written by flush() with the rows
 
     # -- the contract's verbs -------------------------------------------------------------
     def input(self, name, value, **meta):
@@ -272,6 +272,14 @@ class Recorder:
         rows = np.array(self._pending, dtype=self._row_dtype)
         start, end = self._count, self._count + rows.size
         strings = np.frombuffer(b"".join(self._pending_strings), dtype=np.uint8)
+        self._commit(start, rows, strings)
+        self._pending.clear()
+        self._pending_strings.clear()
+        self._count = end
+
+    def _commit(self, start: int, rows: np.ndarray, strings: np.ndarray):
+        """Write index rows ``start...`` and their text fields, then make them durable."""
+        end = start + rows.size
         try:
             if strings.size:
                 _write_at(self._strings, self._strings_end - strings.size, strings, grow=True)
@@ -285,9 +293,6 @@ class Recorder:
             self._file.flush()
         except OSError as exc:
             raise TraceDiffError(_write_error(self.path, exc)) from None
-        self._pending.clear()
-        self._pending_strings.clear()
-        self._count = end
 
     def _append_data(self, raw: np.ndarray):
         """Reserve ``raw``'s place at the end of the data blob; small blocks wait for ``flush``."""
@@ -324,6 +329,9 @@ class Recorder:
             self.flush()
         finally:
             f, self._file = self._file, None
+        self._close(f, complete)
+
+    def _close(self, f, complete: bool):
         try:
             try:
                 # The end marker is state[1], not an attribute: a process killed while HDF5
@@ -364,6 +372,21 @@ _ROW_FIELDS = ("kind", "call", *fmt.POSITION_FIELDS, "stored", "offset", "nbytes
 assert _ROW_FIELDS == fmt.record_dtype().names, "Recorder.record builds rows in this order"
 _STAT_VALUES = operator.itemgetter(*STAT_FIELDS)
 _META_JSON = json.JSONEncoder(default=str)  # what json.dumps(meta, default=str) writes, built once
+
+
+def _attributes(framework, framework_version, dims, model, seed, values, meta, ranks) -> dict:
+    """A new trace's root attributes (docs/format.md)."""
+    dims = {str(k): int(v) for k, v in (dims or {}).items()}
+    return {
+        "format": fmt.FORMAT_NAME, "format_version": fmt.FORMAT_VERSION,
+        "tracediff_version": __version__, "framework": str(framework),
+        "framework_version": str(framework_version), "python": platform.python_version(),
+        "host": socket.gethostname(), "platform": sys.platform,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "model": str(model), "seed": -1 if seed is None else int(seed),
+        "dims": json.dumps(dims), "values": bool(values), "complete": False,
+        "meta": json.dumps(meta or {}, default=str), **ranks,
+    }
 
 
 def _shape_text(shape) -> str:

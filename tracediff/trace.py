@@ -217,13 +217,17 @@ class Trace:
         return columns
 
     def _texts_v2(self, columns, strings) -> dict:
-        """Each record's text fields, cut from one read of the strings blob; spans checked
-        column-wise with NumPy, the blob decoded once when it is ASCII (the usual case)."""
         if strings.ndim != 1 or strings.dtype != np.uint8:
             raise TraceFormatError(
                 f"{self.path} is a damaged tracediff trace: dataset {fmt.STRINGS!r} has the wrong layout")
         # a damaged extent may claim more than the file holds: bytes past its end do not exist
         size = min(int(strings.shape[0]), os.path.getsize(self.path))
+        return self._texts(columns, size, lambda nbytes: self._read_strings(strings, nbytes))
+
+    def _texts(self, columns, size, read) -> dict:
+        """Each record's text fields, cut from one read of the strings blob (``size`` bytes,
+        ``read(nbytes)`` its first ``nbytes`` as bytes); spans checked column-wise with NumPy,
+        the blob decoded once when it is ASCII (the usual case)."""
         offsets = columns["strings_offset"].astype(np.int64)
         lengths = np.stack([columns[f"{field}_len"].astype(np.int64) for field in fmt.TEXT_FIELDS],
                            axis=-1).reshape(offsets.size, len(fmt.TEXT_FIELDS))
@@ -238,7 +242,7 @@ class Trace:
                 f"{self.path} is damaged: record {index} points outside the index strings "
                 f"(bytes {start}..{end} of {size}); record it again")
         ends = offsets[:, None] + np.cumsum(lengths, axis=1)
-        blob = self._read_strings(strings, int(ends[:, -1].max()) if offsets.size else 0)
+        blob = read(int(ends[:, -1].max()) if offsets.size else 0)
         starts = (ends - lengths).T.tolist()
         ends = ends.T.tolist()
         texts = {}

@@ -48,7 +48,10 @@ def world() -> tuple:
 def rank_target(path) -> RankTarget | None:
     """This rank's file when ``path`` is a folder (an existing one, or a name ending in ``/``
     or ``.trace``) or a template with ``{rank}``; None for a plain file path in a one-process
-    run. A plain file under several ranks is refused: they would all write it."""
+    run, and for a trace kept in memory (``tracediff.memory.InMemory``, each rank its own). A
+    plain file under several ranks is refused: they would all write it."""
+    if not isinstance(path, (str, os.PathLike)):
+        return None
     path = os.fspath(path)
     rank, size = world()
     if "{rank" in path:

@@ -77,10 +77,7 @@ class Comparison:
         self.nonfinite_mismatches = 0
         self.first_nonfinite = None   # flat index of the first NaN/Inf that the other side lacks
         self.p99 = 0.0
-        self.worst_idx = np.zeros(0, np.int64)
-        self.worst_abs = np.zeros(0, np.float64)
-        self.worst_a = np.zeros(0)
-        self.worst_b = np.zeros(0)
+        self.worst_list = []   # (flat index, a, b, |a - b|) of the largest differences
         self.sampled = False
         self.nonfinite_count = 0   # elements left out of the numeric statistics
 
@@ -122,17 +119,9 @@ class Comparison:
 
     def worst(self) -> list:
         """The largest differences, largest first (the earlier among equals), zeros left out."""
-        diffs = np.asarray(self.worst_abs, np.float64).tolist()
-        if diffs == sorted(diffs, reverse=True):     # as both paths keep them
-            order = [i for i, d in enumerate(diffs) if d > 0]
-        else:
-            order = sorted((i for i, d in enumerate(diffs) if d > 0), key=lambda i: -diffs[i])
-        if not order:
-            return []
-        flat = np.asarray(self.worst_idx, dtype=np.int64).tolist()
-        a, b = _plain_list(np.asarray(self.worst_a)), _plain_list(np.asarray(self.worst_b))
-        return [{"index": unravel(flat[i], self.shape), "a": a[i], "b": b[i], "diff": diffs[i]}
-                for i in order]
+        shape = self.shape     # both paths keep them largest first
+        return [{"index": unravel(flat, shape), "a": a, "b": b, "diff": diff}
+                for flat, a, b, diff in self.worst_list if diff > 0]
 
 
 def unravel(flat: int, shape) -> list:
@@ -201,6 +190,7 @@ def compare(a: np.ndarray, b: np.ndarray, rtol: float, atol: float, *, b_rms=Non
     buf_b = np.empty(size, work) if convert_b else None
     d_buf = np.empty(size, work)
     absd_buf, absb_buf, scale_buf, tmp_buf = (np.empty(size, real) for _ in range(4))
+    worst = _Worst()
     for start in range(0, n, CHUNK):
         stop = min(n, start + CHUNK)
         k = stop - start
@@ -240,7 +230,8 @@ def compare(a: np.ndarray, b: np.ndarray, rtol: float, atol: float, *, b_rms=Non
         if sampled:
             keep = k if exact else max(1, min(k, k * detail_stride // stride))
             p99_parts.append(absd[:keep].copy())
-        _keep_worst(result, absd, ac, bc, start, local_max)
+        worst.keep(absd, ac, bc, start, local_max)
+    result.worst_list = worst.as_list()
     if norms_given and not excluded:
         result.sum_aa, result.sum_bb = float(a_l2) ** 2, float(b_l2) ** 2
         result.sum_ab = 0.5 * (result.sum_aa + result.sum_bb - result.sum_sq)
@@ -260,15 +251,13 @@ def _compare_in_one_pass(result, fa, fb, rtol, atol, floor, rel_floor, keep, eve
     fa, fb = np.ascontiguousarray(fa), np.ascontiguousarray(fb)
     pooled = (fa.size if every == 1 and keep == CHUNK
               else sum(min(keep, fa.size - start) for start in range(0, fa.size, CHUNK * every)))
-    if pooled < P99_SELECT_MIN:     # the kernel keeps the top percent itself (a heap)
+    if pooled < P99_SELECT_MIN:     # the kernel keeps the top percent itself, and reads p99
         top = _top_count(pooled) if pooled else 0
-        pool = np.empty(max(1, top), fa.dtype)
-        got = _kernel(fa, fb, rtol, atol, floor, rel_floor, pool, CHUNK, every, keep, 0.0, top)
+        got = _kernel(fa, fb, rtol, atol, floor, rel_floor, np.empty(max(1, top), fa.dtype),
+                      CHUNK, every, keep, 0.0, top)
         if got is None:
             return False
-        _take(result, got, fa, fb)
-        result.p99 = (_percentile99_of_top(pool[:top], pooled) if pooled >= 2
-                      else float(pool[0]) if pooled else 0.0)
+        _take(result, got)
         return True
     # untouched pages of an np.empty cost nothing: only the values kept are written
     pool = np.empty(pooled, fa.dtype)
@@ -276,7 +265,7 @@ def _compare_in_one_pass(result, fa, fb, rtol, atol, floor, rel_floor, keep, eve
     got = _kernel(fa, fb, rtol, atol, floor, rel_floor, pool, CHUNK, every, keep, threshold)
     if got is None:
         return False
-    pooled, kept = _take(result, got, fa, fb)
+    pooled, kept = _take(result, got)
     if threshold > 0 and kept < _top_count(pooled):   # the sample misled: keep every value
         kept = _kernel(fa, fb, rtol, atol, floor, rel_floor, pool, CHUNK, every, keep, 0.0)[-1]
     if kept == pooled:
@@ -286,14 +275,13 @@ def _compare_in_one_pass(result, fa, fb, rtol, atol, floor, rel_floor, keep, eve
     return True
 
 
-def _take(result, got, fa, fb) -> tuple:
+def _take(result, got) -> tuple:
     """The kernel's statistics into ``result``; ``(pooled, kept)``."""
     (result.max_abs, result.argmax_flat, result.sum_abs, result.sum_sq, result.sum_aa,
      result.sum_bb, result.sum_ab, result.mismatches, result.min_atol, result.max_rel,
-     result.min_rtol, worst, pooled, kept) = got
-    idx = np.array(worst, dtype=np.int64)
-    result.worst_idx, result.worst_a, result.worst_b = idx, fa[idx], fb[idx]
-    result.worst_abs = np.abs(result.worst_a - result.worst_b).astype(np.float64)
+     result.min_rtol, result.worst_list, p99, pooled, kept) = got
+    if p99 is not None:
+        result.p99 = p99
     return pooled, kept
 
 
@@ -326,7 +314,7 @@ def _to_flat_indices(result, flat_index, n):
     """Positions in a flat sample back to flat indices of the whole tensor."""
     if flat_index is not None:
         result.argmax_flat = int(flat_index[result.argmax_flat]) if n else 0
-        result.worst_idx = np.asarray(flat_index)[result.worst_idx] if n else result.worst_idx
+        result.worst_list = [(int(flat_index[i]), a, b, d) for i, a, b, d in result.worst_list]
         if result.first_nonfinite is not None:
             result.first_nonfinite = int(flat_index[result.first_nonfinite])
     return result
@@ -437,19 +425,31 @@ def dot(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.einsum("i,i->", x, y))
 
 
-def _keep_worst(result, absd, ac, bc, start, local_max):
-    if absd.size == 0 or local_max == 0:
-        return
-    if result.worst_abs.size >= WORST and local_max <= float(result.worst_abs.min()):
-        return
-    k = min(WORST, absd.size)
-    local = np.argpartition(absd, absd.size - k)[absd.size - k:]
-    idx = np.concatenate([result.worst_idx, local.astype(np.int64) + start])
-    vals = np.concatenate([result.worst_abs, absd[local].astype(np.float64)])
-    av = np.concatenate([result.worst_a, ac[local]]) if result.worst_a.size else ac[local].copy()
-    bv = np.concatenate([result.worst_b, bc[local]]) if result.worst_b.size else bc[local].copy()
-    top = np.argsort(-vals, kind="stable")[:WORST]
-    result.worst_idx, result.worst_abs, result.worst_a, result.worst_b = idx[top], vals[top], av[top], bv[top]
+class _Worst:
+    """The NumPy path's largest differences so far, chunk by chunk."""
+
+    def __init__(self):
+        self.idx = np.zeros(0, np.int64)
+        self.abs = np.zeros(0, np.float64)
+        self.a = self.b = np.zeros(0)
+
+    def keep(self, absd, ac, bc, start, local_max):
+        if absd.size == 0 or local_max == 0:
+            return
+        if self.abs.size >= WORST and local_max <= float(self.abs.min()):
+            return
+        k = min(WORST, absd.size)
+        local = np.argpartition(absd, absd.size - k)[absd.size - k:]
+        idx = np.concatenate([self.idx, local.astype(np.int64) + start])
+        vals = np.concatenate([self.abs, absd[local].astype(np.float64)])
+        av = np.concatenate([self.a, ac[local]]) if self.a.size else ac[local].copy()
+        bv = np.concatenate([self.b, bc[local]]) if self.b.size else bc[local].copy()
+        top = np.argsort(-vals, kind="stable")[:WORST]
+        self.idx, self.abs, self.a, self.b = idx[top], vals[top], av[top], bv[top]
+
+    def as_list(self) -> list:
+        return list(zip(self.idx.tolist(), _plain_list(self.a), _plain_list(self.b),
+                        self.abs.tolist()))
 
 
 def _nonfinite(result, ac, bc, start, flat_index):

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..quantization import quantized
 from ..errors import TraceDiffError
+from ..memory import InMemory
 from ..trace import Trace, open_trace
 from .backward import LocalBackward, input_gradients
 from .layouts import assumed
@@ -49,9 +50,9 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
         run_inputs = inputs if inputs is not None else _reference_inputs(reference, framework,
                                                                           candidate)
         with tempfile.TemporaryDirectory(prefix="tracediff-replay-") as folder:
-            path = keep or os.path.join(folder, "candidate.h5")
+            path = keep or _destination(reference, folder)
             _record(framework, candidate, run_inputs, path, loss_fn, target)
-            with open_trace(path) as trace_a:
+            with (path.open() if isinstance(path, InMemory) else open_trace(path)) as trace_a:
                 report = diff(trace_a, reference, rtol=rtol, atol=atol, align=align,
                               rename=rename, tolerances=tolerances)
                 values = _ReferenceValues(report, trace_a, reference)
@@ -81,6 +82,18 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
         if reference is not ref:
             reference.close()
     return report
+
+
+IN_MEMORY_MAX = 1 << 30   # bytes of the reference's tensors: a candidate trace up to this size
+                          # stays in memory, a larger one goes to a temporary file
+
+
+def _destination(reference, folder):
+    """Where the candidate is recorded: in memory (the HDF5 writes, flushes and reads back
+    cost about a third of a recording), or a file in ``folder`` for a large model."""
+    if sum(r.nbytes for r in reference) <= IN_MEMORY_MAX:
+        return InMemory("candidate (in memory)")
+    return os.path.join(folder, "candidate.h5")
 
 
 RANDOM = "a dropout recorded in training mode: its mask was random, and replay runs it off"
