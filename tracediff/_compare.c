@@ -21,7 +21,7 @@
  * (pooled - 1)), the ranks np.percentile(pool, 99) reads, ``p99`` is that percentile, in
  * NumPy's arithmetic (its linear method, in the arrays' type). ``p99`` is None without ``top``.
  * at_least(values, threshold, minimum) -> count: the values >= threshold moved to the front,
- * for the p99 selection.
+ * for the p99 selection. same(a, b): whether two buffers hold the same bytes.
  * The GIL is released.
  */
 #define PY_SSIZE_T_CLEAN
@@ -440,10 +440,36 @@ static PyObject *at_least(PyObject *self, PyObject *args)
     return result;
 }
 
+static PyObject *same(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *a_obj, *b_obj;
+    if (!PyArg_ParseTuple(args, "OO", &a_obj, &b_obj))
+        return NULL;
+    Py_buffer a, b;
+    if (PyObject_GetBuffer(a_obj, &a, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(b_obj, &b, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&a);
+        return NULL;
+    }
+    int equal = a.len == b.len;
+    if (equal && a.len) {
+        Py_BEGIN_ALLOW_THREADS
+        equal = memcmp(a.buf, b.buf, (size_t)a.len) == 0;
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&a);
+    PyBuffer_Release(&b);
+    return PyBool_FromLong(equal);
+}
+
 static PyMethodDef methods[] = {
     {"at_least", at_least, METH_VARARGS,
      "at_least(values, threshold, minimum) -> count of the values >= threshold (taken in the "
      "values' type); when there are at least minimum, they are moved to the front, in order."},
+    {"same", same, METH_VARARGS,
+     "same(a, b) -> whether two C-contiguous buffers hold the same bytes (memcmp)."},
     {"compare", compare, METH_VARARGS,
      "compare(a, b, rtol, atol, floor, rel_floor, pool, chunk, every, keep, threshold, top=0): "
      "the statistics of a - b in one pass, or None when a or b holds a NaN or an Inf."},

@@ -50,6 +50,7 @@ def logical_name(dtype) -> str:
     raise TraceDiffError(f"dtype {dtype} is not supported by the trace format")
 
 
+@functools.lru_cache(maxsize=64)   # a read's cost: np.dtype(name) parses the name each time
 def numpy_dtype(name: str) -> np.dtype:
     """The NumPy dtype for a logical name, importing ml_dtypes for the extended floats."""
     if name in NUMPY_NAMES:

@@ -8,9 +8,9 @@ of a large diff's time), and every read costs ~0.1 ms of HDF5's own work (most o
 tensor's time); a system call a read still costs a few microseconds and a copy. Mapped, the
 comparison reads the page cache directly, and a page is faulted in once per trace opened. HDF5
 still owns the layout: the chunk addresses come from it, and only what lies one to one in the
-file is read this way: an unfiltered blob, its chunks stored back to back (a range that crosses
-a gap between chunks is read through HDF5 instead), in a file with no user block, closed by its
-writer and not shorter than the addresses say.
+file is read this way: an unfiltered blob in a file with no user block, closed by its writer and
+not shorter than the addresses say. A range that crosses a gap between two runs of chunks is
+copied from both.
 """
 from __future__ import annotations
 
@@ -55,17 +55,35 @@ class MappedBlob:
 
     def view(self, offset: int, nbytes: int) -> np.ndarray | None:
         """``nbytes`` bytes from ``offset`` as a read-only array over the mapped file (the
-        mapping lives as long as the array); None when they do not lie in one contiguous run."""
+        mapping lives as long as the array), or copied from the runs a range across a gap
+        between chunks lies in; None where a part of the range lies in no run."""
         run = self._run(offset, nbytes)
         if run is None:
-            return None
+            return self._gathered(offset, nbytes)
         pages, first = self._mapping(run)
         address = self._addresses[run] + offset - self._starts[run]
         return np.frombuffer(pages, np.uint8, nbytes, address - first)
 
+    def _gathered(self, offset, nbytes) -> np.ndarray | None:
+        """A range across runs that follow each other in the blob (not in the file), copied
+        from each; None where a part of it lies in no run."""
+        if self._fd is None:
+            return None
+        parts, end = [], offset + nbytes
+        while offset < end:
+            run = self._run(offset, 1)
+            if run is None:
+                return None
+            take = min(end, self._ends[run]) - offset
+            parts.append(self.view(offset, take))
+            offset += take
+        out = np.concatenate(parts)
+        out.flags.writeable = False
+        return out
+
     def copy(self, offset: int, nbytes: int) -> np.ndarray | None:
-        """``nbytes`` bytes from ``offset`` in a fresh, writable array; None when they do not
-        lie in one contiguous run."""
+        """``nbytes`` bytes from ``offset`` in a fresh, writable array; None where a part of
+        them lies in no run."""
         view = self.view(offset, nbytes)
         return None if view is None else view.copy()
 

@@ -729,8 +729,10 @@ def _histogram_of(pair, a, b):
     """Histogram of log10|a-b| over every element (two passes: range, then counts)."""
     if a is None:
         return {"name": pair.label(), "edges": [], "counts": [], "exact": None}
+    # one chunk: its logs are kept for the counting pass instead of being taken again
+    kept = list(_log_errors(a, b)) if b.size <= HIST_CHUNK else None
     lo, hi, exact = math.inf, -math.inf, 0
-    for logs, zeros in _log_errors(a, b):
+    for logs, zeros in kept or _log_errors(a, b):
         exact += zeros
         if logs.size:
             lo, hi = min(lo, float(logs.min())), max(hi, float(logs.max()))
@@ -743,7 +745,7 @@ def _histogram_of(pair, a, b):
     bins = max(1, min(80, int(round((hi - lo) / HIST_BIN))))
     counts = np.zeros(bins, np.int64)
     edges = None
-    for logs, _ in _log_errors(a, b):
+    for logs, _ in kept or _log_errors(a, b):
         part, edges = np.histogram(logs, bins=bins, range=(lo, hi))
         counts += part
     return {"name": pair.label(), "kind": pair.kind, "edges": [round(float(e), 6) for e in edges],

@@ -15,9 +15,9 @@ from ..primes import primes
 from .tolerances import SCALE_FLOOR
 
 try:  # the compiled one-pass comparison (tracediff/_compare.c); the NumPy path below otherwise
-    from .._compare import at_least as _at_least, compare as _kernel
+    from .._compare import at_least as _at_least, compare as _kernel, same as _same
 except ImportError:  # pragma: no cover - a build without a C compiler
-    _kernel = _at_least = None
+    _kernel = _at_least = _same = None
 
 CHUNK = 1 << 15            # elements per chunk (256 KiB in float64: stays in cache)
 EXACT_P99_LIMIT = 1 << 20  # above this, p99 and the minimal tolerances are estimated (see compare)
@@ -364,6 +364,8 @@ def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
     that differs, so a pair that differs anywhere early costs little."""
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
+    if _same is not None and a.flags.c_contiguous and b.flags.c_contiguous:
+        return _same(a.reshape(-1).view(np.uint8), b.reshape(-1).view(np.uint8))   # memcmp
     fa = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
     fb = np.ascontiguousarray(b).reshape(-1).view(np.uint8)
     if fa.size % 8 == 0:   # eight bytes a comparison: the check runs at memory speed
