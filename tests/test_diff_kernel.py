@@ -181,3 +181,17 @@ def test_kernel_with_top_keeps_the_largest_differences_only(dtype):
     np.testing.assert_array_equal(np.sort(heap), np.sort(absd)[-heap.size:])
     with pytest.raises(ValueError, match="^compare\\(\\): the pool holds 52 values, 53 are needed$"):
         metrics._kernel(a, b, 1e-5, 1e-8, 0.0, 1e-300, heap[:52], 1024, 1, 1024, 0.0, 53)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, "bfloat16", np.int8])
+def test_same_bytes_compares_every_byte_of_any_dtype(dtype):
+    if dtype == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+    a = np.arange(3 * 7 * 11).astype(dtype).reshape(3, 7, 11)
+    assert metrics.same_bytes(a, a.copy())
+    last = a.copy()
+    last.reshape(-1).view(np.uint8)[-1] ^= 1          # one bit of the last byte
+    assert not metrics.same_bytes(a, last)
+    assert not metrics.same_bytes(a, a.reshape(7, 3, 11).copy())       # another shape
+    assert metrics.same_bytes(a[:, ::2], a.copy()[:, ::2])              # strided views too
+    assert metrics.same_bytes(np.float32(2.5) * np.ones((), np.float32), np.full((), 2.5, np.float32))

@@ -13,6 +13,7 @@ import pytest
 
 import tracediff as td
 from tracediff import format as fmt
+from tracediff import mapped as mapped_module
 from tracediff import trace as trace_module
 from tracediff.mapped import MappedBlob
 
@@ -168,3 +169,17 @@ def test_the_diff_of_mapped_traces_matches_the_diff_of_copies(tmp_path, monkeypa
     copied = td.diff(a_path, b_path).to_dict()
     assert mapped["pairs"] == copied["pairs"]
     assert mapped["ok"] is copied["ok"] is False
+
+
+def test_a_reader_keeps_at_most_its_budget_of_runs_mapped(tmp_path, monkeypatch):
+    """Pages a mapping touched count in the reader's resident memory: beyond MAPPED_BUDGET the
+    runs used longest ago are let go, and the views over them stay valid."""
+    monkeypatch.setattr(mapped_module, "MAPPED_BUDGET", 1)     # one run at a time
+    path = tmp_path / "t.h5"
+    arrays = _large_trace(path)
+    with td.open(path) as trace:
+        views = {record.name: record.view() for record in trace}
+        runs = len(trace._mapped._starts)
+        assert runs > 1 and len(trace._mapped._maps) == 1
+    for name, view in views.items():
+        np.testing.assert_array_equal(view, arrays[name])

@@ -1,12 +1,13 @@
 """Reads of a trace's data blob straight from its file: each run of the blob that lies back to
-back in the file is mapped into memory once, on first use, and a tensor's bytes are a slice of
-that mapping.
+back in the file is mapped into memory on first use, and a tensor's bytes are a slice of that
+mapping. The runs used last stay mapped, up to MAPPED_BUDGET bytes.
 
 A diff reads each tensor of both traces once, and a replay reads the reference's two or three
 times. Through HDF5 every byte is copied from the page cache into a fresh array first (a third
 of a large diff's time), and every read costs ~0.1 ms of HDF5's own work (most of a small
 tensor's time); a system call a read still costs a few microseconds and a copy. Mapped, the
-comparison reads the page cache directly, and a page is faulted in once per trace opened. HDF5
+comparison reads the page cache directly, and a page is faulted in once while its run stays
+mapped. HDF5
 still owns the layout: the chunk addresses come from it, and only what lies one to one in the
 file is read this way: an unfiltered blob in a file with no user block, closed by its writer and
 not shorter than the addresses say. A range that crosses a gap between two runs of chunks is
@@ -15,12 +16,16 @@ copied from both.
 from __future__ import annotations
 
 import bisect
+import collections
 import mmap
 import os
 import threading
 
 import h5py
 import numpy as np
+
+
+MAPPED_BUDGET = 256 << 20   # bytes of runs a reader keeps mapped between reads
 
 
 class MappedBlob:
@@ -31,7 +36,9 @@ class MappedBlob:
         # plain lists: a lookup per read, which NumPy's searchsorted made cost ~2 us
         self._starts, self._ends, self._addresses = (np.asarray(x).tolist()
                                                      for x in (starts, ends, addresses))
-        self._maps = [None] * len(self._starts)    # (mapping, file address of its first byte)
+        self._maps = collections.OrderedDict()    # run -> (mapping, file address of its first
+                                                  # byte), the least recently used first
+        self._mapped_bytes = 0
         self._lock = threading.Lock()             # the diff compares pairs on several threads
 
     @classmethod
@@ -88,17 +95,23 @@ class MappedBlob:
         return None if view is None else view.copy()
 
     def _mapping(self, run):
-        found = self._maps[run]
-        if found is None:
-            with self._lock:
-                found = self._maps[run]
-                if found is None:
-                    address = self._addresses[run]
-                    first = address - address % mmap.ALLOCATIONGRANULARITY
-                    length = address + self._ends[run] - self._starts[run] - first
-                    found = self._maps[run] = (mmap.mmap(self._fd, length, offset=first,
-                                                         access=mmap.ACCESS_READ), first)
-        return found
+        with self._lock:
+            found = self._maps.get(run)
+            if found is not None:
+                self._maps.move_to_end(run)
+                return found
+            address = self._addresses[run]
+            first = address - address % mmap.ALLOCATIONGRANULARITY
+            length = address + self._ends[run] - self._starts[run] - first
+            found = self._maps[run] = (mmap.mmap(self._fd, length, offset=first,
+                                                 access=mmap.ACCESS_READ), first)
+            self._mapped_bytes += length
+            # pages a mapping touched count in the reader's resident memory while it is held:
+            # the oldest are let go (each lives on while an array over it does)
+            while self._mapped_bytes > MAPPED_BUDGET and len(self._maps) > 1:
+                _, (pages, _) = self._maps.popitem(last=False)
+                self._mapped_bytes -= len(pages)
+            return found
 
     def _run(self, offset, nbytes) -> int | None:
         """The run holding blob bytes ``offset`` to ``offset + nbytes``; None if none does."""
@@ -114,7 +127,8 @@ class MappedBlob:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-            self._maps = [None] * len(self._maps)
+            self._maps.clear()
+            self._mapped_bytes = 0
 
 
 def _runs(h5file, dataset):
@@ -136,11 +150,10 @@ def _runs(h5file, dataset):
         return None
     chunk = int(dataset.chunks[0])
     found = []
-    dataset.id.chunk_iter(lambda info: found.append((info.chunk_offset[0], info.byte_offset,
-                                                     info.size)))
+    dataset.id.chunk_iter(found.append)
+    found = sorted((info.chunk_offset[0], info.byte_offset, info.size) for info in found)
     if not found or any(size != chunk for _, _, size in found):
         return None
-    found.sort()
     logical = np.array([f[0] for f in found], dtype=np.int64)
     address = np.array([f[1] for f in found], dtype=np.int64)
     # a run breaks where the next chunk is not the next one in the blob or not next in the file

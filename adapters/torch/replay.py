@@ -78,7 +78,11 @@ def replay(model, inputs, reference, wanted, *, gradients=False, arguments=None,
         return source, value
 
     def as_tensor(source, value, like):
-        value = torch.from_numpy(value.copy()).to(dtype=like.dtype, device=like.device)
+        # with the backward, a float value becomes a leaf the module only gets a clone of
+        # (Backward.substitute): the leaf may share the reference's array
+        shared = backward is not None and value.dtype.kind == "f" and value.flags.writeable
+        value = torch.from_numpy(value if shared else value.copy()).to(dtype=like.dtype,
+                                                                      device=like.device)
         if backward is not None and value.is_floating_point():
             value = backward.substitute(source, value)
         produced[id(value)] = (source, value._version)

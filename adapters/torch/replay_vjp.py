@@ -104,8 +104,8 @@ class Backward:
                       for n, p in sub.named_parameters(recurse=False) if p.requires_grad]
             if not mine or (not hits and not params):
                 continue
-            grad_outputs = [torch.from_numpy(s.copy()).to(dtype=t.dtype, device=t.device)
-                            for s, (_, t) in zip(seeds, mine)]
+            grad_outputs = [torch.from_numpy(s if s.flags.writeable else s.copy()).to(
+                dtype=t.dtype, device=t.device) for s, (_, t) in zip(seeds, mine)]
             outputs = [t for _, t in mine]
             with _stopped_at([edge for _, edge in hits], zip(outputs, grad_outputs)) as arrived:
                 found = torch.autograd.grad(

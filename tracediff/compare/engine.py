@@ -2,6 +2,7 @@
 name the first divergences and explain them."""
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -376,6 +377,7 @@ def _brief(r: Record) -> dict:
     return out
 
 
+@functools.lru_cache(maxsize=64)
 def category(dtype: str) -> str:
     """bool, int, float or complex: pairs of different categories are a dtype_mismatch."""
     if dtype == "bool":

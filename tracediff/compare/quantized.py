@@ -54,8 +54,8 @@ class Dequantized:
 def pairing(ra, rb, tol):
     """``(a, b, tolerance, note)`` for a quantized record against a float one: the quantized
     side dequantized, the tolerance's atol at least one step; None for any other pair."""
-    sides = [quantized(ra), quantized(rb)]
     floats = [str(r.dtype).startswith(("float", "bfloat")) for r in (ra, rb)]
+    sides = [not floats[0] and quantized(ra), not floats[1] and quantized(rb)]
     if not ((sides[0] and floats[1]) or (sides[1] and floats[0])):
         return _dequantized_output(ra, rb, tol, floats)
     record = ra if sides[0] else rb
@@ -73,6 +73,8 @@ def pairing(ra, rb, tol):
 def _dequantized_output(ra, rb, tol, floats):
     """A float record a DEQUANTIZE op wrote (meta ``quantization_step``, the step of the int
     tensor it dequantized) against a float one: judged within that step too."""
+    if not all(floats):
+        return None
     marked = [r.meta.get("quantization_step") for r in (ra, rb)]
     side = 0 if isinstance(marked[0], (int, float)) else 1 if isinstance(marked[1], (int, float)) else None
     if side is None or not all(floats) or not marked[side] > 0:
