@@ -27,13 +27,13 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
     ``inputs``: what the candidate is run on (default: the reference's own ``input`` records).
     ``layers``: NumPy only, ``{layer name: fn(*inputs)}`` or objects with ``forward`` and
     ``backward`` (docs/replay.md) for the layers to replay.
-    ``keep``: a path to keep the candidate's trace at (default: a temporary file).
+    ``keep``: a path to keep the candidate's trace at (default: it is kept in memory, or in a
+    temporary file for a reference above IN_MEMORY_MAX bytes of tensors).
     ``loss_fn``: for an ONNX candidate, the name of the ONNX adapter's loss (``"cross_entropy"``,
     ``"mse"``, ``"sum"``) and ``target`` its target: the candidate then records its gradients
     and its nodes are replayed backward too.
     """
     from ..adapters.base import framework_of
-    from ..compare import diff
 
     framework = framework_of(candidate)
     if framework is None:
@@ -51,36 +51,49 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
                                                                           candidate)
         with tempfile.TemporaryDirectory(prefix="tracediff-replay-") as folder:
             path = keep or _destination(reference, folder)
-            _record(framework, candidate, run_inputs, path, loss_fn, target)
-            with (path.open() if isinstance(path, InMemory) else open_trace(path)) as trace_a:
-                report = diff(trace_a, reference, rtol=rtol, atol=atol, align=align,
-                              rename=rename, tolerances=tolerances)
-                values = _ReferenceValues(report, trace_a, reference)
-                wanted = {}      # a candidate record can pair with several (a block and its last layer)
-                for pair in report.pairs:
-                    if pair.kind == "forward":
-                        wanted.setdefault((pair.a_name, pair.a_call), []).append(pair)
-                same = unchanged(report, trace_a, values.layouts, wanted, runs_alone=(
-                    lambda name: not hasattr((layers or {}).get(name), "backward")),
-                    framework=framework)
-                policy = _policy(rtol, atol, rename, tolerances)
-                if needs_run(report, wanted, same):
-                    local, grads, input_grads, why = _run_layers(
-                        framework, candidate, run_inputs, without_seeds(values, same.quiet),
-                        wanted, report, trace_a, layers, recorded=same.forward)
-                else:     # nothing to run again: every local result is the recorded one
-                    local, grads, input_grads, why = {}, {}, {}, ""
-                same.drop_from(local, grads, input_grads)      # not judged again
-                _judge_all(report, reference, values, wanted, (local, grads, input_grads, why),
-                           framework, policy)
-                put_recorded(report, same, policy)
-                settle_introduced(report)
-                report.a = {**report.a, "path": keep or f"{type(candidate).__name__} (replayed)"}
-                report.root_causes = root_causes(report.pairs)
-                report.replayed = True
+            try:
+                _record(framework, candidate, run_inputs, path, loss_fn, target)
+                with (path.open() if isinstance(path, InMemory) else open_trace(path)) as trace_a:
+                    report = _replayed(candidate, framework, trace_a, reference, run_inputs, layers,
+                                       dict(rtol=rtol, atol=atol, align=align, rename=rename,
+                                            tolerances=tolerances))
+            finally:
+                if isinstance(path, InMemory):
+                    path.release()
+        report.a = {**report.a, "path": keep or f"{type(candidate).__name__} (replayed)"}
     finally:
         if reference is not ref:
             reference.close()
+    return report
+
+
+def _replayed(candidate, framework, trace_a, reference, run_inputs, layers, options):
+    """The diff of the candidate's trace ``trace_a`` with the reference, each aligned layer
+    replayed and judged, and the root causes."""
+    from ..compare import diff
+
+    report = diff(trace_a, reference, **options)
+    values = _ReferenceValues(report, trace_a, reference)
+    wanted = {}      # a candidate record can pair with several (a block and its last layer)
+    for pair in report.pairs:
+        if pair.kind == "forward":
+            wanted.setdefault((pair.a_name, pair.a_call), []).append(pair)
+    same = unchanged(report, trace_a, values.layouts, wanted, runs_alone=(
+        lambda name: not hasattr((layers or {}).get(name), "backward")), framework=framework)
+    policy = _policy(options["rtol"], options["atol"], options["rename"], options["tolerances"])
+    if needs_run(report, wanted, same):
+        local, grads, input_grads, why = _run_layers(
+            framework, candidate, run_inputs, without_seeds(values, same.quiet), wanted, report,
+            trace_a, layers, recorded=same.forward)
+    else:     # nothing to run again: every local result is the recorded one
+        local, grads, input_grads, why = {}, {}, {}, ""
+    same.drop_from(local, grads, input_grads)      # not judged again
+    _judge_all(report, reference, values, wanted, (local, grads, input_grads, why), framework,
+               policy)
+    put_recorded(report, same, policy)
+    settle_introduced(report)
+    report.root_causes = root_causes(report.pairs)
+    report.replayed = True
     return report
 
 
