@@ -73,26 +73,29 @@ class MappedBlob:
 
     def _gathered(self, offset, nbytes) -> np.ndarray | None:
         """A range across runs that follow each other in the blob (not in the file), copied
-        from each; None where a part of it lies in no run."""
+        from each into one fresh array; None where a part of it lies in no run."""
         if self._fd is None:
             return None
-        parts, end = [], offset + nbytes
-        while offset < end:
-            run = self._run(offset, 1)
+        out, done = np.empty(nbytes, np.uint8), 0
+        while done < nbytes:
+            run = self._run(offset + done, 1)
             if run is None:
                 return None
-            take = min(end, self._ends[run]) - offset
-            parts.append(self.view(offset, take))
-            offset += take
-        out = np.concatenate(parts)
+            take = min(nbytes - done, self._ends[run] - offset - done)
+            out[done:done + take] = self.view(offset + done, take)
+            done += take
         out.flags.writeable = False
         return out
 
     def copy(self, offset: int, nbytes: int) -> np.ndarray | None:
         """``nbytes`` bytes from ``offset`` in a fresh, writable array; None where a part of
         them lies in no run."""
-        view = self.view(offset, nbytes)
-        return None if view is None else view.copy()
+        if self._run(offset, nbytes) is None:     # gathered from several runs: a copy already
+            out = self._gathered(offset, nbytes)
+            if out is not None:
+                out.flags.writeable = True
+            return out
+        return self.view(offset, nbytes).copy()
 
     def _mapping(self, run):
         with self._lock:

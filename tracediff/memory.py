@@ -4,7 +4,9 @@ Every adapter's ``record`` takes an ``InMemory`` where it takes a path (``Record
 ``InMemory.open()`` then reads it as a ``Trace``. The records are the ones a file would hold,
 byte for byte: the same index rows, text fields and data blob. Only the HDF5 layer is left out:
 for a trace that is read once by the process that wrote it, the chunked writes, the flushes that
-make each record durable and the reads back cost about a third of a recording.
+make each record durable and the reads back cost about a third of a recording. The tensors'
+bytes are copied into buffers that come back when the trace is released and serve the next
+recording (at most ``KEPT`` bytes are kept).
 """
 from __future__ import annotations
 
@@ -62,9 +64,44 @@ def release_kept():
     _POOL.clear()
 
 
+class MemoryRecorder(Recorder):
+    """A ``Recorder`` writing into an ``InMemory``; ``Recorder(InMemory(), ...)`` makes one."""
+
+    def __init__(self, destination: "InMemory", *args, **kwargs):
+        self._destination = destination
+        super().__init__(destination.name, *args, **kwargs)
+
+    def _create(self, attrs, overwrite):
+        if self._destination.attrs is not None and not overwrite:
+            raise TraceDiffError(
+                f"{self.path} already holds a trace: pass overwrite=True or a new InMemory")
+        self._destination.release()
+        self._destination.attrs = attrs
+        self._file = self._destination      # what marks the recorder open
+
+    def _write_data(self, block):
+        self._destination.write(block)
+        self._data_written += block.size
+
+    def _write_pending_data(self):
+        if self._pending_data:
+            self._data_written += self._destination.gather(self._pending_data)
+            self._pending_data.clear()
+
+    def _commit(self, start, rows, strings):
+        self._destination.rows.append(rows)
+        if strings.size:
+            self._destination.strings.append(strings.tobytes())
+
+    def _close(self, f, complete):
+        f.complete = complete
+
+
 class InMemory:
     """Where a ``Recorder`` writes a trace that stays in this process; ``name`` stands in for
     the path in the trace's ``path`` and in messages."""
+
+    writer = MemoryRecorder     # what ``Recorder(InMemory())`` makes
 
     def __init__(self, name: str = "<in memory>"):
         self.name = name
@@ -111,39 +148,6 @@ class InMemory:
 
     def __repr__(self):
         return f"InMemory({self.name!r})"
-
-
-class MemoryRecorder(Recorder):
-    """A ``Recorder`` writing into an ``InMemory``; ``Recorder(InMemory(), ...)`` makes one."""
-
-    def __init__(self, destination: InMemory, *args, **kwargs):
-        self._destination = destination
-        super().__init__(destination.name, *args, **kwargs)
-
-    def _create(self, attrs, overwrite):
-        if self._destination.attrs is not None and not overwrite:
-            raise TraceDiffError(
-                f"{self.path} already holds a trace: pass overwrite=True or a new InMemory")
-        self._destination.release()
-        self._destination.attrs = attrs
-        self._file = self._destination      # what marks the recorder open
-
-    def _write_data(self, block):
-        self._destination.write(block)
-        self._data_written += block.size
-
-    def _write_pending_data(self):
-        if self._pending_data:
-            self._data_written += self._destination.gather(self._pending_data)
-            self._pending_data.clear()
-
-    def _commit(self, start, rows, strings):
-        self._destination.rows.append(rows)
-        if strings.size:
-            self._destination.strings.append(strings.tobytes())
-
-    def _close(self, f, complete):
-        f.complete = complete
 
 
 class MemoryTrace(Trace):

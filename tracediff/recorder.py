@@ -39,16 +39,19 @@ class Summary(NamedTuple):
 class Recorder:
     """Write one trace: records are appended in execution order and flushed as they arrive.
 
-    ``values=False`` keeps statistics, a seeded sample of elements and a hash instead of the
-    whole tensor. A writer that is killed leaves a file readable up to its last complete record.
+    ``path``: the trace file, or a ``tracediff.memory.InMemory`` to keep the trace in this
+    process. ``values=False`` keeps statistics, a seeded sample of elements and a hash instead
+    of the whole tensor. A writer that is killed leaves a file readable up to its last complete
+    record.
     ``expected_bytes``: an estimate of the bytes the records will hold, if known (a large trace
     is then written in larger chunks).
     """
 
     def __new__(cls, path=None, *args, **kwargs):
-        from .memory import InMemory, MemoryRecorder
-        if cls is Recorder and isinstance(path, InMemory):
-            cls = MemoryRecorder
+        # a destination other than a file (tracediff.memory.InMemory) names its own writer
+        writer = getattr(path, "writer", None)
+        if cls is Recorder and writer is not None:
+            cls = writer
         return super().__new__(cls)
 
     def __init__(self, path, framework="numpy", dims=None, *, model="", seed=None,
