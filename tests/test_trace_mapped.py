@@ -17,9 +17,9 @@ from tracediff import mapped as mapped_module
 from tracediff import trace as trace_module
 from tracediff.mapped import MappedBlob
 
-MIB = 1 << 20
-
 from diff_helpers import rng
+
+MIB = 1 << 20
 
 
 def _mapped(array) -> bool:

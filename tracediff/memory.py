@@ -4,14 +4,11 @@ Every adapter's ``record`` takes an ``InMemory`` where it takes a path (``Record
 ``InMemory.open()`` then reads it as a ``Trace``. The records are the ones a file would hold,
 byte for byte: the same index rows, text fields and data blob. Only the HDF5 layer is left out:
 for a trace that is read once by the process that wrote it, the chunked writes, the flushes that
-make each record durable and the reads back cost about a third of a recording. The tensors'
-bytes are copied into buffers that come back when the trace is released and serve the next
-recording (at most ``KEPT`` bytes are kept).
+make each record durable and the reads back cost about a third of a recording.
 """
 from __future__ import annotations
 
 import bisect
-import sys
 import threading
 
 import numpy as np
@@ -20,48 +17,6 @@ from . import format as fmt
 from .errors import TraceDiffError
 from .recorder import Recorder
 from .trace import Trace
-
-
-KEPT = 256 << 20   # bytes of released trace memory kept for the next in-memory recording
-
-
-class _BufferPool:
-    """The buffers tensors' bytes are copied into. A released trace's come back and are handed
-    out again to the next recording of the same model (the same sizes), which then page-faults
-    nothing in: a fault costs microseconds on a VM, ~20 ms of a replay of a 33 MB trace. At
-    most ``KEPT`` bytes are kept free."""
-
-    def __init__(self):
-        self._free = {}      # nbytes -> buffers
-        self._bytes = 0
-        self._lock = threading.Lock()
-
-    def take(self, nbytes: int) -> np.ndarray:
-        with self._lock:
-            free = self._free.get(nbytes)
-            if free:
-                self._bytes -= nbytes
-                return free.pop()
-        return np.empty(nbytes, np.uint8)
-
-    def give(self, buffer: np.ndarray):
-        with self._lock:
-            if self._bytes + buffer.size <= KEPT:
-                self._free.setdefault(buffer.size, []).append(buffer)
-                self._bytes += buffer.size
-
-    def clear(self):
-        with self._lock:
-            self._free.clear()
-            self._bytes = 0
-
-
-_POOL = _BufferPool()
-
-
-def release_kept():
-    """Free the buffers kept for later in-memory recordings (at most ``KEPT`` bytes)."""
-    _POOL.clear()
 
 
 class MemoryRecorder(Recorder):
@@ -75,18 +30,14 @@ class MemoryRecorder(Recorder):
         if self._destination.attrs is not None and not overwrite:
             raise TraceDiffError(
                 f"{self.path} already holds a trace: pass overwrite=True or a new InMemory")
-        self._destination.release()
+        self._destination.clear()
         self._destination.attrs = attrs
         self._file = self._destination      # what marks the recorder open
 
     def _write_data(self, block):
-        self._destination.write(block)
+        # a tensor's bytes may be a view of its framework's memory, which the model goes on using
+        self._destination.blocks.append(block if block.flags.owndata else block.copy())
         self._data_written += block.size
-
-    def _write_pending_data(self):
-        if self._pending_data:
-            self._data_written += self._destination.gather(self._pending_data)
-            self._pending_data.clear()
 
     def _commit(self, start, rows, strings):
         self._destination.rows.append(rows)
@@ -105,41 +56,15 @@ class InMemory:
 
     def __init__(self, name: str = "<in memory>"):
         self.name = name
+        self.clear()
+
+    def clear(self):
+        """Let go of the trace it holds."""
         self.attrs = None        # the root attributes, once a recorder has begun
         self.rows = []           # arrays of index rows, in the order they were committed
         self.strings = []        # the index's text fields, one bytes block a commit
         self.blocks = []         # the data blob, one array a write
         self.complete = False
-        self._pooled = []        # the blocks taken from the pool
-
-    def write(self, block: np.ndarray):
-        """Append ``block`` to the data blob: as it is where it is this trace's own array,
-        copied into a buffer of the pool where it is a view of memory the model goes on using."""
-        if not block.flags.owndata:
-            buffer = _POOL.take(block.size)
-            buffer[...] = block
-            self._pooled.append(buffer)
-            block = buffer
-        self.blocks.append(block)
-
-    def gather(self, blocks) -> int:
-        """Append ``blocks`` to the data blob side by side, in one buffer of the pool; returns
-        how many bytes that is."""
-        buffer = _POOL.take(sum(block.size for block in blocks))
-        np.concatenate(blocks, out=buffer)
-        self._pooled.append(buffer)
-        self.blocks.append(buffer)
-        return buffer.size
-
-    def release(self):
-        """Let the trace go: its buffers go back to the pool, except any an array still uses
-        (a view of a record read from it)."""
-        self.attrs, self.rows, self.strings, self.blocks = None, [], [], []
-        pooled, self._pooled = self._pooled, []
-        for buffer in pooled:
-            # its references: ``pooled``, ``buffer`` and getrefcount's argument; a view adds one
-            if sys.getrefcount(buffer) <= 3:
-                _POOL.give(buffer)
 
     def open(self) -> "MemoryTrace":
         if self.attrs is None:
@@ -171,7 +96,7 @@ class MemoryTrace(Trace):
         self._records = self._build_records(len(rows), columns, texts)
 
     def close(self):
-        self._mapped = False    # the trace's arrays: InMemory.release may hand them out again
+        self._mapped = False
 
     def _read_bytes(self, offset, nbytes, record):
         raise TraceDiffError(f"{self.path} is closed: its tensors cannot be read any more")

@@ -51,15 +51,11 @@ def replay(candidate, ref, *, inputs=None, loss_fn=None, layers=None, rtol=None,
                                                                           candidate)
         with tempfile.TemporaryDirectory(prefix="tracediff-replay-") as folder:
             path = keep or _destination(reference, folder)
-            try:
-                _record(framework, candidate, run_inputs, path, loss_fn, target)
-                with (path.open() if isinstance(path, InMemory) else open_trace(path)) as trace_a:
-                    report = _replayed(candidate, framework, trace_a, reference, run_inputs, layers,
-                                       dict(rtol=rtol, atol=atol, align=align, rename=rename,
-                                            tolerances=tolerances))
-            finally:
-                if isinstance(path, InMemory):
-                    path.release()
+            _record(framework, candidate, run_inputs, path, loss_fn, target)
+            with (path.open() if isinstance(path, InMemory) else open_trace(path)) as trace_a:
+                report = _replayed(candidate, framework, trace_a, reference, run_inputs, layers,
+                                   dict(rtol=rtol, atol=atol, align=align, rename=rename,
+                                        tolerances=tolerances))
         report.a = {**report.a, "path": keep or f"{type(candidate).__name__} (replayed)"}
     finally:
         if reference is not ref:
