@@ -15,7 +15,7 @@ gives no contribution (a module without the reference's dL/d(output)) is left un
 from __future__ import annotations
 
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch.autograd.graph import GradientEdge
@@ -89,6 +89,7 @@ class Backward:
         # a parameter shared by several modules (GPT-2's tied wte and lm_head) is recorded once,
         # under its first name: each call's share goes to that name
         recorded_as = {id(p): name for name, p in module.named_parameters()}
+        modules = dict(module.named_modules())
         for path, record_name, call, named in self.calls:
             mine = [(n, t) for n, t in named
                     if self.records.get(self.boundary.get((id(t.grad_fn), t.output_nr)), [None])[0]
@@ -99,18 +100,20 @@ class Backward:
                     s is None or tuple(s.shape) != tuple(t.shape) for s, (_, t) in zip(seeds, mine)):
                 incomplete.update(key for key, _ in hits)
                 continue
-            sub = module.get_submodule(path)
             params = [(recorded_as.get(id(p), f"{path}.{n}" if path else n), p)
-                      for n, p in sub.named_parameters(recurse=False) if p.requires_grad]
+                      for n, p in modules[path].named_parameters(recurse=False) if p.requires_grad]
             if not mine or (not hits and not params):
                 continue
             grad_outputs = [torch.from_numpy(s if s.flags.writeable else s.copy()).to(
                 dtype=t.dtype, device=t.device) for s, (_, t) in zip(seeds, mine)]
             outputs = [t for _, t in mine]
-            with _stopped_at([edge for _, edge in hits], zip(outputs, grad_outputs)) as arrived:
-                found = torch.autograd.grad(
-                    outputs, [p for _, p in params] + [edge for _, edge in hits], grad_outputs,
-                    retain_graph=True, allow_unused=True)
+            edges = [edge for _, edge in hits]
+            # nothing to stop at and one output, which its seed reaches alone: no hooks needed
+            plain = len(outputs) == 1 and not any(isinstance(e, GradientEdge) for e in edges)
+            with (nullcontext({}) if plain else _stopped_at(edges, zip(outputs, grad_outputs))) \
+                    as arrived:
+                found = torch.autograd.grad(outputs, [p for _, p in params] + edges, grad_outputs,
+                                            retain_graph=True, allow_unused=True)
             found = found[:len(params)] + tuple(
                 arrived.get(_edge_key(edge), g) for (_, edge), g in zip(hits, found[len(params):]))
             for (name, _), g in zip(params, found):
