@@ -10,8 +10,8 @@ rounds, medians), so that a drift in the machine's speed moves them together.
 The model is a torch MLP of ``layers`` Linear + ReLU pairs (2 x layers modules, so 100 layers
 by default) with a cross-entropy loss. ``record`` is one training-step recording (forward,
 backward, parameters) to a file; ``replay`` is everything ``td.replay`` does: record the
-candidate on the reference's inputs (into memory), align and compare it, run every module on the reference's values and
-every parameter-holding module's VJP. The target (issue 21): replay at most 2x one recording.
+candidate on the reference's inputs (into memory), align and compare it, run every module on
+the reference's values and every parameter-holding module's VJP. The target (issue 21): replay at most 2x one recording.
 
 ``replay`` is the model against its own trace, where every layer's inputs and output are
 bit-identical to the reference's and none needs to run again (replays/shortcut.py);
