@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 
 
-MAPPED_BUDGET = 256 << 20   # bytes of runs a reader keeps mapped between reads
+MAPPED_BUDGET = 64 << 20    # bytes of runs a reader keeps mapped between reads
 
 
 class MappedBlob:
