@@ -77,7 +77,7 @@ def _dequantized_output(ra, rb, tol, floats):
         return None
     marked = [r.meta.get("quantization_step") for r in (ra, rb)]
     side = 0 if isinstance(marked[0], (int, float)) else 1 if isinstance(marked[1], (int, float)) else None
-    if side is None or not all(floats) or not marked[side] > 0:
+    if side is None or not marked[side] > 0:
         return None
     quantum = float(marked[side])
     note = (f"{'ab'[side]} is a dequantized output (step {quantum:.3g}): atol one "
