@@ -65,8 +65,22 @@ class MappedBlob:
         mapping lives as long as the array), or copied from the runs a range across a gap
         between chunks lies in; None where a part of the range lies in no run."""
         run = self._run(offset, nbytes)
-        if run is None:
-            return self._gathered(offset, nbytes)
+        if run is not None:
+            return self._slice(run, offset, nbytes)
+        out = self._gathered(offset, nbytes)
+        if out is not None:
+            out.flags.writeable = False
+        return out
+
+    def copy(self, offset: int, nbytes: int) -> np.ndarray | None:
+        """``nbytes`` bytes from ``offset`` in a fresh, writable array; None where a part of
+        them lies in no run."""
+        run = self._run(offset, nbytes)
+        if run is not None:
+            return self._slice(run, offset, nbytes).copy()
+        return self._gathered(offset, nbytes)
+
+    def _slice(self, run, offset, nbytes) -> np.ndarray:
         pages, first = self._mapping(run)
         address = self._addresses[run] + offset - self._starts[run]
         return np.frombuffer(pages, np.uint8, nbytes, address - first)
@@ -82,20 +96,9 @@ class MappedBlob:
             if run is None:
                 return None
             take = min(nbytes - done, self._ends[run] - offset - done)
-            out[done:done + take] = self.view(offset + done, take)
+            out[done:done + take] = self._slice(run, offset + done, take)
             done += take
-        out.flags.writeable = False
         return out
-
-    def copy(self, offset: int, nbytes: int) -> np.ndarray | None:
-        """``nbytes`` bytes from ``offset`` in a fresh, writable array; None where a part of
-        them lies in no run."""
-        if self._run(offset, nbytes) is None:     # gathered from several runs: a copy already
-            out = self._gathered(offset, nbytes)
-            if out is not None:
-                out.flags.writeable = True
-            return out
-        return self.view(offset, nbytes).copy()
 
     def _mapping(self, run):
         with self._lock:

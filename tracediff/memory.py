@@ -9,7 +9,6 @@ make each record durable and the reads back cost about a third of a recording.
 from __future__ import annotations
 
 import bisect
-import threading
 
 import numpy as np
 
@@ -81,8 +80,6 @@ class MemoryTrace(Trace):
     def __init__(self, store: InMemory):
         self.path = store.name
         self._file = None
-        self._map_views = True
-        self._mapping_lock = threading.Lock()
         self.attrs = {**store.attrs, "complete": store.complete}
         self.version = self.attrs["format_version"]
         self.complete = store.complete
@@ -117,21 +114,9 @@ class _MemoryBlob:
     def view(self, offset: int, nbytes: int) -> np.ndarray:
         i = bisect.bisect_right(self._starts, offset) - 1
         start = offset - self._starts[i]
-        if nbytes == 0 or start + nbytes <= self._blocks[i].size:
-            out = self._blocks[i][start:start + nbytes]
-        else:   # not written by Recorder, which writes each tensor whole: gathered
-            parts, left = [], nbytes
-            while left:
-                part = self._blocks[i][start:start + left]
-                parts.append(part)
-                left -= part.size
-                i, start = i + 1, 0
-            out = np.concatenate(parts)
+        out = self._blocks[i][start:start + nbytes]
         out.flags.writeable = False
         return out
 
     def copy(self, offset: int, nbytes: int) -> np.ndarray:
         return self.view(offset, nbytes).copy()
-
-    def close(self):
-        pass
